@@ -1,0 +1,50 @@
+"""The ``costream`` command line.
+
+Each subcommand lives in its own module under ``costream.pipelines.commands`` and exposes
+``add_arguments(parser)`` and ``run(args, extra) -> int``. Command modules import their heavy
+dependencies (torch, Beam, Kafka) inside ``run``, so building the parser stays fast and a missing
+optional dependency of one command never breaks the others. ``extra`` holds arguments this CLI does not know; commands that build
+Beam pipelines hand them to ``PipelineOptions``, all others refuse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("costream.pipelines.commands.bench", "Benchmark the continual encoder against windowed recompute."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="costream",
+        description="Continual Transformers on live video and audio streams (Beam + Kafka).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``costream`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    module = importlib.import_module(args._module)
+    if extra and not getattr(module, "ACCEPTS_PIPELINE_OPTIONS", False):
+        parser.error(f"unrecognized arguments for 'costream {args.command}': {' '.join(extra)}")
+    return int(module.run(args, extra) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv and install costream with its dependencies (idempotent).
+# torch 2.13.0 goes first: the machine's local CPU wheel; every later torch range is satisfied by it,
+# so pip never pulls the multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[dev]"
