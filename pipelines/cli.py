@@ -1,7 +1,8 @@
 """The ``costream`` command line.
 
-Each subcommand lives in its own module under ``costream.pipelines.commands`` and exposes
-``add_arguments(parser)`` and ``run(args, extra) -> int``. Command modules import their heavy
+Each subcommand is one module ``costream.pipelines.commands.<name>`` exposing ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args, extra) -> int``; the CLI discovers them by listing that
+package. Command modules import their heavy
 dependencies (torch, Beam, Kafka) inside ``run``, so building the parser stays fast and a missing
 optional dependency of one command never breaks the others. ``extra`` holds arguments this CLI does not know; commands that build
 Beam pipelines hand them to ``PipelineOptions``, all others refuse them.
@@ -11,13 +12,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 from collections.abc import Sequence
 
-# command name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("costream.pipelines.commands.bench", "Benchmark the continual encoder against windowed recompute."),
-}
+from costream.pipelines import commands as _commands
+
+
+def command_modules() -> dict[str, str]:
+    """Map each subcommand name to its module (``costream.pipelines.commands.<name>``)."""
+    return {
+        info.name: f"{_commands.__name__}.{info.name}"
+        for info in sorted(pkgutil.iter_modules(_commands.__path__), key=lambda i: i.name)
+        if not info.name.startswith("_")
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+    for name, module_name in command_modules().items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.set_defaults(_module=module_name)
+        module.add_arguments(p)
     return parser
 
 
