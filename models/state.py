@@ -97,14 +97,18 @@ class StreamState:
     @property
     def nbytes(self) -> int:
         """Bytes held by the tensors and the counter."""
-        return int(sum(x.numel() * x.element_size() for x in self.tensors.values()) + 8 * len(self.t))
+        return int(
+            sum(x.numel() * x.element_size() for x in self.tensors.values()) + 8 * len(self.t)
+        )
 
     def __getitem__(self, name: str) -> Tensor:
         return self.tensors[name]
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.tensors.items())
-        return f"StreamState(kind={self.kind!r}, window={self.window}, t={self.t.tolist()}, {shapes})"
+        return (
+            f"StreamState(kind={self.kind!r}, window={self.window}, t={self.t.tolist()}, {shapes})"
+        )
 
     # -- row operations ------------------------------------------------------------------------
     def clone(self) -> StreamState:
@@ -117,7 +121,10 @@ class StreamState:
         """A new state holding copies of the given rows, in that order."""
         idx = torch.as_tensor(rows, dtype=torch.long)
         return StreamState(
-            {k: v[idx].clone() for k, v in self.tensors.items()}, self.t[idx].clone(), self.window, self.kind
+            {k: v[idx].clone() for k, v in self.tensors.items()},
+            self.t[idx].clone(),
+            self.window,
+            self.kind,
         )
 
     def split(self) -> list[StreamState]:
@@ -131,7 +138,11 @@ class StreamState:
             raise StateFormatError("Cannot concatenate an empty list of states.")
         first = states[0]
         for s in states[1:]:
-            if s.kind != first.kind or s.window != first.window or s.tensors.keys() != first.tensors.keys():
+            if (
+                s.kind != first.kind
+                or s.window != first.window
+                or s.tensors.keys() != first.tensors.keys()
+            ):
                 raise StateFormatError(
                     f"Cannot concatenate states of different models: {first.kind!r} (window "
                     f"{first.window}) and {s.kind!r} (window {s.window})."
@@ -174,15 +185,23 @@ class StreamState:
         """Inverse of :meth:`to_bytes`; raises :class:`StateFormatError` on any damage."""
         blob = bytes(blob)
         if len(blob) < _PREFIX.size + _CRC.size:
-            raise StateFormatError(f"State blob is truncated: {len(blob)} bytes is shorter than a header.")
+            raise StateFormatError(
+                f"State blob is truncated: {len(blob)} bytes is shorter than a header."
+            )
         magic, version, hlen = _PREFIX.unpack_from(blob)
         if magic != MAGIC:
-            raise StateFormatError(f"Not a costream state blob: magic {magic!r}, expected {MAGIC!r}.")
+            raise StateFormatError(
+                f"Not a costream state blob: magic {magic!r}, expected {MAGIC!r}."
+            )
         if version != VERSION:
-            raise StateFormatError(f"State blob version {version} is not supported (expected {VERSION}).")
+            raise StateFormatError(
+                f"State blob version {version} is not supported (expected {VERSION})."
+            )
         (crc,) = _CRC.unpack_from(blob, len(blob) - _CRC.size)
         if zlib.crc32(blob[: -_CRC.size]) != crc:
-            raise StateFormatError("State blob is corrupted or truncated: its CRC32 does not match.")
+            raise StateFormatError(
+                "State blob is corrupted or truncated: its CRC32 does not match."
+            )
         try:
             header = json.loads(blob[_PREFIX.size : _PREFIX.size + hlen])
             entries = header["tensors"]
@@ -198,7 +217,11 @@ class StreamState:
             if pos + size > end:
                 raise StateFormatError(f"State blob is truncated inside tensor {name!r}.")
             raw = bytearray(blob[pos : pos + size])
-            tensors[name] = torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape) if size else torch.zeros(shape, dtype=dtype)
+            tensors[name] = (
+                torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
+                if size
+                else torch.zeros(shape, dtype=dtype)
+            )
             pos += size
         if pos != end:
             raise StateFormatError(f"State blob has {end - pos} unexpected trailing bytes.")

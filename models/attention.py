@@ -1,0 +1,294 @@
+"""Continual scaled dot-product attention (Hedegaard & Iosifidis, ICLR 2023).
+
+Two continual forms of multi-head attention over a sliding window of the last ``n`` tokens, each
+next to the regular computation it reproduces (docs/continual-attention.md §3-§5):
+
+* ``ContinualSingleOutputAttention`` (CoSi): keeps rings of the last n keys and values; a step
+  projects only the new token and attends with its query alone. Equals the newest row of regular
+  attention on the window, at O(n d) instead of O(n^2 d).
+* ``ContinualRetroactiveAttention`` (CoRe): also refreshes the n-1 older rows by subtracting the
+  evicted key's term from each row's softmax sums and adding the new key's. Equals all n rows of
+  regular attention on the window. The running sums are guarded (§4.7): each row keeps its own
+  exponent offset (no overflow) and an error budget; a row whose cancellation error could exceed a
+  few fresh sums is recomputed from the rings (rare; the new row is always fresh).
+
+Weights are laid out exactly like ``torch.nn.MultiheadAttention`` (``in_proj_weight``,
+``in_proj_bias``, ``out_proj``), so trained weights load unchanged.
+
+Stream rows are independent: row b writes ring slot ``t[b] % n`` where ``t[b]`` counts the tokens
+it has seen, so streams at different positions share one batched step. The initial state is all
+zeros ("phantom" tokens with k = v = 0); outputs before a row has seen n tokens are warm-up and
+match no regular computation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .state import StreamState
+
+__all__ = [
+    "ContinualRetroactiveAttention",
+    "ContinualSingleOutputAttention",
+    "MultiheadWeights",
+    "temporal_order",
+]
+
+
+def temporal_order(t: Tensor, n: int) -> Tensor:
+    """Ring slots oldest -> newest for rows that have seen ``t`` tokens: (B,) -> (B, n) indices."""
+    return (t[:, None] + torch.arange(n, device=t.device)) % n
+
+
+class MultiheadWeights(nn.Module):
+    """Multi-head attention weights with ``torch.nn.MultiheadAttention``'s parameter names.
+
+    Also the regular (window) attention used by the encoder's middle and last layers.
+
+    Args:
+        d_model: model dimension ``d``.
+        num_heads: ``h``; must divide ``d``.
+        bias: in- and out-projection biases (``bias=False`` removes both, as in torch).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, bias: bool = True) -> None:
+        super().__init__()
+        if num_heads < 1 or d_model % num_heads != 0:
+            raise ValueError(
+                f"d_model={d_model} must be divisible by num_heads={num_heads} "
+                f"(each head gets d_model / num_heads dimensions)."
+            )
+        self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model)) if bias else None
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        if bias:
+            nn.init.zeros_(self.out_proj.bias)
+
+    @classmethod
+    def from_torch(cls, mha: nn.MultiheadAttention, **kwargs: int) -> MultiheadWeights:
+        """Copy the weights of a ``torch.nn.MultiheadAttention`` (same d, heads, bias)."""
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(f"Expected torch.nn.MultiheadAttention, got {type(mha).__name__}.")
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError(
+                "Only MultiheadAttention with kdim = vdim = embed_dim, no add_bias_kv and no "
+                "add_zero_attn can run continually."
+            )
+        p = next(mha.parameters())
+        module = cls(mha.embed_dim, mha.num_heads, bias=mha.in_proj_bias is not None, **kwargs)
+        module = module.to(dtype=p.dtype, device=p.device)
+        module.load_state_dict(mha.state_dict())
+        return module.eval()
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """In-projection split into heads: (..., d) -> q, k, v each (..., h, d_h)."""
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (..., 3d)
+        shape = (*x.shape[:-1], self.num_heads, self.head_dim)
+        q, k, v = qkv.chunk(3, dim=-1)
+        return q.view(shape), k.view(shape), v.view(shape)
+
+    def merge(self, o: Tensor) -> Tensor:
+        """Concatenate heads and out-project: (..., h, d_h) -> (..., d)."""
+        return self.out_proj(o.reshape(*o.shape[:-2], self.d_model))
+
+    def attend_window(self, x: Tensor, last_only: bool = False) -> Tensor:
+        """Regular attention over a window: (B, n, d) -> (B, n, d), or (B, d) with ``last_only``.
+
+        ``last_only`` computes the newest token's row alone (one query against all n keys), which
+        is what a last layer needs once its inputs all change every step (§6.3).
+        """
+        B, n, _ = x.shape
+        q, k, v = self.project(x)  # each (B, n, h, d_h)
+        if last_only:
+            q = q[:, -1:]  # (B, 1, h, d_h)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        o = self.merge(o.transpose(1, 2))  # (B, n_q, d)
+        return o[:, 0] if last_only else o
+
+
+class _ContinualAttention(MultiheadWeights):
+    """Shared plumbing: window size, public ``init_state`` / ``step`` over the engine interface.
+
+    Subclasses implement ``init_tensors(B, dtype, device)`` (all zeros = the initial state) and
+    ``step_tensors(u, tensors, t)``, which updates ``tensors`` in place given each row's counter
+    ``t`` *before* the step. ``ContinualEncoder`` calls the same two methods.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, window: int, bias: bool = True) -> None:
+        super().__init__(d_model, num_heads, bias)
+        if window < 1:
+            raise ValueError(f"window must be a positive number of tokens, got {window}.")
+        self.window = window
+
+    def _zeros(self, B: int, *tail: int, dtype: torch.dtype, device: torch.device | None) -> Tensor:
+        return torch.zeros(B, self.num_heads, *tail, dtype=dtype, device=device)
+
+    def init_tensors(
+        self, B: int, dtype: torch.dtype, device: torch.device | None
+    ) -> dict[str, Tensor]:
+        """Initial (all-zero) state tensors for ``B`` streams, each with first dimension B."""
+        raise NotImplementedError
+
+    def step_tensors(self, u: Tensor, tensors: dict[str, Tensor], t: Tensor) -> Tensor:
+        """One step for attention input ``u`` (B, d); mutates ``tensors``; ``t`` is pre-step."""
+        raise NotImplementedError
+
+    def init_state(
+        self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> StreamState:
+        """All-zero state for ``batch_size`` streams (dtype/device default to the weights')."""
+        p = self.in_proj_weight
+        tensors = self.init_tensors(batch_size, dtype or p.dtype, device or p.device)
+        t = torch.zeros(batch_size, dtype=torch.int64, device=device or p.device)
+        kind = f"{type(self).__name__}(d={self.d_model},h={self.num_heads},n={self.window})"
+        return StreamState(tensors, t, self.window, kind)
+
+    @torch.no_grad()
+    def step(self, x: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
+        """Feed one new token per stream, ``x`` (B, d); updates ``state`` in place and returns it.
+
+        Rows with ``state.warm`` False (after the step) are in warm-up: their output is not exact.
+        """
+        if x.dim() != 2 or x.shape != (state.batch_size, self.d_model):
+            raise ValueError(
+                f"step expects x of shape (B, d) = ({state.batch_size}, {self.d_model}), "
+                f"got {tuple(x.shape)}."
+            )
+        y = self.step_tensors(x, state.tensors, state.t)
+        state.t += 1
+        return y, state
+
+
+class ContinualSingleOutputAttention(_ContinualAttention):
+    """Continual single-output attention (CoSi, §3): the newest token's row, O(n d) per step.
+
+    Example:
+        >>> att = ContinualSingleOutputAttention(d_model=8, num_heads=2, window=4).eval()
+        >>> state = att.init_state(batch_size=3)
+        >>> y, state = att.step(torch.randn(3, 8), state)  # y: (3, 8), warm after 4 steps
+    """
+
+    def init_tensors(
+        self, B: int, dtype: torch.dtype, device: torch.device | None
+    ) -> dict[str, Tensor]:
+        n, dh = self.window, self.head_dim
+        return {
+            "k": self._zeros(B, n, dh, dtype=dtype, device=device),
+            "v": self._zeros(B, n, dh, dtype=dtype, device=device),
+        }
+
+    def step_tensors(self, u: Tensor, tensors: dict[str, Tensor], t: Tensor) -> Tensor:
+        B = u.shape[0]
+        K, V = tensors["k"], tensors["v"]  # (B, h, n, d_h) rings
+        q, k, v = self.project(u)  # each (B, h, d_h)
+        rows, slot = torch.arange(B, device=u.device), t % self.window
+        K[rows, :, slot] = k  # overwrite the oldest token; ring order is irrelevant to softmax
+        V[rows, :, slot] = v
+        o = F.scaled_dot_product_attention(q.unsqueeze(2), K, V)  # (B, h, 1, d_h)
+        return self.merge(o.squeeze(2))  # (B, d)
+
+    def forward(self, window: Tensor) -> Tensor:
+        """Regular oracle: the newest row of attention over ``window`` (B, n, d) -> (B, d)."""
+        return self.attend_window(window, last_only=True)
+
+
+class ContinualRetroactiveAttention(_ContinualAttention):
+    """Continual retroactive attention (CoRe, §4): all n rows, refreshed in O(n d) per step.
+
+    State per head: rings of scaled queries, keys and values (slot layout, §4.2), and per row
+    (slot) the softmax denominator ``d`` and numerator ``av`` stored relative to the row's own
+    exponent offset ``c`` (so exp never overflows), plus an error bound ``err`` on ``d``.
+
+    ``step`` returns (B, n, d) in temporal order, oldest -> newest.
+
+    Args:
+        kappa: a row is recomputed from the rings once its accumulated rounding bound exceeds
+            ``kappa`` fresh n-term sums (§4.7; 8 keeps the error within a few times regular
+            attention's at ~1% extra rows).
+    """
+
+    def __init__(
+        self, d_model: int, num_heads: int, window: int, bias: bool = True, kappa: float = 8.0
+    ) -> None:
+        super().__init__(d_model, num_heads, window, bias)
+        self.kappa = kappa
+
+    def init_tensors(
+        self, B: int, dtype: torch.dtype, device: torch.device | None
+    ) -> dict[str, Tensor]:
+        n, dh = self.window, self.head_dim
+        ring = {
+            name: self._zeros(B, n, dh, dtype=dtype, device=device)
+            for name in ("q", "k", "v", "av")
+        }
+        sums = {name: self._zeros(B, n, dtype=dtype, device=device) for name in ("d", "c", "err")}
+        return ring | sums
+
+    def step_tensors(self, u: Tensor, tensors: dict[str, Tensor], t: Tensor) -> Tensor:
+        B, n = u.shape[0], self.window
+        Q, K, V, AV = (tensors[k] for k in ("q", "k", "v", "av"))  # (B, h, n, d_h)
+        D, C, Err = (tensors[k] for k in ("d", "c", "err"))  # (B, h, n)
+        eps = torch.finfo(D.dtype).eps / 2  # unit roundoff of the accumulators
+        q, k, v = self.project(u)  # each (B, h, d_h)
+        q = q * self.head_dim**-0.5
+        rows, p = torch.arange(B, device=u.device), t % n
+        k_old, v_old = K[rows, :, p], V[rows, :, p]  # evicted token, (B, h, d_h)
+
+        # Every row drops the evicted key's term and gains the new key's (§4.1), in the row's
+        # exponent frame: raise the offset first when the new score exceeds it.
+        s_old = (Q @ k_old.unsqueeze(-1)).squeeze(-1)  # (B, h, n)
+        s_new = (Q @ k.unsqueeze(-1)).squeeze(-1)  # (B, h, n)
+        c = torch.maximum(C, s_new)
+        rescale = torch.exp(C - c)
+        e_old, e_new = torch.exp(s_old - c), torch.exp(s_new - c)
+        D.mul_(rescale)
+        Err.mul_(rescale).add_(eps * (D + e_old + e_new))
+        D.add_(e_new - e_old)
+        AV.mul_(rescale.unsqueeze(-1))
+        AV.add_(e_new.unsqueeze(-1) * v.unsqueeze(2) - e_old.unsqueeze(-1) * v_old.unsqueeze(2))
+        C.copy_(c)
+
+        Q[rows, :, p], K[rows, :, p], V[rows, :, p] = q, k, v
+
+        # Rows to sum afresh: the new token's row always, and rows whose cancellation bound
+        # exceeds the budget (or that cancelled to <= 0). Phantom rows of warm-up are skipped.
+        stale = (Err > self.kappa * n * eps * D) | ~torch.isfinite(D)
+        stale[rows, :, p] = True
+        real = (torch.arange(n, device=u.device) <= t[:, None]) | (t[:, None] >= n)  # (B, n)
+        self._recompute(stale & real.unsqueeze(1), Q, K, V, D, AV, C, Err, eps)
+
+        o = AV / D.unsqueeze(-1)  # (B, h, n, d_h), slot order
+        order = temporal_order(t + 1, n)  # (B, n): oldest slot first
+        o = o.gather(2, order[:, None, :, None].expand_as(o))  # (B, h, n, d_h), temporal order
+        return self.merge(o.transpose(1, 2))  # (B, n, d)
+
+    def _recompute(
+        self,
+        mask: Tensor,
+        Q: Tensor,
+        K: Tensor,
+        V: Tensor,
+        D: Tensor,
+        AV: Tensor,
+        C: Tensor,
+        Err: Tensor,
+        eps: float,
+    ) -> None:
+        """Sum the selected rows (B, h, n mask) from scratch over the current rings."""
+        b, h, i = mask.nonzero(as_tuple=True)  # R selected rows
+        s = (K[b, h] @ Q[b, h, i].unsqueeze(-1)).squeeze(-1)  # (R, n) scores over the window
+        c = s.amax(dim=-1)  # (R,)
+        e = torch.exp(s - c.unsqueeze(-1))  # (R, n)
+        d = e.sum(dim=-1)
+        D[b, h, i] = d
+        AV[b, h, i] = (e.unsqueeze(1) @ V[b, h]).squeeze(1)  # (R, d_h)
+        C[b, h, i] = c
+        Err[b, h, i] = self.window * eps * d
+
+    def forward(self, window: Tensor) -> Tensor:
+        """Regular oracle: all rows of attention over ``window`` (B, n, d) -> (B, n, d)."""
+        return self.attend_window(window)
