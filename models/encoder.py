@@ -29,6 +29,11 @@ from .attention import (
     MultiheadWeights,
     temporal_order,
 )
+from .nystrom import (
+    ContinualNystromRetroactiveAttention,
+    ContinualNystromSingleOutputAttention,
+    NystromAttention,
+)
 from .state import StateFormatError, StreamState
 
 __all__ = ["ATTENTION_KINDS", "ContinualEncoder", "EncoderLayer"]
@@ -37,6 +42,12 @@ __all__ = ["ATTENTION_KINDS", "ContinualEncoder", "EncoderLayer"]
 # (d_model, num_heads, [window,] bias=..., **options) and has MultiheadWeights' parameter names.
 ATTENTION_KINDS: dict[str, tuple[type, type, type]] = {
     "softmax": (ContinualSingleOutputAttention, ContinualRetroactiveAttention, MultiheadWeights),
+    # options: landmarks=m, landmark_mode="continual"|"fixed", pinv="iterative"|"exact", ...
+    "nystrom": (
+        ContinualNystromSingleOutputAttention,
+        ContinualNystromRetroactiveAttention,
+        NystromAttention,
+    ),
 }
 
 
