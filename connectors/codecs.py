@@ -1,0 +1,651 @@
+"""Message codecs for the costream stream contract (see ``DESIGN.md``, "Stream contract").
+
+Input records: key = stream id (UTF-8); headers ``costream.frame_index`` (decimal ASCII),
+``costream.ts_ms`` (decimal ASCII, ms since epoch) and ``content-type``; value = payload, one of
+
+* ``image/jpeg`` / ``image/png``: an encoded image, decoded to RGB ``uint8`` of shape (H, W, 3);
+* ``audio/L16;rate=R;channels=1``: signed 16-bit big-endian PCM (RFC 2586), decoded to
+  ``float32`` in [-1, 1) of shape (samples,);
+* ``application/x-costream-features;dtype=float32;dim=D``: D little-endian float32 values,
+  decoded to ``float32`` of shape (D,).
+
+Output records carry one detection as UTF-8 JSON (:func:`encode_detection`); dead-letter records
+carry the original key, value and headers plus ``costream.error`` and ``costream.stage``
+(:func:`dead_letter_record`).
+
+Every decoding problem raises a subclass of :class:`CodecError` (itself a ``ValueError``) whose
+message is one sentence saying what was wrong, so a DoFn can catch ``CodecError`` and route the
+record to the dead-letter topic with ``str(err)`` as the reason. Nothing here raises anything else
+for bad bytes.
+
+Example:
+    >>> rec = frame_record("cam-1", 0, 1_700_000_000_000, CT_PNG, encode_png(np.zeros((2, 2, 3), np.uint8)))
+    >>> frame = decode_frame(rec.key, rec.value, rec.headers)
+    >>> decode_image(frame).shape
+    (2, 2, 3)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+# --- header names and content types ---------------------------------------------------------
+
+HEADER_FRAME_INDEX = "costream.frame_index"
+HEADER_TS_MS = "costream.ts_ms"
+HEADER_CONTENT_TYPE = "content-type"
+HEADER_ERROR = "costream.error"
+HEADER_STAGE = "costream.stage"
+
+CT_JPEG = "image/jpeg"
+CT_PNG = "image/png"
+CT_JSON = "application/json"
+AUDIO_L16 = "audio/L16"
+FEATURES = "application/x-costream-features"
+
+STAGES = ("decode", "features", "inference")
+"""Valid values of the ``costream.stage`` dead-letter header."""
+
+DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 8192 * 8192
+MAX_ERROR_CHARS = 1000
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_DECIMAL = re.compile(rb"\A(?:0|[1-9][0-9]*)\Z")
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+def audio_content_type(rate: int) -> str:
+    """Content type of a mono L16 PCM chunk at ``rate`` Hz."""
+    if not isinstance(rate, int) or rate <= 0:
+        raise ValueError(f"Audio rate must be a positive integer in Hz, got {rate!r}.")
+    return f"{AUDIO_L16};rate={rate};channels=1"
+
+
+def features_content_type(dim: int) -> str:
+    """Content type of a float32 feature vector of length ``dim``."""
+    if not isinstance(dim, int) or dim <= 0:
+        raise ValueError(f"Feature dim must be a positive integer, got {dim!r}.")
+    return f"{FEATURES};dtype=float32;dim={dim}"
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+class CodecError(ValueError):
+    """A record does not follow the stream contract; the message is one sentence saying why."""
+
+
+class InvalidKeyError(CodecError):
+    """The record key (the stream id) is missing, empty or not UTF-8."""
+
+
+class MissingHeaderError(CodecError):
+    """A required header is absent."""
+
+
+class MalformedHeaderError(CodecError):
+    """A header is present but its value cannot be parsed, or it appears twice with two values."""
+
+
+class UnsupportedContentTypeError(CodecError):
+    """The content type (or one of its parameters) is not one the contract defines."""
+
+
+class PayloadDecodeError(CodecError):
+    """The payload bytes cannot be decoded as the declared content type."""
+
+
+class PayloadSizeError(CodecError):
+    """The payload is too large, or its size does not match what the content type declares."""
+
+
+class DetectionFormatError(CodecError):
+    """A detection is not a valid version-1 detection JSON object."""
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+class OutgoingRecord(NamedTuple):
+    """A record to publish: key, value and headers (topic and partition chosen by the writer)."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class ContentType:
+    """A parsed content type: lower-cased media type plus ``;name=value`` parameters."""
+
+    media_type: str
+    params: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One validated input record; ``payload`` is still encoded (see :func:`decode_payload`)."""
+
+    stream_id: str
+    frame_index: int
+    ts_ms: int
+    content_type: ContentType
+    payload: bytes
+
+
+def parse_content_type(text: str) -> ContentType:
+    """Parse ``type/subtype;a=b;c=d``; the media type is case-insensitive, values are kept."""
+    parts = [p.strip() for p in text.split(";")]
+    media_type = parts[0].lower()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*", media_type):
+        raise MalformedHeaderError(
+            f"Header {HEADER_CONTENT_TYPE!r} is {text!r}, which is not a 'type/subtype' content type."
+        )
+    params: dict[str, str] = {}
+    for part in parts[1:]:
+        name, sep, value = part.partition("=")
+        name = name.strip().lower()
+        if not sep or not name or not value.strip():
+            raise MalformedHeaderError(
+                f"Header {HEADER_CONTENT_TYPE!r} is {text!r}; parameter {part!r} is not 'name=value'."
+            )
+        params[name] = value.strip()
+    return ContentType(media_type, params)
+
+
+def header_value(headers: Headers, name: str) -> bytes | None:
+    """The value of header ``name``, or None when absent; two different values are an error."""
+    found: bytes | None = None
+    for key, value in headers:
+        if key != name:
+            continue
+        if value is None or not isinstance(value, bytes | bytearray):
+            raise MalformedHeaderError(f"Header {name!r} has no bytes value (got {value!r}).")
+        if found is not None and bytes(value) != found:
+            raise MalformedHeaderError(
+                f"Header {name!r} appears twice with different values {found!r} and {bytes(value)!r}."
+            )
+        found = bytes(value)
+    return found
+
+
+def _required(headers: Headers, name: str) -> bytes:
+    value = header_value(headers, name)
+    if value is None:
+        raise MissingHeaderError(f"Required header {name!r} is missing.")
+    return value
+
+
+def _decimal_header(headers: Headers, name: str) -> int:
+    raw = _required(headers, name)
+    if not _DECIMAL.match(raw):
+        raise MalformedHeaderError(
+            f"Header {name!r} is {raw[:40]!r}; expected a non-negative decimal integer in ASCII."
+        )
+    return int(raw)
+
+
+def decode_frame(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers,
+    *,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> Frame:
+    """Validate one input record's key, headers and payload size; return a :class:`Frame`.
+
+    The payload itself is not decoded (that is :func:`decode_payload`); its declared content type
+    must be one of the four the contract defines, with valid parameters.
+
+    Raises:
+        CodecError: a subclass naming the first problem found.
+    """
+    if key is None or len(key) == 0:
+        raise InvalidKeyError("The record has no key; the key must be the stream id in UTF-8.")
+    try:
+        stream_id = bytes(key).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidKeyError(
+            f"The record key {bytes(key)[:40]!r} is not valid UTF-8 ({err.reason} at byte {err.start})."
+        ) from None
+    if value is None:
+        raise PayloadSizeError("The record has no value (a tombstone); a payload is required.")
+    if len(value) > max_payload_bytes:
+        raise PayloadSizeError(
+            f"The payload is {len(value)} bytes, above the limit of {max_payload_bytes} bytes."
+        )
+    frame_index = _decimal_header(headers, HEADER_FRAME_INDEX)
+    ts_ms = _decimal_header(headers, HEADER_TS_MS)
+    raw_ct = _required(headers, HEADER_CONTENT_TYPE)
+    try:
+        ct_text = raw_ct.decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedHeaderError(
+            f"Header {HEADER_CONTENT_TYPE!r} is not ASCII ({raw_ct[:40]!r})."
+        ) from None
+    content_type = parse_content_type(ct_text)
+    _check_content_type(content_type, ct_text)
+    return Frame(stream_id, frame_index, ts_ms, content_type, bytes(value))
+
+
+def _positive_int_param(ct: ContentType, text: str, name: str) -> int:
+    raw = ct.params.get(name)
+    if raw is None:
+        raise UnsupportedContentTypeError(
+            f"Content type {text!r} lacks the required parameter {name!r}."
+        )
+    if not re.fullmatch(r"[1-9][0-9]*", raw):
+        raise UnsupportedContentTypeError(
+            f"Content type {text!r} has {name}={raw!r}; expected a positive integer."
+        )
+    return int(raw)
+
+
+def _check_content_type(ct: ContentType, text: str) -> None:
+    if ct.media_type in (CT_JPEG, CT_PNG):
+        return
+    if ct.media_type == AUDIO_L16.lower():
+        _positive_int_param(ct, text, "rate")
+        channels = ct.params.get("channels", "1")
+        if channels != "1":
+            raise UnsupportedContentTypeError(
+                f"Content type {text!r} has channels={channels}; only mono (channels=1) is supported."
+            )
+        return
+    if ct.media_type == FEATURES:
+        dtype = ct.params.get("dtype")
+        if dtype != "float32":
+            raise UnsupportedContentTypeError(
+                f"Content type {text!r} has dtype={dtype!r}; only dtype=float32 is supported."
+            )
+        _positive_int_param(ct, text, "dim")
+        return
+    raise UnsupportedContentTypeError(
+        f"Content type {text!r} is not supported; expected one of {CT_JPEG!r}, {CT_PNG!r}, "
+        f"'{AUDIO_L16};rate=R;channels=1' or '{FEATURES};dtype=float32;dim=D'."
+    )
+
+
+# --- payloads ------------------------------------------------------------------------------
+
+
+def decode_image(frame: Frame, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a JPEG/PNG frame to RGB ``uint8`` of shape (H, W, 3).
+
+    The payload must start with the signature of the declared format, and the decoded image may
+    hold at most ``max_pixels`` pixels.
+    """
+    media_type = frame.content_type.media_type
+    if media_type not in (CT_JPEG, CT_PNG):
+        raise UnsupportedContentTypeError(
+            f"Content type {media_type!r} is not an image; expected {CT_JPEG!r} or {CT_PNG!r}."
+        )
+    magic = _JPEG_MAGIC if media_type == CT_JPEG else _PNG_MAGIC
+    if not frame.payload.startswith(magic):
+        raise PayloadDecodeError(
+            f"The payload does not start with the {media_type} signature "
+            f"(first bytes {frame.payload[:8]!r})."
+        )
+    size = _image_size(frame.payload, media_type)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise PayloadSizeError(
+            f"The image is {size[0]}x{size[1]} pixels, above the limit of {max_pixels} pixels."
+        )
+    buf = np.frombuffer(frame.payload, dtype=np.uint8)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise PayloadDecodeError(
+            f"OpenCV could not decode the {len(frame.payload)}-byte {media_type} payload."
+        )
+    if bgr.shape[0] * bgr.shape[1] > max_pixels:
+        raise PayloadSizeError(
+            f"The image is {bgr.shape[1]}x{bgr.shape[0]} pixels, above the limit of {max_pixels} pixels."
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _image_size(payload: bytes, media_type: str) -> tuple[int, int] | None:
+    """(width, height) from a PNG IHDR chunk; None for JPEG (OpenCV checks it while decoding)."""
+    if media_type == CT_PNG and len(payload) >= 24:
+        return int.from_bytes(payload[16:20], "big"), int.from_bytes(payload[20:24], "big")
+    return None
+
+
+def decode_pcm(frame: Frame, *, expected_samples: int | None = None) -> np.ndarray:
+    """Decode an ``audio/L16`` chunk to ``float32`` samples in [-1, 1), shape (samples,)."""
+    if frame.content_type.media_type != AUDIO_L16.lower():
+        raise UnsupportedContentTypeError(
+            f"Content type {frame.content_type.media_type!r} is not {AUDIO_L16!r}."
+        )
+    n = len(frame.payload)
+    if n == 0 or n % 2:
+        raise PayloadSizeError(
+            f"The L16 payload is {n} bytes; expected a positive, even number of bytes (2 per sample)."
+        )
+    if expected_samples is not None and n // 2 != expected_samples:
+        raise PayloadSizeError(
+            f"The L16 chunk holds {n // 2} samples; this stream expects {expected_samples}."
+        )
+    return np.frombuffer(frame.payload, dtype=">i2").astype(np.float32) / 32768.0
+
+
+def decode_features(frame: Frame, *, expected_dim: int | None = None) -> np.ndarray:
+    """Decode a features record to ``float32`` of shape (dim,); sizes and values are checked."""
+    ct = frame.content_type
+    if ct.media_type != FEATURES:
+        raise UnsupportedContentTypeError(f"Content type {ct.media_type!r} is not {FEATURES!r}.")
+    dim = int(ct.params["dim"])
+    if expected_dim is not None and dim != expected_dim:
+        raise PayloadSizeError(f"The features have dim={dim}; this stream expects {expected_dim}.")
+    if len(frame.payload) != 4 * dim:
+        raise PayloadSizeError(
+            f"The features payload is {len(frame.payload)} bytes; dtype=float32 and dim={dim} "
+            f"require exactly {4 * dim} bytes."
+        )
+    vec = np.frombuffer(frame.payload, dtype="<f4").astype(np.float32)
+    if not np.isfinite(vec).all():
+        raise PayloadDecodeError(
+            f"The features hold {int((~np.isfinite(vec)).sum())} non-finite values (NaN or inf)."
+        )
+    return vec
+
+
+def decode_payload(frame: Frame) -> np.ndarray:
+    """Decode any contract payload by its content type (image, PCM or features)."""
+    media_type = frame.content_type.media_type
+    if media_type in (CT_JPEG, CT_PNG):
+        return decode_image(frame)
+    if media_type == AUDIO_L16.lower():
+        return decode_pcm(frame)
+    return decode_features(frame)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """Encode RGB ``uint8`` (H, W, 3) as JPEG."""
+    _check_rgb(rgb)
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    )
+    if not ok:
+        raise ValueError("OpenCV failed to JPEG-encode the image.")
+    return buf.tobytes()
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """Encode RGB ``uint8`` (H, W, 3) as PNG (lossless)."""
+    _check_rgb(rgb)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("OpenCV failed to PNG-encode the image.")
+    return buf.tobytes()
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(
+            f"Expected an RGB uint8 image of shape (H, W, 3), got {rgb.dtype} {rgb.shape}."
+        )
+
+
+def encode_l16(samples: np.ndarray) -> bytes:
+    """Encode mono float samples in [-1, 1] as big-endian signed 16-bit PCM (clipped)."""
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim != 1:
+        raise ValueError(f"Expected mono samples of shape (n,), got shape {x.shape}.")
+    return (np.clip(np.round(x * 32768.0), -32768, 32767).astype(">i2")).tobytes()
+
+
+def encode_features(vec: np.ndarray) -> tuple[bytes, str]:
+    """Encode a (D,) vector as little-endian float32; returns (payload, content type)."""
+    x = np.asarray(vec)
+    if x.ndim != 1 or x.shape[0] == 0:
+        raise ValueError(f"Expected a non-empty feature vector of shape (D,), got {x.shape}.")
+    return x.astype("<f4").tobytes(), features_content_type(int(x.shape[0]))
+
+
+def frame_record(
+    stream_id: str, frame_index: int, ts_ms: int, content_type: str, payload: bytes
+) -> OutgoingRecord:
+    """Build an input-topic record with the contract's key and headers."""
+    if not stream_id:
+        raise ValueError("stream_id must be a non-empty string.")
+    if frame_index < 0 or ts_ms < 0:
+        raise ValueError(f"frame_index and ts_ms must be >= 0, got {frame_index} and {ts_ms}.")
+    return OutgoingRecord(
+        stream_id.encode("utf-8"),
+        payload,
+        [
+            (HEADER_FRAME_INDEX, str(int(frame_index)).encode("ascii")),
+            (HEADER_TS_MS, str(int(ts_ms)).encode("ascii")),
+            (HEADER_CONTENT_TYPE, content_type.encode("ascii")),
+        ],
+    )
+
+
+# --- detections ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One output record: class scores for one input frame (``DESIGN.md`` output JSON, v=1)."""
+
+    stream_id: str
+    frame_index: int
+    ts_ms: int
+    scores: tuple[float, ...]
+    labels: tuple[str, ...]
+    top_label: str
+    top_score: float
+    warm: bool
+    model: str
+    latency_ms: float
+
+
+def make_detection(
+    stream_id: str,
+    frame_index: int,
+    ts_ms: int,
+    scores: Sequence[float],
+    labels: Sequence[str],
+    *,
+    warm: bool,
+    model: str,
+    latency_ms: float,
+) -> Detection:
+    """Build a :class:`Detection`, choosing ``top`` as the arg-max score (first on ties)."""
+    scores_t = tuple(float(s) for s in scores)
+    labels_t = tuple(str(label) for label in labels)
+    if not scores_t or len(scores_t) != len(labels_t):
+        raise DetectionFormatError(
+            f"A detection needs as many labels as scores, and at least one; got {len(scores_t)} "
+            f"scores and {len(labels_t)} labels."
+        )
+    best = max(range(len(scores_t)), key=scores_t.__getitem__)
+    det = Detection(
+        stream_id,
+        int(frame_index),
+        int(ts_ms),
+        scores_t,
+        labels_t,
+        labels_t[best],
+        scores_t[best],
+        bool(warm),
+        model,
+        float(latency_ms),
+    )
+    _validate_detection(det)
+    return det
+
+
+def _validate_detection(det: Detection) -> None:
+    def bad(msg: str) -> DetectionFormatError:
+        return DetectionFormatError(f"Invalid detection: {msg}.")
+
+    if not isinstance(det.stream_id, str) or not det.stream_id:
+        raise bad("'stream_id' must be a non-empty string")
+    for name in ("frame_index", "ts_ms"):
+        v = getattr(det, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad(f"{name!r} must be a non-negative integer, got {v!r}")
+    if len(det.scores) == 0 or len(det.scores) != len(det.labels):
+        raise bad(
+            f"'scores' and 'labels' must be non-empty and equally long ({len(det.scores)} vs {len(det.labels)})"
+        )
+    if not all(isinstance(s, float) and math.isfinite(s) for s in det.scores):
+        raise bad("'scores' must all be finite numbers")
+    if not all(isinstance(label, str) for label in det.labels):
+        raise bad("'labels' must all be strings")
+    if det.top_label not in det.labels:
+        raise bad(f"'top.label' {det.top_label!r} is not one of the labels")
+    if not isinstance(det.top_score, float) or not math.isfinite(det.top_score):
+        raise bad("'top.score' must be a finite number")
+    if not isinstance(det.warm, bool):
+        raise bad("'warm' must be a boolean")
+    if not isinstance(det.model, str) or not det.model:
+        raise bad("'model' must be a non-empty string like 'name@sha256prefix'")
+    if (
+        not isinstance(det.latency_ms, float)
+        or not math.isfinite(det.latency_ms)
+        or det.latency_ms < 0
+    ):
+        raise bad("'latency_ms' must be a finite non-negative number")
+
+
+def detection_to_dict(det: Detection) -> dict:
+    """The JSON object of a detection, keys in contract order."""
+    return {
+        "v": 1,
+        "stream_id": det.stream_id,
+        "frame_index": det.frame_index,
+        "ts_ms": det.ts_ms,
+        "scores": list(det.scores),
+        "labels": list(det.labels),
+        "top": {"label": det.top_label, "score": det.top_score},
+        "warm": det.warm,
+        "model": det.model,
+        "latency_ms": det.latency_ms,
+    }
+
+
+def encode_detection(det: Detection) -> bytes:
+    """Encode a detection as compact UTF-8 JSON (validated first)."""
+    _validate_detection(det)
+    return json.dumps(detection_to_dict(det), separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_detection(value: bytes) -> Detection:
+    """Parse and validate one output-topic value; raises :class:`CodecError` subclasses."""
+    try:
+        obj = json.loads(bytes(value).decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise PayloadDecodeError(f"The detection is not valid UTF-8 ({err.reason}).") from None
+    except json.JSONDecodeError as err:
+        raise PayloadDecodeError(
+            f"The detection is not valid JSON ({err.msg} at char {err.pos})."
+        ) from None
+    if not isinstance(obj, dict):
+        raise DetectionFormatError(f"A detection must be a JSON object, got {type(obj).__name__}.")
+    expected = {
+        "v",
+        "stream_id",
+        "frame_index",
+        "ts_ms",
+        "scores",
+        "labels",
+        "top",
+        "warm",
+        "model",
+        "latency_ms",
+    }
+    missing = sorted(expected - obj.keys())
+    if missing:
+        raise DetectionFormatError(f"The detection lacks the field(s) {', '.join(missing)}.")
+    unknown = sorted(obj.keys() - expected)
+    if unknown:
+        raise DetectionFormatError(f"The detection has unknown field(s) {', '.join(unknown)}.")
+    if obj["v"] != 1:
+        raise DetectionFormatError(f"Detection version {obj['v']!r} is not supported; expected 1.")
+    top = obj["top"]
+    if not isinstance(top, dict) or set(top) != {"label", "score"}:
+        raise DetectionFormatError(
+            "Field 'top' must be an object with exactly 'label' and 'score'."
+        )
+    scores, labels = obj["scores"], obj["labels"]
+    if not isinstance(scores, list) or not isinstance(labels, list):
+        raise DetectionFormatError("Fields 'scores' and 'labels' must be JSON arrays.")
+
+    def num(x: object, name: str) -> float:
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise DetectionFormatError(f"Field {name!r} must be a number, got {x!r}.")
+        return float(x)
+
+    det = Detection(
+        stream_id=obj["stream_id"],
+        frame_index=obj["frame_index"],
+        ts_ms=obj["ts_ms"],
+        scores=tuple(num(s, "scores") for s in scores),
+        labels=tuple(labels),
+        top_label=top["label"],
+        top_score=num(top["score"], "top.score"),
+        warm=obj["warm"],
+        model=obj["model"],
+        latency_ms=num(obj["latency_ms"], "latency_ms"),
+    )
+    _validate_detection(det)
+    return det
+
+
+def detection_record(det: Detection) -> OutgoingRecord:
+    """An output-topic record: key = stream id, JSON value, frame index / ts / content-type headers."""
+    return OutgoingRecord(
+        det.stream_id.encode("utf-8"),
+        encode_detection(det),
+        [
+            (HEADER_FRAME_INDEX, str(det.frame_index).encode("ascii")),
+            (HEADER_TS_MS, str(det.ts_ms).encode("ascii")),
+            (HEADER_CONTENT_TYPE, CT_JSON.encode("ascii")),
+        ],
+    )
+
+
+# --- dead letters --------------------------------------------------------------------------
+
+
+def dead_letter_record(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes]],
+    error: str | BaseException,
+    stage: str,
+) -> OutgoingRecord:
+    """The dead-letter record for a bad input: original key, value and headers plus the reason.
+
+    ``costream.error`` holds the reason as one line of UTF-8 (at most ``MAX_ERROR_CHARS``
+    characters); ``costream.stage`` is one of :data:`STAGES`. Earlier ``costream.error`` /
+    ``costream.stage`` headers are replaced, every other header is kept in order.
+    """
+    if stage not in STAGES:
+        raise ValueError(
+            f"Dead-letter stage {stage!r} is not valid; use one of {', '.join(STAGES)}."
+        )
+    if isinstance(error, BaseException):
+        reason = str(error) or type(error).__name__
+        if not isinstance(error, CodecError):
+            reason = f"{type(error).__name__}: {reason}"
+    else:
+        reason = error
+    reason = " ".join(reason.split())[:MAX_ERROR_CHARS] or "unknown error"
+    kept = [(k, bytes(v)) for k, v in headers if k not in (HEADER_ERROR, HEADER_STAGE)]
+    kept += [(HEADER_ERROR, reason.encode("utf-8")), (HEADER_STAGE, stage.encode("ascii"))]
+    return OutgoingRecord(key, b"" if value is None else bytes(value), kept)

@@ -1,0 +1,915 @@
+"""Kafka read/write for Beam in pure Python (kafka-python), usable on every runner.
+
+``ReadFromKafka`` is ``Impulse -> resolve partitions and start offsets -> Reshuffle -> SDF read``.
+The splittable DoFn reads one topic partition per element with an offset-range restriction, emits
+:class:`KafkaRecord` elements stamped with the record timestamp (event time), holds a per-partition
+watermark, and commits offsets only from bundle finalization. ``WriteToKafka`` produces elements
+and flushes in ``finish_bundle``, so a bundle succeeds only once the broker acknowledged it.
+
+Delivery: at-least-once end to end. Offsets are committed (when ``group_id`` is given) from the
+bundle finalizer, which a runner calls only after it has durably committed the bundle's output;
+so after a crash, ``start="committed"`` re-reads exactly the records read since the last finalized
+bundle. On the FnApiRunner (measured, Beam 2.77) every bundle is finalized synchronously right
+after it succeeds, and a bundle holds at most ``max_records_per_bundle`` records per partition:
+that is the duplicate bound there. On a runner that never finalizes bundles, offsets are never
+committed: nothing is lost, but ``start="committed"`` then replays from whatever was committed
+before (use a timestamp start there instead).
+
+Example:
+    >>> import apache_beam as beam  # doctest: +SKIP
+    >>> with beam.Pipeline(runner="FnApiRunner") as p:  # doctest: +SKIP
+    ...     _ = (
+    ...         p
+    ...         | ReadFromKafka("127.0.0.1:9092", "frames", start="earliest", stop_after_idle_s=5)
+    ...         | beam.Map(lambda r: OutgoingRecord(r.key, r.value, r.headers))
+    ...         | WriteToKafka("127.0.0.1:9092", "frames-copy")
+    ...     )
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import struct
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.coders import Coder
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker, WatermarkEstimator
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
+from costream.connectors.codecs import OutgoingRecord
+
+__all__ = ["KafkaRecord", "OutgoingRecord", "ReadFromKafka", "WriteToKafka", "START_POSITIONS"]
+
+_LOG = logging.getLogger(__name__)
+
+START_POSITIONS = ("earliest", "latest", "committed")
+"""Named start positions; an ``int`` start is a timestamp in ms since the epoch."""
+
+UNBOUNDED = sys.maxsize
+_METRICS_NS = "costream.kafka"
+
+
+class KafkaRecord(NamedTuple):
+    """One consumed Kafka record. ``timestamp_ms`` is the record timestamp (ms since epoch)."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+# --- coders: compact and deterministic, no pickle for data ---------------------------------
+
+_U32 = struct.Struct(">I")
+_REC_TAIL = struct.Struct(">iqq")
+
+
+def _put_bytes(out: list[bytes], b: bytes | None) -> None:
+    if b is None:
+        out.append(b"\xff\xff\xff\xff")
+    else:
+        out.append(_U32.pack(len(b)))
+        out.append(b)
+
+
+def _get_bytes(buf: memoryview, pos: int) -> tuple[bytes | None, int]:
+    (n,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    if n == 0xFFFFFFFF:
+        return None, pos
+    return bytes(buf[pos : pos + n]), pos + n
+
+
+def _encode_headers(out: list[bytes], headers: Sequence[tuple[str, bytes]]) -> None:
+    out.append(_U32.pack(len(headers)))
+    for name, value in headers:
+        _put_bytes(out, name.encode("utf-8"))
+        _put_bytes(out, bytes(value))
+
+
+def _decode_headers(buf: memoryview, pos: int) -> tuple[list[tuple[str, bytes]], int]:
+    (count,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    headers = []
+    for _ in range(count):
+        name, pos = _get_bytes(buf, pos)
+        value, pos = _get_bytes(buf, pos)
+        headers.append(((name or b"").decode("utf-8"), value or b""))
+    return headers, pos
+
+
+class KafkaRecordCoder(Coder):
+    """Binary coder for :class:`KafkaRecord` (length-prefixed fields, big-endian)."""
+
+    def encode(self, value: KafkaRecord) -> bytes:  # noqa: D102
+        out: list[bytes] = []
+        _put_bytes(out, value.key)
+        _put_bytes(out, value.value)
+        _encode_headers(out, value.headers)
+        _put_bytes(out, value.topic.encode("utf-8"))
+        out.append(_REC_TAIL.pack(value.partition, value.offset, value.timestamp_ms))
+        return b"".join(out)
+
+    def decode(self, encoded: bytes) -> KafkaRecord:  # noqa: D102
+        buf = memoryview(encoded)
+        key, pos = _get_bytes(buf, 0)
+        value, pos = _get_bytes(buf, pos)
+        headers, pos = _decode_headers(buf, pos)
+        topic, pos = _get_bytes(buf, pos)
+        partition, offset, ts = _REC_TAIL.unpack_from(buf, pos)
+        return KafkaRecord(
+            key, value or b"", headers, (topic or b"").decode(), partition, offset, ts
+        )
+
+    def is_deterministic(self) -> bool:  # noqa: D102
+        return True
+
+    def to_type_hint(self) -> type:  # noqa: D102
+        return KafkaRecord
+
+
+class OutgoingRecordCoder(Coder):
+    """Binary coder for :class:`OutgoingRecord`."""
+
+    def encode(self, value: OutgoingRecord) -> bytes:  # noqa: D102
+        out: list[bytes] = []
+        _put_bytes(out, value.key)
+        _put_bytes(out, value.value)
+        _encode_headers(out, value.headers)
+        return b"".join(out)
+
+    def decode(self, encoded: bytes) -> OutgoingRecord:  # noqa: D102
+        buf = memoryview(encoded)
+        key, pos = _get_bytes(buf, 0)
+        value, pos = _get_bytes(buf, pos)
+        headers, _ = _decode_headers(buf, pos)
+        return OutgoingRecord(key, value or b"", headers)
+
+    def is_deterministic(self) -> bool:  # noqa: D102
+        return True
+
+    def to_type_hint(self) -> type:  # noqa: D102
+        return OutgoingRecord
+
+
+beam.coders.registry.register_coder(KafkaRecord, KafkaRecordCoder)
+beam.coders.registry.register_coder(OutgoingRecord, OutgoingRecordCoder)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def _bootstrap_list(bootstrap_servers: str | Sequence[str]) -> list[str]:
+    servers = (
+        [s.strip() for s in bootstrap_servers.split(",")]
+        if isinstance(bootstrap_servers, str)
+        else list(bootstrap_servers)
+    )
+    if not servers or not all(isinstance(s, str) and ":" in s and s.strip() for s in servers):
+        raise ValueError(
+            f"bootstrap_servers must be 'host:port' or a list of them, got {bootstrap_servers!r}."
+        )
+    return servers
+
+
+def _check_client_config(
+    client_config: Mapping[str, Any] | None, known: Mapping[str, Any], reserved: Mapping[str, str]
+) -> dict[str, Any]:
+    """Validate keys against kafka-python's config names; refuse the ones this transform owns."""
+    cfg = dict(client_config or {})
+    for key, value in cfg.items():
+        if key in reserved:
+            raise ValueError(f"client_config[{key!r}] is not allowed here; {reserved[key]}")
+        if key not in known:
+            close = sorted(k for k in known if key.split("_")[0] in k)[:6]
+            hint = f" Similar names: {', '.join(close)}." if close else ""
+            raise ValueError(
+                f"client_config has the unknown kafka-python setting {key!r}.{hint} "
+                "See the KafkaConsumer/KafkaProducer documentation for valid names."
+            )
+        if isinstance(value, Mapping) and set(value) != {"from_env"}:
+            raise ValueError(
+                f"client_config[{key!r}] is a mapping; the only mapping allowed is "
+                "{'from_env': 'VARIABLE'}, which reads the value from an environment variable."
+            )
+    return cfg
+
+
+def resolve_client_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace ``{"from_env": "NAME"}`` values by ``os.environ["NAME"]`` (on the worker).
+
+    Secrets such as ``sasl_plain_password`` thus never need to appear in a spec or be pickled
+    into the pipeline graph.
+    """
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, Mapping):
+            name = value["from_env"]
+            if name not in os.environ:
+                raise ValueError(
+                    f"client_config[{key!r}] reads the environment variable {name!r}, "
+                    "which is not set on this worker."
+                )
+            out[key] = os.environ[name]
+        else:
+            out[key] = value
+    return out
+
+
+def _consumer_config() -> dict[str, Any]:
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer.DEFAULT_CONFIG
+
+
+def _producer_config() -> dict[str, Any]:
+    from kafka import KafkaProducer
+
+    return KafkaProducer.DEFAULT_CONFIG
+
+
+_READ_RESERVED = {
+    "bootstrap_servers": "pass bootstrap_servers as the first argument.",
+    "group_id": "pass group_id as the group_id argument.",
+    "enable_auto_commit": "offsets are committed from bundle finalization, never automatically.",
+    "key_deserializer": "keys are emitted as bytes.",
+    "value_deserializer": "values are emitted as bytes.",
+}
+_WRITE_RESERVED = {
+    "bootstrap_servers": "pass bootstrap_servers as the first argument.",
+    "acks": "pass acks as the acks argument.",
+    "retries": "pass retries as the retries argument.",
+    "key_serializer": "keys must already be bytes.",
+    "value_serializer": "values must already be bytes.",
+}
+
+
+class _ReadConfig(NamedTuple):
+    bootstrap_servers: list[str]
+    topics: list[str]
+    start: str | int
+    group_id: str | None
+    partitions: tuple[int, ...] | None
+    max_records: int | None
+    stop_after_idle_s: float | None
+    idle_partition_s: float | None
+    max_records_per_bundle: int
+    max_bundle_s: float
+    poll_timeout_ms: int
+    client_config: dict[str, Any]
+
+
+class _PartitionDescriptor(NamedTuple):
+    """One SDF element: a topic partition and its offset range [start, stop)."""
+
+    topic: str
+    partition: int
+    start: int
+    stop: int
+
+
+# --- the private worker: one consumer for one partition ------------------------------------
+
+
+class _PartitionReader:
+    """Owns the I/O for one topic partition: seeking, polling and committing.
+
+    It remembers where its consumer stands so consecutive reads from the SDF do not seek (a seek
+    drops the fetcher's prefetched data), and what it committed last, so it can say where it is.
+    """
+
+    def __init__(self, cfg: _ReadConfig, topic: str, partition: int) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.tp = TopicPartition(topic, partition)
+        self.group_id = cfg.group_id
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=cfg.bootstrap_servers,
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=cfg.max_records_per_bundle,
+            client_id=f"costream-read-{topic}-{partition}",
+            **resolve_client_config(cfg.client_config),
+        )
+        # Explicit assignment: no group join (tansu takes ~session_timeout/2 to join a group),
+        # no rebalances; the runner decides which worker reads which partition.
+        self._consumer.assign([self.tp])
+        self.position: int | None = None
+        self.committed: int | None = None
+
+    def read(self, start: int, max_records: int, timeout_ms: int) -> list[Any]:
+        """Records from ``start`` on (at most ``max_records``), waiting up to ``timeout_ms``."""
+        if self.position != start:
+            self._consumer.seek(self.tp, start)
+            self.position = start
+        batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        records = batch.get(self.tp, [])
+        if records:
+            self.position = records[-1].offset + 1
+        return records
+
+    def commit(self, next_offset: int) -> None:
+        """Commit ``next_offset`` (the offset of the next record to read) for ``group_id``."""
+        from kafka.structs import OffsetAndMetadata
+
+        if self.group_id is None or (self.committed is not None and next_offset <= self.committed):
+            return
+        self._consumer.commit({self.tp: OffsetAndMetadata(next_offset, "", -1)})
+        self.committed = next_offset
+
+    def close(self) -> None:
+        """Close the consumer (without committing anything)."""
+        self._consumer.close(autocommit=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"_PartitionReader({self.tp.topic}[{self.tp.partition}], position={self.position}, "
+            f"committed={self.committed}, group_id={self.group_id!r})"
+        )
+
+
+def _first_offset_at_or_after(consumer: Any, tp: Any, ts_ms: int) -> int:
+    """The offset of the first record with timestamp >= ``ts_ms``, or the end if there is none.
+
+    Starts from the broker's ``offsets_for_times`` answer (exact on Kafka) and then scans
+    forward, because some brokers (tansu 0.6) answer offset 0 for every timestamp.
+    """
+    found = consumer.offsets_for_times({tp: ts_ms}).get(tp)
+    if found is None:
+        return int(consumer.end_offsets([tp])[tp])
+    consumer.assign([tp])
+    consumer.seek(tp, found.offset)
+    next_offset = found.offset
+    while True:
+        records = consumer.poll(timeout_ms=1000, max_records=500).get(tp, [])
+        if not records:
+            return next_offset
+        for r in records:
+            if r.timestamp >= ts_ms:
+                return int(r.offset)
+            next_offset = r.offset + 1
+
+
+class _ResolvePartitions(beam.DoFn):
+    """Impulse -> one :class:`_PartitionDescriptor` per assigned partition, start resolved."""
+
+    def __init__(self, cfg: _ReadConfig) -> None:
+        self._cfg = cfg
+
+    def process(self, _: bytes) -> Iterator[_PartitionDescriptor]:  # noqa: D102
+        from kafka import KafkaConsumer, TopicPartition
+
+        cfg = self._cfg
+        consumer = KafkaConsumer(
+            bootstrap_servers=cfg.bootstrap_servers,
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            client_id="costream-read-resolve",
+            **resolve_client_config(cfg.client_config),
+        )
+        try:
+            for topic in cfg.topics:
+                existing = _partitions_of(consumer, topic)
+                wanted = sorted(existing) if cfg.partitions is None else list(cfg.partitions)
+                missing = sorted(set(wanted) - existing)
+                if missing:
+                    raise ValueError(
+                        f"Topic {topic!r} has no partition(s) {missing}; it has {sorted(existing)}."
+                    )
+                tps = [TopicPartition(topic, p) for p in wanted]
+                starts = _start_offsets(consumer, tps, cfg)
+                for tp in tps:
+                    start = starts[tp]
+                    stop = UNBOUNDED if cfg.max_records is None else start + cfg.max_records
+                    _LOG.info("ReadFromKafka: %s[%d] from offset %d", topic, tp.partition, start)
+                    yield _PartitionDescriptor(topic, tp.partition, start, stop)
+        finally:
+            consumer.close(autocommit=False)
+
+
+def _partitions_of(consumer: Any, topic: str, timeout_s: float = 10.0) -> set[int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        if time.monotonic() > deadline:
+            raise ValueError(
+                f"Topic {topic!r} does not exist on {consumer.config['bootstrap_servers']} "
+                f"(waited {timeout_s:g} s for its metadata); create it first."
+            )
+        time.sleep(0.2)
+
+
+def _start_offsets(consumer: Any, tps: list[Any], cfg: _ReadConfig) -> dict[Any, int]:
+    if cfg.start == "earliest":
+        return {tp: int(o) for tp, o in consumer.beginning_offsets(tps).items()}
+    if cfg.start == "latest":
+        return {tp: int(o) for tp, o in consumer.end_offsets(tps).items()}
+    if cfg.start == "committed":
+        earliest = consumer.beginning_offsets(tps)
+        out = {}
+        for tp in tps:
+            committed = consumer.committed(tp)
+            if committed is None:
+                _LOG.warning(
+                    "ReadFromKafka: group %r has no committed offset for %s[%d]; starting at the "
+                    "earliest offset %d.",
+                    cfg.group_id,
+                    tp.topic,
+                    tp.partition,
+                    earliest[tp],
+                )
+            out[tp] = int(earliest[tp] if committed is None else max(committed, earliest[tp]))
+        return out
+    assert isinstance(cfg.start, int)
+    return {tp: _first_offset_at_or_after(consumer, tp, cfg.start) for tp in tps}
+
+
+# --- restriction and watermark -------------------------------------------------------------
+
+
+class _KafkaOffsetTracker(OffsetRestrictionTracker):
+    """Offset tracker for one partition: only self-checkpoints (fraction 0) split it.
+
+    A partition must be read in order by one reader, so runner-initiated splits are refused;
+    the range may be unbounded (stop = ``sys.maxsize``).
+    """
+
+    def try_split(self, fraction_of_remainder: float) -> tuple[OffsetRange, OffsetRange] | None:  # noqa: D102
+        if fraction_of_remainder != 0:
+            return None
+        return super().try_split(0)
+
+    def current_progress(self) -> RestrictionProgress:  # noqa: D102
+        rng = self.current_restriction()
+        done = 0 if self._current_position is None else self._current_position - rng.start + 1
+        if rng.stop == UNBOUNDED:
+            return RestrictionProgress(completed=float(done), remaining=1.0)
+        return RestrictionProgress(
+            completed=float(done), remaining=float(rng.stop - rng.start - done)
+        )
+
+    def is_bounded(self) -> bool:  # noqa: D102
+        return self.current_restriction().stop != UNBOUNDED
+
+
+class _OffsetRestrictionProvider(RestrictionProvider):
+    def initial_restriction(self, element: _PartitionDescriptor) -> OffsetRange:
+        return OffsetRange(element.start, element.stop)
+
+    def create_tracker(self, restriction: OffsetRange) -> RestrictionTracker:
+        return _KafkaOffsetTracker(restriction)
+
+    def split(
+        self, element: _PartitionDescriptor, restriction: OffsetRange
+    ) -> Iterator[OffsetRange]:
+        yield restriction  # never split a partition: records must come out in offset order
+
+    def restriction_size(self, element: _PartitionDescriptor, restriction: OffsetRange) -> float:
+        if restriction.stop == UNBOUNDED:
+            return 1.0
+        return float(max(restriction.stop - restriction.start, 0))
+
+
+class _PartitionWatermark(WatermarkEstimator):
+    """Watermark of one partition: the newest record timestamp seen, plus an idle rule.
+
+    State: ``(watermark, last_record_wall_s)``. When no record arrived for ``idle_s`` wall-clock
+    seconds, the watermark advances to ``now - idle_s``, so a quiet partition stops holding back
+    the others; this assumes record timestamps follow the wall clock (live capture). Records that
+    arrive later with older timestamps are late data.
+    """
+
+    def __init__(self, state: tuple[Timestamp, float]) -> None:
+        self._watermark, self._last_record_wall_s = state
+
+    def observe_timestamp(self, timestamp: Timestamp) -> None:  # noqa: D102
+        pass  # the reader calls record_seen() with the wall-clock time as well
+
+    def current_watermark(self) -> Timestamp:  # noqa: D102
+        return self._watermark
+
+    def get_estimator_state(self) -> tuple[Timestamp, float]:  # noqa: D102
+        return self._watermark, self._last_record_wall_s
+
+    def record_seen(self, event_time: Timestamp, wall_s: float) -> None:
+        """A record with ``event_time`` was emitted at ``wall_s``."""
+        self._watermark = max(self._watermark, event_time)
+        self._last_record_wall_s = wall_s
+
+    def idle_seconds(self, wall_s: float) -> float:
+        """Seconds since the last record (or since the read started)."""
+        return wall_s - self._last_record_wall_s
+
+    def advance_if_idle(self, wall_s: float, idle_s: float | None) -> bool:
+        """Apply the idle rule; returns whether the watermark moved."""
+        if idle_s is None or self.idle_seconds(wall_s) < idle_s:
+            return False
+        candidate = Timestamp.of(wall_s - idle_s)
+        if candidate <= self._watermark:
+            return False
+        self._watermark = min(candidate, MAX_TIMESTAMP)
+        return True
+
+
+class _WatermarkProvider(WatermarkEstimatorProvider):
+    def initial_estimator_state(
+        self, element: _PartitionDescriptor, restriction: OffsetRange
+    ) -> tuple[Timestamp, float]:
+        return MIN_TIMESTAMP, time.time()
+
+    def create_watermark_estimator(
+        self, estimator_state: tuple[Timestamp, float]
+    ) -> _PartitionWatermark:
+        return _PartitionWatermark(estimator_state)
+
+
+_RESTRICTION_PARAM = beam.DoFn.RestrictionParam(_OffsetRestrictionProvider())
+_WATERMARK_PARAM = beam.DoFn.WatermarkEstimatorParam(_WatermarkProvider())
+
+
+# --- the splittable DoFn -------------------------------------------------------------------
+
+
+class _ReadPartitionFn(beam.DoFn):
+    """Reads one partition per element; see the module docstring for the delivery contract."""
+
+    def __init__(self, cfg: _ReadConfig) -> None:
+        self._cfg = cfg
+        self._readers: dict[tuple[str, int], _PartitionReader] = {}
+        self._records = Metrics.counter(_METRICS_NS, "records_read")
+        self._bytes = Metrics.counter(_METRICS_NS, "bytes_read")
+        self._commits = Metrics.counter(_METRICS_NS, "offset_commits")
+        self._commit_failures = Metrics.counter(_METRICS_NS, "offset_commit_failures")
+
+    def setup(self) -> None:  # noqa: D102
+        self._readers = {}
+
+    def teardown(self) -> None:  # noqa: D102
+        for reader in self._readers.values():
+            try:
+                reader.close()
+            except Exception as err:  # noqa: BLE001 - teardown must not mask the real outcome
+                _LOG.warning("ReadFromKafka: closing %r failed: %s", reader, err)
+        self._readers = {}
+
+    def _reader(self, desc: _PartitionDescriptor) -> _PartitionReader:
+        key = (desc.topic, desc.partition)
+        if key not in self._readers:
+            self._readers[key] = _PartitionReader(self._cfg, desc.topic, desc.partition)
+        return self._readers[key]
+
+    def _commit(self, reader: _PartitionReader, next_offset: int) -> None:
+        # Runs from bundle finalization: the runner has committed the bundle's output. A failed
+        # commit is logged and counted, never raised: the next finalized bundle commits a later
+        # offset, and until then a restart only re-reads (at-least-once).
+        try:
+            reader.commit(next_offset)
+            self._commits.inc()
+        except Exception as err:  # noqa: BLE001
+            self._commit_failures.inc()
+            _LOG.warning(
+                "ReadFromKafka: committing offset %d with %r failed: %s", next_offset, reader, err
+            )
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        desc: _PartitionDescriptor,
+        # Beam passes the finalizer positionally and the tracker / estimator by keyword, so the
+        # finalizer must come first or it lands on the tracker's position.
+        finalizer: Any = beam.DoFn.BundleFinalizerParam,
+        tracker: RestrictionTracker = _RESTRICTION_PARAM,
+        watermark: _PartitionWatermark = _WATERMARK_PARAM,
+    ) -> Iterator[TimestampedValue]:
+        """Emit this partition's records from the restriction's start, then checkpoint."""
+        cfg = self._cfg
+        reader = self._reader(desc)
+        rng = tracker.current_restriction()
+        deadline = time.monotonic() + cfg.max_bundle_s
+        emitted, last_offset, finished = 0, None, False
+        while not finished and emitted < cfg.max_records_per_bundle:
+            timeout = cfg.poll_timeout_ms if emitted == 0 else 0
+            start = rng.start if last_offset is None else last_offset + 1
+            records = reader.read(start, cfg.max_records_per_bundle - emitted, timeout)
+            if not records:
+                break
+            for r in records:
+                if not tracker.try_claim(r.offset):
+                    finished = True  # past the end of a bounded range (max_records)
+                    break
+                ts_ms = (
+                    r.timestamp
+                    if r.timestamp is not None and r.timestamp >= 0
+                    else int(time.time() * 1000)
+                )
+                event_time = Timestamp(micros=ts_ms * 1000)
+                yield TimestampedValue(
+                    KafkaRecord(
+                        r.key,
+                        r.value or b"",
+                        [(k, bytes(v or b"")) for k, v in r.headers],
+                        desc.topic,
+                        desc.partition,
+                        r.offset,
+                        ts_ms,
+                    ),
+                    event_time,
+                )
+                watermark.record_seen(event_time, time.time())
+                emitted += 1
+                last_offset = r.offset
+                self._bytes.inc(len(r.value or b""))
+            if last_offset is not None and last_offset >= rng.stop - 1:
+                finished = True
+            if time.monotonic() >= deadline:
+                break
+        if emitted:
+            self._records.inc(emitted)
+            if cfg.group_id is not None:
+                finalizer.register(functools.partial(self._commit, reader, last_offset + 1))
+        if finished:
+            return
+        now = time.time()
+        if (
+            cfg.stop_after_idle_s is not None
+            and watermark.idle_seconds(now) >= cfg.stop_after_idle_s
+        ):
+            _LOG.info(
+                "ReadFromKafka: %r idle for %.1f s; stopping.", reader, watermark.idle_seconds(now)
+            )
+            tracker.try_claim(rng.stop)  # claiming the end marks the restriction done
+            return
+        watermark.advance_if_idle(now, cfg.idle_partition_s)
+        # The FnApiRunner resumes deferred work at once, whatever the delay; the poll timeout
+        # above is what keeps an idle partition from spinning.
+        tracker.defer_remainder(
+            Duration(seconds=cfg.poll_timeout_ms / 1000.0) if emitted == 0 else None
+        )
+
+
+# --- public transforms ---------------------------------------------------------------------
+
+
+class ReadFromKafka(beam.PTransform):
+    """Read topic partitions as an unbounded ``PCollection[KafkaRecord]`` with event times.
+
+    Args:
+        bootstrap_servers: ``"host:port"``, comma-separated, or a list.
+        topics: one topic name or a list.
+        start: ``"earliest"``, ``"latest"``, ``"committed"`` (needs ``group_id``; a partition
+            without a committed offset starts at the earliest) or an ``int`` timestamp in ms:
+            the first record whose timestamp is at or after it.
+        group_id: consumer group whose offsets are read (``start="committed"``) and committed
+            after each finalized bundle. Without it nothing is committed. Partitions are
+            assigned explicitly; the group is never joined.
+        partitions: partition numbers to read (of every topic); default all.
+        max_records: read at most this many offsets per partition, then that partition ends.
+        stop_after_idle_s: end a partition's read after this many seconds without a record.
+            The transform (and ``p.run()``) ends when every partition has ended.
+        idle_partition_s: after this many quiet seconds a partition's watermark advances with
+            the wall clock (``now - idle_partition_s``) so it does not hold back the others;
+            ``None`` disables it (for replays of old data).
+        max_records_per_bundle: records per partition per bundle (the duplicate bound, see the
+            module docstring).
+        max_bundle_s: wall-clock seconds a bundle may spend on one partition.
+        poll_timeout_ms: how long one poll waits for data on a quiet partition.
+        client_config: extra kafka-python ``KafkaConsumer`` settings, merged last (SASL, SSL,
+            fetch sizes...). A value ``{"from_env": "NAME"}`` is read from the environment on
+            the worker.
+
+    Unless ``max_records`` or ``stop_after_idle_s`` ends every partition, the read never ends.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str],
+        topics: str | Sequence[str],
+        *,
+        start: str | int = "earliest",
+        group_id: str | None = None,
+        partitions: Sequence[int] | None = None,
+        max_records: int | None = None,
+        stop_after_idle_s: float | None = None,
+        idle_partition_s: float | None = 10.0,
+        max_records_per_bundle: int = 500,
+        max_bundle_s: float = 1.0,
+        poll_timeout_ms: int = 100,
+        client_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        servers = _bootstrap_list(bootstrap_servers)
+        topic_list = [topics] if isinstance(topics, str) else list(topics)
+        if not topic_list or not all(isinstance(t, str) and t for t in topic_list):
+            raise ValueError(
+                f"topics must be a topic name or a non-empty list of names, got {topics!r}."
+            )
+        if isinstance(start, bool) or not (
+            start in START_POSITIONS or (isinstance(start, int) and start >= 0)
+        ):
+            raise ValueError(
+                f"start={start!r} is not valid; use one of {', '.join(map(repr, START_POSITIONS))} "
+                "or a timestamp in ms since the epoch (an int >= 0)."
+            )
+        if start == "committed" and not group_id:
+            raise ValueError("start='committed' needs a group_id whose committed offsets to read.")
+        if group_id is not None and (not isinstance(group_id, str) or not group_id):
+            raise ValueError(f"group_id must be a non-empty string or None, got {group_id!r}.")
+        parts: tuple[int, ...] | None = None
+        if partitions is not None:
+            parts = tuple(partitions)
+            if (
+                not parts
+                or not all(isinstance(p, int) and p >= 0 for p in parts)
+                or len(set(parts)) != len(parts)
+            ):
+                raise ValueError(
+                    f"partitions must be a non-empty list of distinct partition numbers >= 0, got {partitions!r}."
+                )
+        _positive("max_records", max_records, integer=True)
+        _positive("stop_after_idle_s", stop_after_idle_s)
+        _positive("idle_partition_s", idle_partition_s)
+        _positive("max_records_per_bundle", max_records_per_bundle, integer=True, optional=False)
+        _positive("max_bundle_s", max_bundle_s, optional=False)
+        _positive("poll_timeout_ms", poll_timeout_ms, integer=True, optional=False)
+        cfg = _check_client_config(client_config, _consumer_config(), _READ_RESERVED)
+        self._cfg = _ReadConfig(
+            servers, topic_list, start, group_id, parts, max_records,
+            None if stop_after_idle_s is None else float(stop_after_idle_s),
+            None if idle_partition_s is None else float(idle_partition_s),
+            max_records_per_bundle, float(max_bundle_s), poll_timeout_ms, cfg,
+        )  # fmt: skip
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:  # noqa: D102
+        return (
+            pbegin
+            | "Impulse" >> beam.Impulse()
+            | "ResolvePartitions" >> beam.ParDo(_ResolvePartitions(self._cfg))
+            | "Reshuffle" >> beam.Reshuffle()
+            | "ReadPartitions"
+            >> beam.ParDo(_ReadPartitionFn(self._cfg)).with_output_types(KafkaRecord)
+        )
+
+
+def _positive(
+    name: str, value: float | None, *, integer: bool = False, optional: bool = True
+) -> None:
+    if value is None and optional:
+        return
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        what = "a positive integer" if integer else "a positive number"
+        tail = " or None" if optional else ""
+        raise ValueError(f"{name} must be {what}{tail}, got {value!r}.")
+
+
+def as_outgoing(element: Any) -> OutgoingRecord:
+    """Normalise a write element to an :class:`OutgoingRecord`.
+
+    Accepted: ``OutgoingRecord``, ``KafkaRecord``, ``(key, value)`` or ``(key, value, headers)``;
+    ``str`` keys are encoded as UTF-8. Anything else raises ``TypeError``.
+    """
+    if isinstance(element, OutgoingRecord):
+        key, value, headers = element
+    elif isinstance(element, KafkaRecord):
+        key, value, headers = element.key, element.value, element.headers
+    elif isinstance(element, tuple) and len(element) in (2, 3):
+        key, value = element[0], element[1]
+        headers = element[2] if len(element) == 3 else []
+    else:
+        raise TypeError(
+            "WriteToKafka elements must be OutgoingRecord, KafkaRecord, (key, value) or "
+            f"(key, value, headers); got {type(element).__name__}."
+        )
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if key is not None and not isinstance(key, bytes):
+        raise TypeError(f"A record key must be bytes, str or None, got {type(key).__name__}.")
+    if not isinstance(value, bytes):
+        raise TypeError(f"A record value must be bytes, got {type(value).__name__}.")
+    headers = list(headers or [])
+    for h in headers:
+        if not (
+            isinstance(h, tuple)
+            and len(h) == 2
+            and isinstance(h[0], str)
+            and isinstance(h[1], bytes)
+        ):
+            raise TypeError(f"Headers must be (str, bytes) pairs, got {h!r}.")
+    return OutgoingRecord(key, value, headers)
+
+
+class _WriteFn(beam.DoFn):
+    def __init__(self, servers: list[str], topic: str, acks: Any, retries: int,
+                 flush_timeout_s: float, client_config: dict[str, Any]) -> None:  # fmt: skip
+        self._servers, self._topic, self._acks, self._retries = servers, topic, acks, retries
+        self._flush_timeout_s = flush_timeout_s
+        self._client_config = client_config
+        self._producer: Any = None
+        self._pending: list[Any] = []
+        self._written = Metrics.counter(_METRICS_NS, "records_written")
+
+    def setup(self) -> None:  # noqa: D102
+        from kafka import KafkaProducer
+
+        self._producer = KafkaProducer(
+            bootstrap_servers=self._servers,
+            acks=self._acks,
+            retries=self._retries,
+            client_id=f"costream-write-{self._topic}",
+            **resolve_client_config(self._client_config),
+        )
+
+    def start_bundle(self) -> None:  # noqa: D102
+        self._pending = []
+
+    def process(self, element: Any, ts: Timestamp = beam.DoFn.TimestampParam) -> None:  # noqa: D102
+        rec = as_outgoing(element)
+        if isinstance(element, KafkaRecord):
+            ts_ms: int | None = element.timestamp_ms
+        elif MIN_TIMESTAMP < ts < MAX_TIMESTAMP and ts.micros >= 0:
+            ts_ms = ts.micros // 1000  # keep the event time of what we write (e.g. capture time)
+        else:
+            ts_ms = None
+        self._pending.append(
+            self._producer.send(
+                self._topic, value=rec.value, key=rec.key, headers=rec.headers, timestamp_ms=ts_ms
+            )
+        )
+
+    def finish_bundle(self) -> None:  # noqa: D102
+        # The bundle succeeds only if every record was acknowledged; otherwise raise, so the
+        # runner retries the bundle (and upstream offsets are not committed).
+        self._producer.flush(timeout=self._flush_timeout_s)
+        failed = [f for f in self._pending if not f.is_done or f.failed()]
+        n = len(self._pending)
+        self._pending = []
+        if failed:
+            first = failed[0].exception if failed[0].is_done else "not acknowledged in time"
+            raise RuntimeError(
+                f"WriteToKafka: {len(failed)} of {n} records to topic {self._topic!r} were not "
+                f"acknowledged (first error: {first})."
+            )
+        self._written.inc(n)
+
+    def teardown(self) -> None:  # noqa: D102
+        if self._producer is not None:
+            self._producer.close(timeout=self._flush_timeout_s)
+            self._producer = None
+
+
+class WriteToKafka(beam.PTransform):
+    """Publish elements to one topic; a bundle succeeds only once the broker acknowledged it.
+
+    Elements: :class:`OutgoingRecord` (or ``KafkaRecord``, ``(key, value)``,
+    ``(key, value, headers)``). The record timestamp is the ``KafkaRecord`` timestamp or else the
+    element's event time (when it has a real one); partitions follow the key.
+
+    Args:
+        bootstrap_servers: ``"host:port"``, comma-separated, or a list.
+        topic: destination topic (must exist on brokers that do not auto-create topics).
+        acks: ``0``, ``1`` or ``"all"``.
+        retries: producer retries per record on retriable errors.
+        flush_timeout_s: how long ``finish_bundle`` waits for acknowledgements.
+        client_config: extra kafka-python ``KafkaProducer`` settings, merged last;
+            ``{"from_env": "NAME"}`` values are read from the worker's environment.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str],
+        topic: str,
+        *,
+        acks: int | str = "all",
+        retries: int = 5,
+        flush_timeout_s: float = 60.0,
+        client_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        servers = _bootstrap_list(bootstrap_servers)
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"topic must be a non-empty string, got {topic!r}.")
+        if acks not in (0, 1, "all", -1):
+            raise ValueError(f"acks={acks!r} is not valid; use 0, 1 or 'all'.")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}.")
+        _positive("flush_timeout_s", flush_timeout_s, optional=False)
+        cfg = _check_client_config(client_config, _producer_config(), _WRITE_RESERVED)
+        self._fn = _WriteFn(servers, topic, acks, retries, float(flush_timeout_s), cfg)
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:  # noqa: D102
+        return pcoll | "Produce" >> beam.ParDo(self._fn)
