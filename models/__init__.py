@@ -1,1 +1,45 @@
-"""costream.models."""
+"""costream.models: continual attention, encoders, model zoo, FLOP counting (pure PyTorch)."""
+
+from .attention import (
+    ContinualRetroactiveAttention,
+    ContinualSingleOutputAttention,
+    MultiheadWeights,
+)
+from .encoder import ContinualEncoder
+from .flops import encoder_macs, measured_macs, oadtr_macs
+from .positional import RecyclingPositionalEncoding
+from .state import StateFormatError, StreamState
+from .weights import WeightsError, load_weights, save_weights, weights_sha256
+
+__all__ = [
+    "ContinualEncoder",
+    "ContinualRetroactiveAttention",
+    "ContinualSingleOutputAttention",
+    "MultiheadWeights",
+    "RecyclingPositionalEncoding",
+    "StateFormatError",
+    "StreamState",
+    "WeightsError",
+    "encoder_macs",
+    "load_weights",
+    "measured_macs",
+    "oadtr_macs",
+    "save_weights",
+    "weights_sha256",
+]
+
+from .nystrom import (  # noqa: E402  (issue 5: continual Nyström attention)
+    ContinualNystromRetroactiveAttention,
+    ContinualNystromSingleOutputAttention,
+    NystromAttention,
+    continual_nystrom_macs,
+    nystrom_macs,
+)
+
+__all__ += [
+    "ContinualNystromRetroactiveAttention",
+    "ContinualNystromSingleOutputAttention",
+    "NystromAttention",
+    "continual_nystrom_macs",
+    "nystrom_macs",
+]

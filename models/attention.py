@@ -23,6 +23,8 @@ match no regular computation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -69,7 +71,7 @@ class MultiheadWeights(nn.Module):
             nn.init.zeros_(self.out_proj.bias)
 
     @classmethod
-    def from_torch(cls, mha: nn.MultiheadAttention, **kwargs: int) -> MultiheadWeights:
+    def from_torch(cls, mha: nn.MultiheadAttention, **kwargs: Any) -> MultiheadWeights:
         """Copy the weights of a ``torch.nn.MultiheadAttention`` (same d, heads, bias)."""
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"Expected torch.nn.MultiheadAttention, got {type(mha).__name__}.")
@@ -102,9 +104,14 @@ class MultiheadWeights(nn.Module):
         is what a last layer needs once its inputs all change every step (§6.3).
         """
         B, n, _ = x.shape
-        q, k, v = self.project(x)  # each (B, n, h, d_h)
-        if last_only:
-            q = q[:, -1:]  # (B, 1, h, d_h)
+        shape = (B, n, self.num_heads, self.head_dim)
+        if last_only:  # project keys and values of all n tokens, the query of the newest only
+            d, W, b = self.d_model, self.in_proj_weight, self.in_proj_bias
+            q = F.linear(x[:, -1:], W[:d], None if b is None else b[:d]).view(B, 1, *shape[2:])
+            k, v = F.linear(x, W[d:], None if b is None else b[d:]).chunk(2, dim=-1)
+            k, v = k.reshape(shape), v.reshape(shape)  # (B, n, h, d_h)
+        else:
+            q, k, v = self.project(x)  # each (B, n, h, d_h)
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         o = self.merge(o.transpose(1, 2))  # (B, n_q, d)
         return o[:, 0] if last_only else o
@@ -261,7 +268,8 @@ class ContinualRetroactiveAttention(_ContinualAttention):
         real = (torch.arange(n, device=u.device) <= t[:, None]) | (t[:, None] >= n)  # (B, n)
         self._recompute(stale & real.unsqueeze(1), Q, K, V, D, AV, C, Err, eps)
 
-        o = AV / D.unsqueeze(-1)  # (B, h, n, d_h), slot order
+        # Rows of never-written (phantom) slots have D = 0 during warm-up; give them 0, not NaN.
+        o = AV / torch.where(D > 0, D, 1).unsqueeze(-1)  # (B, h, n, d_h), slot order
         order = temporal_order(t + 1, n)  # (B, n): oldest slot first
         o = o.gather(2, order[:, None, :, None].expand_as(o))  # (B, h, n, d_h), temporal order
         return self.merge(o.transpose(1, 2))  # (B, n, d)
