@@ -1,0 +1,99 @@
+"""Audio classifier pieces: log-mel patch front-end and its configuration.
+
+The audio model of the zoo (``audio_b2`` / ``co_audio_b2``) classifies a stream of log-mel
+frames into GTZAN-style genres. One *token* is a patch of ``patch`` consecutive log-mel frames
+(``n_mels`` bins each); a small 1-D convolution stack runs over the frames **inside** the patch
+only, so the front-end is token-wise and the continual model stays exactly equal to the regular
+one (docs/continual-attention.md §6.1: anything token-wise is free). The encoder then mixes the
+last ``window`` tokens::
+
+    (B, n_mels, patch) -> Conv1d(n_mels→c, 3) -> GELU -> Conv1d(c→c, 3) -> GELU -> mean over patch
+                       -> Linear(c→d) -> recycling PE -> continual encoder -> LN -> Linear(d→10)
+
+The mel spectrogram itself is computed outside ``models/`` (a transform), so a model input per
+step is either ``(B, n_mels, patch)`` or the same numbers flattened to ``(B, n_mels * patch)``
+(mel-bin major: ``x.reshape(B, n_mels, patch)`` recovers the patch). With the defaults (64 mels,
+10 ms hop, patch 8) a token is 80 ms of audio and a window of 32 tokens is 2.56 s.
+
+Example:
+    >>> import torch
+    >>> fe = MelPatchEmbedding(n_mels=8, patch=4, channels=6, d_model=10)
+    >>> fe(torch.randn(3, 32)).shape
+    torch.Size([3, 10])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["GTZAN_GENRES", "AudioConfig", "MelPatchEmbedding"]
+
+GTZAN_GENRES = [
+    "blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock",
+]  # fmt: skip
+
+
+class MelPatchEmbedding(nn.Module):
+    """Token-wise conv front-end: ``(..., n_mels * patch)`` log-mel patch -> ``(..., d_model)``."""
+
+    def __init__(self, n_mels: int, patch: int, channels: int, d_model: int) -> None:
+        super().__init__()
+        if min(n_mels, patch, channels, d_model) < 1:
+            raise ValueError("n_mels, patch, channels and d_model must all be positive.")
+        self.n_mels, self.patch = n_mels, patch
+        self.conv1 = nn.Conv1d(n_mels, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size=3, padding=1)
+        self.proj = nn.Linear(channels, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Embed every token independently; leading dims are kept."""
+        lead = x.shape[:-1]
+        if x.shape[-1] != self.n_mels * self.patch:
+            raise ValueError(
+                f"Expected log-mel patches of {self.n_mels} mels x {self.patch} frames = "
+                f"{self.n_mels * self.patch} values per token, got {x.shape[-1]}."
+            )
+        z = x.reshape(-1, self.n_mels, self.patch)  # (N, n_mels, patch), N = prod(lead)
+        z = F.gelu(self.conv1(z))  # (N, c, patch)
+        z = F.gelu(self.conv2(z))  # (N, c, patch)
+        z = self.proj(z.mean(dim=-1))  # (N, d)
+        return z.reshape(*lead, -1)  # (..., d)
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Audio classifier configuration (saved in the model card)."""
+
+    n_mels: int = 64
+    patch: int = 8
+    channels: int = 64
+    d_model: int = 128
+    window: int = 32
+    heads: int = 4
+    ffn: int = 256
+    blocks: int = 2
+    classes: int = 10
+    pe_size: int = 63
+    pe_learned: bool = False
+    dropout: float = 0.1
+    attention: str = "softmax"
+
+    family: ClassVar[str] = "audio"
+
+    @property
+    def d_in(self) -> int:
+        """Values per token: ``n_mels * patch``."""
+        return self.n_mels * self.patch
+
+    def make_embedding(self) -> nn.Module:
+        """Token embedding of this family (the conv front-end)."""
+        return MelPatchEmbedding(self.n_mels, self.patch, self.channels, self.d_model)
+
+    def embedding_macs(self) -> int:
+        """Multiply-accumulates of the front-end per token (conv weights x outputs + projection)."""
+        c = self.channels
+        return self.patch * 3 * (self.n_mels * c + c * c) + c * self.d_model
