@@ -1,0 +1,119 @@
+"""Per-step latency and throughput: continual encoder vs the regular encoder recomputing the window.
+
+Paper configuration (d=1024, n=64, h=8, FFN 1024), 1 and 2 layers, same weights, measured side by
+side in one run for B streams each receiving one new frame per step. The regular side is
+``torch.nn.TransformerEncoder`` on the (B, n, d) windows (its fused eval fast path), read at the
+newest token. Also prints the weight-streaming roofline for B=1: weight bytes / measured memory
+read bandwidth, the time a step cannot beat when every weight must come from memory once.
+
+    .venv/bin/python benchmarks/bench_step.py            # full table + out/bench_step.png
+    .venv/bin/python benchmarks/bench_step.py --quick    # B in {1, 8}, fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from costream.models import ContinualEncoder
+
+
+def timeit(fn, min_time: float, min_reps: int = 3) -> float:
+    """Median seconds per call over at least ``min_reps`` calls and ``min_time`` seconds."""
+    fn()  # warm-up
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def read_bandwidth(nbytes: int = 512 << 20) -> float:
+    """Bytes/s of a streaming read (sum over a buffer much larger than the caches)."""
+    x = torch.ones(nbytes // 4)
+    return nbytes / timeit(lambda: x.sum(), min_time=1.0, min_reps=5)
+
+
+def build(layers: int, d: int, n: int, h: int, f: int) -> tuple[nn.TransformerEncoder, ContinualEncoder]:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d, h, f, dropout=0.1, activation="gelu", batch_first=True, bias=False)
+    regular = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).eval()
+    return regular, ContinualEncoder.from_torch(regular, window=n)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="B in {1, 8} and shorter timing")
+    ap.add_argument("--batches", type=int, nargs="+", default=None)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out", type=Path, default=Path("out"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    d, n, h, f = 1024, 64, 8, 1024
+    batches = args.batches or ([1, 8] if args.quick else [1, 8, 64, 256])
+    min_time = 0.3 if args.quick else 1.0
+
+    bw = read_bandwidth()
+    print(f"torch {torch.__version__}, {args.threads} threads; memory read bandwidth {bw / 1e9:.1f} GB/s")
+    print(f"paper configuration: d={d}, n={n}, h={h}, FFN={f}; float32; one new frame per stream per step\n")
+    header = f"{'layers':>6} {'B':>5} {'continual ms':>13} {'regular ms':>11} {'speed-up':>9} {'cont. frames/s':>15} {'reg. frames/s':>14}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    with torch.no_grad():
+        for layers in (1, 2):
+            regular, enc = build(layers, d, n, h, f)
+            for B in batches:
+                x = torch.randn(B, d)
+                window = torch.randn(B, n, d)
+                state = enc.init_state(B)
+                for _ in range(n):  # warm state (guarded retroactive path in steady state)
+                    enc.step(torch.randn(B, d), state)
+                t_co = timeit(lambda: enc.step(x, state), min_time)
+                t_re = timeit(lambda: regular(window)[:, -1], min_time, min_reps=2)
+                rows.append((layers, B, t_co, t_re))
+                print(
+                    f"{layers:>6} {B:>5} {t_co * 1e3:>13.3f} {t_re * 1e3:>11.2f} {t_re / t_co:>8.1f}x "
+                    f"{B / t_co:>15.0f} {B / t_re:>14.0f}",
+                    flush=True,
+                )
+            if layers == 1:
+                weight_bytes = sum(p.numel() * p.element_size() for p in enc.parameters())
+                roofline = weight_bytes / bw
+                t1 = next(r[2] for r in rows if r[0] == 1 and r[1] == 1) if 1 in batches else float("nan")
+                print(
+                    f"  roofline B=1, 1 layer: {weight_bytes / 1e6:.1f} MB weights / {bw / 1e9:.1f} GB/s = "
+                    f"{roofline * 1e3:.3f} ms; measured step {t1 * 1e3:.3f} ms = {t1 / roofline:.2f}x roofline"
+                )
+    plot(rows, args.out / "bench_step.png")
+
+
+def plot(rows: list[tuple[int, int, float, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for layers, style in ((1, "-"), (2, "--")):
+        sel = [r for r in rows if r[0] == layers]
+        bs = [r[1] for r in sel]
+        ax.plot(bs, [r[2] * 1e3 for r in sel], "o" + style, label=f"continual, {layers} layer(s)")
+        ax.plot(bs, [r[3] * 1e3 for r in sel], "s" + style, label=f"regular window, {layers} layer(s)")
+    ax.set(xscale="log", yscale="log", xlabel="streams B", ylabel="ms per step", title="d=1024, n=64, h=8 (CPU)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"\nplot: {path}")
+
+
+if __name__ == "__main__":
+    main()
