@@ -1,1 +1,50 @@
-"""costream.connectors."""
+"""costream.connectors: Kafka IO for Beam, stream-contract codecs, media readers, local broker.
+
+Import the submodules you need; this package re-exports the main entry points lazily so that
+``import costream.connectors`` stays cheap (Beam, PyAV and OpenCV load on first use):
+
+- :mod:`~costream.connectors.kafka_io`: ``ReadFromKafka``, ``WriteToKafka``, ``KafkaRecord``;
+- :mod:`~costream.connectors.codecs`: header names, content types, ``decode_frame`` and friends,
+  the ``CodecError`` hierarchy, detections and dead-letter records;
+- :mod:`~costream.connectors.media` and :mod:`~costream.connectors.synthetic`: files and
+  generated media to frames / PCM chunks;
+- :mod:`~costream.connectors.sources`: any source to publishable records;
+- :mod:`~costream.connectors.broker`: ``EmbeddedBroker`` (tansu).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ReadFromKafka": "kafka_io",
+    "WriteToKafka": "kafka_io",
+    "KafkaRecord": "kafka_io",
+    "OutgoingRecord": "codecs",
+    "CodecError": "codecs",
+    "Frame": "codecs",
+    "Detection": "codecs",
+    "decode_frame": "codecs",
+    "decode_payload": "codecs",
+    "decode_detection": "codecs",
+    "encode_detection": "codecs",
+    "make_detection": "codecs",
+    "dead_letter_record": "codecs",
+    "frame_record": "codecs",
+    "EmbeddedBroker": "broker",
+    "read_video_frames": "media",
+    "read_audio_chunks": "media",
+    "synthetic_video": "synthetic",
+    "synthetic_audio": "synthetic",
+    "open_source": "sources",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'costream.connectors' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"costream.connectors.{module}"), name)
