@@ -19,6 +19,7 @@ affects ``start="latest"`` when the last batch held several records.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,18 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class EmbeddedBroker:
@@ -104,7 +117,7 @@ class EmbeddedBroker:
         if self._log is None:
             return ""
         with open(self._log.name, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+            return _ANSI.sub("", f.read().decode("utf-8", "replace"))
 
     def start(self) -> EmbeddedBroker:
         """Start the broker and wait until it answers; returns self."""
@@ -113,6 +126,10 @@ class EmbeddedBroker:
         binary = self._binary or tansu_binary()
         if self.port is None:
             self.port = _free_port(self.host)
+        elif not _port_free(self.host, self.port):
+            raise BrokerError(
+                f"Port {self.port} on {self.host} is already in use; pick another or pass port=None."
+            )
         url = f"tcp://{self.host}:{self.port}"
         self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
@@ -156,9 +173,15 @@ class EmbeddedBroker:
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5):
                     pass
+                if "panicked" in self.output():
+                    raise BrokerError(
+                        f"tansu failed while starting on {self.host}:{self.port}. "
+                        f"Its output:\n{self.output()}"
+                    )
                 admin = KafkaAdminClient(
                     bootstrap_servers=f"{self.host}:{self.port}",
                     request_timeout_ms=2000,
+                    bootstrap_timeout_ms=2000,
                     client_id="costream-embedded-broker",
                 )
                 admin.list_topics()
