@@ -49,11 +49,14 @@ __all__ = [
     "ContinualNystromRetroactiveAttention",
     "ContinualNystromSingleOutputAttention",
     "NystromAttention",
+    "NystromMultiheadAttention",
     "continual_nystrom_macs",
     "nystrom",
     "nystrom_macs",
+    "parse_attention",
     "pseudo_inverse",
     "segment_means",
+    "validate_options",
 ]
 
 LANDMARK_MODES = ("continual", "fixed")
@@ -158,6 +161,38 @@ def continual_nystrom_macs(
     return fixed + m / n * update
 
 
+def validate_options(
+    landmarks: int,
+    window: int | None,
+    landmark_mode: str = "continual",
+    pinv: str = "iterative",
+    pinv_iters: int = 6,
+    streaming: bool = True,
+) -> None:
+    """Raise ``ValueError`` with a sentence naming the valid choices if the options are bad."""
+    m, n = landmarks, window
+    if not isinstance(m, int) or m < 1:
+        raise ValueError(f"landmarks must be a positive integer m (1 <= m <= n), got {m!r}.")
+    if n is not None and m > n:
+        raise ValueError(
+            f"landmarks={m} exceeds the window n={n}; use 1 <= m <= n (m = n with the exact "
+            f"pinv equals softmax attention)."
+        )
+    if landmark_mode not in LANDMARK_MODES:
+        raise ValueError(f"landmark_mode must be one of {LANDMARK_MODES}, got {landmark_mode!r}.")
+    if streaming and landmark_mode == "continual" and n is not None and n % m != 0:
+        divisors = [k for k in range(1, n + 1) if n % k == 0]
+        raise ValueError(
+            f"Continual landmarks need the window to split into equal segments, but n={n} is "
+            f"not divisible by landmarks m={m}. Choose m in {divisors}, or use "
+            f"landmark_mode='fixed' (§7.9)."
+        )
+    if pinv not in PINV_METHODS:
+        raise ValueError(f"pinv must be one of {PINV_METHODS}, got {pinv!r}.")
+    if pinv_iters < 1:
+        raise ValueError(f"pinv_iters must be >= 1 Newton-Schulz iterations, got {pinv_iters}.")
+
+
 # -- shared configuration ---------------------------------------------------------------------
 class _NystromConfig:
     """Validation, landmark parameters and the window computation shared by all three classes.
@@ -179,29 +214,8 @@ class _NystromConfig:
         fixed_landmarks: tuple[Tensor, Tensor] | None,
         streaming: bool,
     ) -> None:
-        m, n = landmarks, window
-        if not isinstance(m, int) or m < 1:
-            raise ValueError(f"landmarks must be a positive integer m (1 <= m <= n), got {m!r}.")
-        if n is not None and m > n:
-            raise ValueError(
-                f"landmarks={m} exceeds the window n={n}; use 1 <= m <= n (m = n with the exact "
-                f"pinv equals softmax attention)."
-            )
-        if landmark_mode not in LANDMARK_MODES:
-            raise ValueError(
-                f"landmark_mode must be one of {LANDMARK_MODES}, got {landmark_mode!r}."
-            )
-        if streaming and landmark_mode == "continual" and n is not None and n % m != 0:
-            divisors = [k for k in range(1, n + 1) if n % k == 0]
-            raise ValueError(
-                f"Continual landmarks need the window to split into equal segments, but n={n} is "
-                f"not divisible by landmarks m={m}. Choose m in {divisors}, or use "
-                f"landmark_mode='fixed' (§7.9)."
-            )
-        if pinv not in PINV_METHODS:
-            raise ValueError(f"pinv must be one of {PINV_METHODS}, got {pinv!r}.")
-        if pinv_iters < 1:
-            raise ValueError(f"pinv_iters must be >= 1 Newton-Schulz iterations, got {pinv_iters}.")
+        m = landmarks
+        validate_options(landmarks, window, landmark_mode, pinv, pinv_iters, streaming)
         if fixed_landmarks is not None and landmark_mode != "fixed":
             raise ValueError("fixed_landmarks are only used with landmark_mode='fixed'.")
         self.landmarks, self.landmark_mode = m, landmark_mode
@@ -307,6 +321,96 @@ class NystromAttention(_NystromConfig, MultiheadWeights):
     def forward(self, window: Tensor) -> Tensor:
         """All rows of Nyström attention over ``window`` (B, n, d) -> (B, n, d)."""
         return self.attend_window(window)
+
+
+class NystromMultiheadAttention(_NystromConfig, nn.MultiheadAttention):
+    """Drop-in ``torch.nn.MultiheadAttention`` that computes Nyström self-attention.
+
+    Put it in a ``nn.TransformerEncoderLayer`` (``layer.self_attn = ...``) to train a regular
+    encoder with Nyström attention: parameter names stay torch's, so
+    ``ContinualEncoder.from_torch(encoder, attention="nystrom", ...)`` converts it with the same
+    options. Self-attention only (query is key is value), batch_first, no masks; the attention
+    ``dropout`` is not applied (Nyström has no single attention matrix to drop from).
+    """
+
+    project = MultiheadWeights.project
+    merge = MultiheadWeights.merge
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        batch_first: bool = True,
+        *,
+        window: int | None = None,
+        landmarks: int,
+        landmark_mode: str = "continual",
+        pinv: str = "iterative",
+        pinv_iters: int = 6,
+        fixed_landmarks: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        if not batch_first:
+            raise ValueError("NystromMultiheadAttention needs batch_first=True: (B, n, d) windows.")
+        if num_heads < 1 or embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}.")
+        super().__init__(embed_dim, num_heads, dropout=dropout, bias=bias, batch_first=True)
+        self.d_model = embed_dim
+        self._init_nystrom(
+            landmarks, window, landmark_mode, pinv, pinv_iters, fixed_landmarks, streaming=False
+        )
+        # A hook keeps nn.TransformerEncoderLayer off its fused softmax fast path, which would
+        # bypass this forward in eval mode.
+        self.register_forward_pre_hook(lambda module, args: None)
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, None]:
+        """Nyström self-attention over ``query`` (B, n, d): returns ((B, n, d), None)."""
+        if key is not query or value is not query:
+            raise ValueError("NystromMultiheadAttention supports self-attention only (q = k = v).")
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise ValueError("NystromMultiheadAttention supports no masks (continual inference).")
+        return self.attend_window(query), None
+
+
+def parse_attention(spec: str, window: int | None = None) -> tuple[str, dict[str, object]]:
+    """Split a model-config attention string into (kind, options) for ``ContinualEncoder``.
+
+    ``"softmax"`` -> ("softmax", {}); ``"nystrom:m=8"`` -> ("nystrom", {"landmarks": 8}); more
+    options after commas: ``landmarks=continual|fixed``, ``pinv=iterative|exact``, ``iters=K``,
+    e.g. ``"nystrom:m=4,pinv=exact"``. Validates the options (against ``window`` if given).
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "softmax" and not rest:
+        return "softmax", {}
+    if kind != "nystrom":
+        raise ValueError(f"Unknown attention {spec!r}; use 'softmax' or 'nystrom:m=<landmarks>'.")
+    names = {"m": "landmarks", "landmarks": "landmark_mode", "pinv": "pinv", "iters": "pinv_iters"}
+    options: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in names or not value:
+            raise ValueError(
+                f"Bad Nyström option {item!r} in {spec!r}; valid: m=<int>, landmarks=continual|"
+                f"fixed, pinv=iterative|exact, iters=<int>."
+            )
+        options[names[key]] = int(value) if key in ("m", "iters") else value
+    if "landmarks" not in options:
+        raise ValueError(
+            f"Nyström attention needs the number of landmarks, e.g. 'nystrom:m=8' (got {spec!r})."
+        )
+    validate_options(window=window, **options)  # type: ignore[arg-type]
+    return "nystrom", options
 
 
 class _ContinualNystrom(_NystromConfig, _ContinualAttention):

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from .audio import GTZAN_GENRES, AudioConfig
 from .data import THUMOS14_CLASSES
 from .encoder import ContinualEncoder
+from .nystrom import NystromMultiheadAttention, parse_attention
 from .positional import RecyclingPositionalEncoding
 from .state import StreamState
 from .weights import WeightsError, load_weights, save_weights, weights_sha256
@@ -125,6 +126,7 @@ def _check_config(cfg: ModelConfig) -> None:
             f"pe_size={cfg.pe_size} < window={cfg.window}: two tokens of one window would share a "
             f"positional code; use pe_size >= 2*window - 1 (CoOadTR: 127 for n = 64)."
         )
+    parse_attention(cfg.attention, cfg.window)  # "softmax" or "nystrom:m=8,...": refuse bad ones
 
 
 # -- the regular model -----------------------------------------------------------------------------
@@ -151,6 +153,11 @@ class OnlineTransformer(nn.Module):
         layer.self_attn = nn.MultiheadAttention(
             d, config.heads, dropout=config.dropout, bias=False, batch_first=True
         )
+        kind, options = parse_attention(config.attention, config.window)
+        if kind == "nystrom":  # train with the attention the continual twin runs (same keys)
+            layer.self_attn = NystromMultiheadAttention(
+                d, config.heads, config.dropout, bias=False, window=config.window, **options
+            )
         self.encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.classes)
@@ -198,8 +205,9 @@ class ContinualOnlineTransformer(nn.Module):
         self.pe = copy.deepcopy(regular.pe)
         self.norm = copy.deepcopy(regular.norm)
         self.head = copy.deepcopy(regular.head)
+        kind, options = parse_attention(config.attention, config.window)
         self.encoder = ContinualEncoder.from_torch(
-            regular.encoder, window=config.window, attention=config.attention
+            regular.encoder, window=config.window, attention=kind, **options
         )
         self.eval()
 
@@ -308,6 +316,20 @@ register_model(
     help="log-mel patches -> conv -> 2-block encoder -> 10 genres",
 )
 register_model("co_audio_b2", "audio", continual=True, help="continual twin of audio_b2")
+# Nyström attention (issue 5). Learned fixed landmarks keep "stream == regular model" at every
+# step; continual (segment-mean) landmarks, e.g. attention="nystrom:m=4", equal it only at
+# landmark updates (every n/m steps) and lag by up to n/m - 1 tokens in between (docs §7.6).
+_NYSTROM = "nystrom:m=4,landmarks=fixed"
+for _co in (False, True):
+    _p = "co_" if _co else ""
+    register_model(
+        f"{_p}nystrom_oadtr_b1", "oadtr", continual=_co, blocks=1, attention=_NYSTROM,
+        help=f"{'continual ' if _co else ''}OadTR-b1, Nyström attention, 4 learned landmarks",
+    )  # fmt: skip
+    register_model(
+        f"{_p}nystrom_audio_b2", "audio", continual=_co, attention=_NYSTROM,
+        help=f"{'continual ' if _co else ''}audio_b2, Nyström attention, 4 learned landmarks",
+    )  # fmt: skip
 
 
 def list_models() -> list[str]:

@@ -9,9 +9,11 @@ from costream.models.nystrom import (
     ContinualNystromRetroactiveAttention,
     ContinualNystromSingleOutputAttention,
     NystromAttention,
+    NystromMultiheadAttention,
     continual_nystrom_macs,
     nystrom,
     nystrom_macs,
+    parse_attention,
     pseudo_inverse,
     segment_means,
 )
@@ -285,3 +287,57 @@ def test_mac_formulas_match_doc_table():
     ) == pytest.approx(0.582e6, rel=1e-2)
     assert continual_nystrom_macs(n, d, h, 8, retroactive=True) == pytest.approx(0.691e6, rel=1e-2)
     assert continual_nystrom_macs(n, d, h, 16, retroactive=True) == pytest.approx(1.763e6, rel=1e-2)
+
+
+def test_drop_in_multihead_attention_trains_in_torch_encoder_and_converts():
+    torch.manual_seed(13)
+    layer = nn.TransformerEncoderLayer(D, H, 32, dropout=0.0, batch_first=True, dtype=torch.float64)
+    layer.self_attn = NystromMultiheadAttention(D, H, bias=True, window=N, landmarks=2).double()
+    torch_enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    enc = ContinualEncoder.from_torch(torch_enc, window=N, attention="nystrom", landmarks=2)
+    X = torch.randn(3, N, D, dtype=torch.float64)
+    with torch.no_grad():  # eval + no_grad + biases: torch's fused softmax fast path must not run
+        torch.testing.assert_close(torch_enc(X)[:, -1], enc(X), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="no masks"):
+        layer.self_attn(X, X, X, attn_mask=torch.zeros(N, N, dtype=torch.bool))
+
+
+def test_parse_attention_specs():
+    assert parse_attention("softmax") == ("softmax", {})
+    assert parse_attention("nystrom:m=4,pinv=exact,iters=3", window=8) == (
+        "nystrom",
+        {"landmarks": 4, "pinv": "exact", "pinv_iters": 3},
+    )
+    assert parse_attention("nystrom:m=3,landmarks=fixed", window=8)[1]["landmark_mode"] == "fixed"
+    for spec, match in [
+        ("nystrom", "needs the number of landmarks"),
+        ("nystrom:m=3", "not divisible"),
+        ("nystrom:k=3", "Bad Nyström option"),
+        ("linear", "Unknown attention"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_attention(spec, window=8)
+
+
+@pytest.mark.parametrize("name", ["co_nystrom_oadtr_b1", "co_nystrom_audio_b2"])
+def test_zoo_nystrom_models_stream_equal_their_regular_twin(name):
+    from costream.models.zoo import get_model, model_info
+
+    torch.manual_seed(14)
+    small = dict(d_model=16, window=8, heads=2, ffn=32, classes=3, pe_size=15)
+    if model_info(name).family == "oadtr":
+        small |= dict(d_in=12, attention="nystrom:m=4")
+    else:
+        small |= dict(n_mels=4, patch=2, channels=4, attention="nystrom:m=2")
+    co = get_model(name, **small).double()
+    regular = get_model(name[3:], **small).double().eval()
+    regular.load_state_dict(co.state_dict())  # same keys in both forms
+    s = 8 // co.encoder.layers[0].self_attn.landmarks
+    X = torch.randn(2, 3 * 8, co.config.d_in, dtype=torch.float64)
+    state = co.init_state(2)
+    for t in range(1, X.shape[1] + 1):
+        out, state = co.step(X[:, t - 1], state)
+        if t >= 8 and t % s == 0:
+            with torch.no_grad():
+                ref = regular(X[:, t - 8 : t], torch.full((2,), t - 8))
+            torch.testing.assert_close(out.scores, ref, atol=1e-9, rtol=0)
