@@ -32,14 +32,18 @@ from .nystrom import (  # noqa: E402  (issue 5: continual Nyström attention)
     ContinualNystromRetroactiveAttention,
     ContinualNystromSingleOutputAttention,
     NystromAttention,
+    NystromMultiheadAttention,
     continual_nystrom_macs,
     nystrom_macs,
+    parse_attention,
 )
 
 __all__ += [
     "ContinualNystromRetroactiveAttention",
     "ContinualNystromSingleOutputAttention",
     "NystromAttention",
+    "NystromMultiheadAttention",
     "continual_nystrom_macs",
     "nystrom_macs",
+    "parse_attention",
 ]
