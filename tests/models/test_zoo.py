@@ -1,0 +1,214 @@
+"""Zoo models: continual twin == regular model, registry, save/load round trip, refused files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from costream.models.weights import WeightsError
+from costream.models.zoo import (
+    ContinualOnlineTransformer,
+    OnlineTransformer,
+    StepOutput,
+    continual_from_regular,
+    get_model,
+    list_models,
+    load_model,
+    make_config,
+    read_card,
+    save_model,
+)
+from safetensors.torch import load_file, save_file
+
+SMALL = {
+    "oadtr": dict(d_in=12, d_model=16, window=5, heads=2, ffn=24, classes=4, pe_size=9),
+    "audio": dict(n_mels=6, patch=3, channels=8, d_model=16, window=5, heads=2, ffn=24, pe_size=9),
+}
+ZOO = [name for name in list_models() if not name.startswith("co_")]
+
+
+def _small(name: str, **kw):
+    family = "audio" if "audio" in name else "oadtr"
+    return get_model(name, **(SMALL[family] | kw))
+
+
+def _stream_vs_regular(regular: OnlineTransformer, B: int = 3, dtype=torch.float32):
+    """Stream B rows at different positions (staggered starts, one mid-stream reset) for >= 3n
+    steps; compare each warm row with the regular model on its last n frames and PE phase."""
+    co = continual_from_regular(regular)
+    n, D = regular.window, regular.config.d_in
+    starts = [0, 2, n + 1][:B]
+    reset_at = {starts[-1] + n + 2: 0}  # step -> row reset before that step
+    T = max(starts) + 3 * n + 4
+    X = torch.randn(B, T, D, dtype=dtype)
+    state = co.init_state(B)
+    since = [0] * B
+    worst, checks = 0.0, 0
+    for s in range(T):
+        for b in range(B):
+            if s == starts[b] or reset_at.get(s) == b:
+                state.reset([b])
+                since[b] = s
+        out, state = co.step(X[:, s], state)
+        assert isinstance(out, StepOutput) and out.scores.shape == (B, regular.config.classes)
+        assert out.scores.dtype == dtype
+        seen = [s - since[b] + 1 for b in range(B)]
+        assert out.warm.tolist() == [k >= n for k in seen]
+        assert state.t.tolist() == seen
+        rows = [b for b in range(B) if seen[b] >= n]
+        if rows:
+            win = torch.stack([X[b, s - n + 1 : s + 1] for b in rows])  # (R, n, D)
+            phase = torch.tensor([seen[b] - n for b in rows])  # arrival index of the first frame
+            ref = regular(win, phase)
+            worst = max(worst, (out.scores[rows] - ref).abs().max().item())
+            checks += len(rows)
+    assert checks >= 3 * n
+    return worst
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-11)])
+@pytest.mark.parametrize("name", ZOO)
+def test_continual_equals_regular(name, dtype, tol):
+    torch.manual_seed(0)
+    regular = _small(name).to(dtype).eval()
+    assert _stream_vs_regular(regular, dtype=dtype) < tol
+
+
+@pytest.mark.parametrize("name", ["co_oadtr_b1", "co_oadtr_b2", "co_audio_b2"])
+def test_registered_continual_models_match_their_own_oracle(name):
+    torch.manual_seed(1)
+    co = _small(name)
+    assert isinstance(co, ContinualOnlineTransformer) and not co.training
+    n, D = co.window, co.config.d_in
+    X = torch.randn(2, 3 * n, D)
+    state = co.init_state(2)
+    for s in range(3 * n):
+        out, state = co.step(X[:, s], state)
+        if s >= n - 1:
+            ref = co(X[:, s - n + 1 : s + 1], start=s - n + 1)
+            torch.testing.assert_close(out.scores, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_paper_configuration():
+    cfg = make_config("co_oadtr_b1")
+    assert (cfg.d_in, cfg.d_model, cfg.window, cfg.heads, cfg.ffn, cfg.classes, cfg.pe_size) == (
+        3072, 1024, 64, 8, 1024, 22, 127,
+    )  # fmt: skip
+    assert make_config("oadtr_b2", d_in=4096).blocks == 2
+    m = get_model("oadtr_b1")
+    assert m.encoder.layers[0].self_attn.in_proj_bias is None  # bias-free MHA as in CoOadTR
+    assert m.encoder.layers[0].norm_first is False  # post-norm
+    # Continual twin of the full-size b1, checked at a few steps after warm-up.
+    co = m.to_continual()
+    torch.manual_seed(0)
+    X = torch.randn(1, 64 + 3, 3072)
+    state = co.init_state(1)
+    for s in range(X.shape[1]):
+        out, state = co.step(X[:, s], state)
+    ref = m.eval()(X[:, -64:], start=3)
+    torch.testing.assert_close(out.scores, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_audio_step_accepts_mel_patches():
+    torch.manual_seed(0)
+    co = _small("co_audio_b2")
+    x = torch.randn(2, 6, 3)  # (B, n_mels, patch)
+    s1, s2 = co.init_state(2), co.init_state(2)
+    a, _ = co.step(x, s1)
+    b, _ = co.step(x.reshape(2, 18), s2)
+    assert torch.equal(a.scores, b.scores)
+    assert a.scores.shape == (2, 10)
+    with pytest.raises(ValueError, match="D_in"):
+        co.step(torch.randn(2, 17), co.init_state(2))
+
+
+def test_registry_errors_are_clear():
+    assert {"oadtr_b1", "oadtr_b2", "co_oadtr_b1", "co_oadtr_b2"} <= set(list_models())
+    with pytest.raises(KeyError, match="available"):
+        get_model("oadtr_b9")
+    with pytest.raises(ValueError, match="Unknown config key"):
+        get_model("oadtr_b1", d_modle=8)
+    with pytest.raises(ValueError, match="divisible"):
+        get_model("oadtr_b1", d_model=10, heads=3)
+    with pytest.raises(ValueError, match="pe_size"):
+        get_model("oadtr_b1", window=64, pe_size=32)
+
+
+def test_training_mode_uses_dropout_only_in_training():
+    torch.manual_seed(0)
+    m = _small("oadtr_b1", dropout=0.5)
+    x = torch.randn(2, 5, 12)
+    m.train()
+    assert not torch.equal(m(x), m(x))
+    m.eval()
+    assert torch.equal(m(x), m(x))
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_save_load_round_trip(tmp_path, name):
+    torch.manual_seed(0)
+    m = _small(name).eval()
+    path = tmp_path / "m.safetensors"
+    card = save_model(m, path, metrics={"val_mAP": 0.5})
+    on_disk = json.loads(path.with_suffix(".json").read_text())
+    assert on_disk["sha256"] == card["sha256"] == read_card(path)["sha256"]
+    assert on_disk["config"]["d_model"] == 16 and on_disk["metrics"] == {"val_mAP": 0.5}
+    assert len(on_disk["classes"]) == m.config.classes
+    x = torch.randn(2, m.window, m.config.d_in)
+    reg, _ = load_model(path)
+    torch.testing.assert_close(reg(x, 3), m(x, 3), atol=0, rtol=0)
+    co, card2 = load_model(path, continual=True)
+    assert isinstance(co, ContinualOnlineTransformer) and card2["continual_name"].startswith("co_")
+    torch.testing.assert_close(co(x, 3), m(x, 3), atol=1e-6, rtol=1e-5)
+    # A continual model saves the same keys: its file loads as a regular model too.
+    save_model(co, tmp_path / "co.safetensors")
+    reg2, _ = load_model(tmp_path / "co.safetensors")
+    torch.testing.assert_close(reg2(x, 3), m(x, 3), atol=0, rtol=0)
+
+
+def _tamper(tmp_path, change):
+    torch.manual_seed(0)
+    m = _small("oadtr_b1")
+    good = tmp_path / "good.safetensors"
+    save_model(m, good)
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(good))
+    change(tensors)
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    return bad
+
+
+def test_load_refuses_missing_key(tmp_path):
+    bad = _tamper(tmp_path, lambda t: t.pop("head.weight"))
+    with pytest.raises(WeightsError, match=r"missing keys: head\.weight"):
+        load_model(bad)
+
+
+def test_load_refuses_extra_key(tmp_path):
+    bad = _tamper(tmp_path, lambda t: t.__setitem__("head.extra", torch.zeros(3)))
+    with pytest.raises(WeightsError, match=r"unexpected keys: head\.extra"):
+        load_model(bad, continual=True)
+
+
+def test_load_refuses_wrong_shape(tmp_path):
+    bad = _tamper(tmp_path, lambda t: t.__setitem__("embed.weight", torch.zeros(16, 13)))
+    with pytest.raises(
+        WeightsError, match=r"wrong shapes: embed\.weight \(file \(16, 13\), model \(16, 12\)\)"
+    ):
+        load_model(bad)
+
+
+def test_load_refuses_files_without_card_or_garbage(tmp_path):
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(plain))
+    with pytest.raises(WeightsError, match="no costream model card"):
+        load_model(plain)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(WeightsError, match="Cannot read"):
+        load_model(junk)
