@@ -47,3 +47,35 @@ __all__ += [
     "nystrom_macs",
     "parse_attention",
 ]
+
+from .data import DataFormatError, OadDataset, Video, load_dataset  # noqa: E402  (issue 4: zoo)
+from .metrics import FrameMetrics, frame_metrics  # noqa: E402
+from .zoo import (  # noqa: E402
+    ContinualOnlineTransformer,
+    OnlineTransformer,
+    StepOutput,
+    continual_from_regular,
+    get_model,
+    list_models,
+    load_model,
+    macs_per_frame,
+    save_model,
+)
+
+__all__ += [
+    "ContinualOnlineTransformer",
+    "DataFormatError",
+    "FrameMetrics",
+    "OadDataset",
+    "OnlineTransformer",
+    "StepOutput",
+    "Video",
+    "continual_from_regular",
+    "frame_metrics",
+    "get_model",
+    "list_models",
+    "load_dataset",
+    "load_model",
+    "macs_per_frame",
+    "save_model",
+]
