@@ -1,0 +1,208 @@
+"""Decode stream-contract records into :class:`~costream.transforms.records.DecodedFrame` s.
+
+``decode_record`` is the plain logic (validate key and headers, decode the JPEG/PNG, PCM or
+feature payload, resize images to the backbone's input size); ``DecodeFrames`` is the Beam step
+around it. Records that do not follow the contract go to the ``dead_letter`` output with
+``costream.stage = decode`` and the reason as one sentence; nothing is dropped.
+
+Example:
+    >>> import numpy as np
+    >>> from costream.connectors.codecs import CT_PNG, encode_png, frame_record
+    >>> rec = frame_record("cam-1", 7, 1000, CT_PNG, encode_png(np.zeros((30, 40, 3), np.uint8)))
+    >>> f = decode_record(rec.key, rec.value, rec.headers, image_size=16, now_ms=5)
+    >>> f.stream_id, f.frame_index, f.kind, f.data.shape, f.arrival_ms
+    ('cam-1', 7, 'image', (16, 16, 3), 5)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import cv2
+import numpy as np
+from apache_beam.metrics import Metrics
+from costream.connectors import codecs
+from costream.transforms.records import DEAD_LETTER, MAIN, DecodedFrame, TaggedOutputs
+
+__all__ = ["DecodeFrames", "decode_record", "image_size_hw", "resize_rgb"]
+
+_LOG = logging.getLogger(__name__)
+_METRICS_NS = "costream.decode"
+
+
+def image_size_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """Normalise an image size: ``224`` -> ``(224, 224)``; ``(h, w)`` is kept (height first)."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in hw
+    ):
+        raise ValueError(
+            f"An image size must be a positive int or a (height, width) pair of them, got {size!r}."
+        )
+    return int(hw[0]), int(hw[1])
+
+
+def resize_rgb(rgb: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+    """Resize RGB ``uint8`` (H, W, 3) to ``size`` = (height, width) (no crop, aspect not kept).
+
+    Shrinking uses area interpolation (no aliasing), enlarging bilinear; same size is a copy-free
+    pass-through. Deterministic: the same image always gives the same bytes.
+    """
+    h, w = image_size_hw(size)
+    if rgb.shape[:2] == (h, w):
+        return np.ascontiguousarray(rgb)
+    shrink = h <= rgb.shape[0] and w <= rgb.shape[1]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (w, h), interpolation=interp)
+
+
+def _split_record(element: Any) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """(key, value, headers) of a ``KafkaRecord``, ``OutgoingRecord`` or a plain 3-tuple."""
+    try:
+        key, value, headers = element[0], element[1], element[2]
+    except (TypeError, IndexError, KeyError):
+        raise TypeError(
+            f"DecodeFrames expects Kafka records (KafkaRecord, OutgoingRecord or a (key, value, "
+            f"headers) tuple), got {type(element).__name__}."
+        ) from None
+    return key, value, list(headers or [])
+
+
+def decode_record(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
+    *,
+    image_size: int | Sequence[int] | None = None,
+    max_payload_bytes: int = codecs.DEFAULT_MAX_PAYLOAD_BYTES,
+    max_pixels: int = codecs.DEFAULT_MAX_PIXELS,
+    now_ms: int | None = None,
+) -> DecodedFrame:
+    """Validate and decode one input record.
+
+    Args:
+        key: the record key (the stream id in UTF-8).
+        value: the payload (stream contract, ``DESIGN.md``).
+        headers: the record headers (frame index, ts, content type).
+        image_size: resize images to this (height, width) (an int means square); None keeps them.
+        max_payload_bytes: largest payload accepted.
+        max_pixels: largest decoded image accepted.
+        now_ms: arrival time to stamp (ms since the epoch); None reads the wall clock.
+
+    Raises:
+        CodecError: a subclass whose message says, in one sentence, what is wrong.
+    """
+    headers = list(headers)
+    frame = codecs.decode_frame(key, value, headers, max_payload_bytes=max_payload_bytes)
+    media_type = frame.content_type.media_type
+    rate = 0
+    if media_type in (codecs.CT_JPEG, codecs.CT_PNG):
+        kind = "image"
+        data = codecs.decode_image(frame, max_pixels=max_pixels)
+        if image_size is not None:
+            data = resize_rgb(data, image_size)
+    elif media_type == codecs.AUDIO_L16.lower():
+        kind = "audio"
+        data = codecs.decode_pcm(frame)
+        rate = int(frame.content_type.params["rate"])
+    else:
+        kind = "features"
+        data = codecs.decode_features(frame)
+    arrival = int(time.time() * 1000) if now_ms is None else int(now_ms)
+    return DecodedFrame(
+        frame.stream_id,
+        frame.frame_index,
+        frame.ts_ms,
+        kind,
+        data,
+        rate,
+        arrival,
+        None if key is None else bytes(key),
+        b"" if value is None else bytes(value),
+        [(k, bytes(v)) if isinstance(v, bytes | bytearray) else (k, v) for k, v in headers],
+    )
+
+
+class _DecodeDoFn(beam.DoFn):
+    """Decode one record; bad records go to ``dead_letter`` (stage ``decode``) with the reason."""
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] | None,
+        max_payload_bytes: int,
+        max_pixels: int,
+    ) -> None:
+        self._image_size = image_size
+        self._max_payload_bytes = max_payload_bytes
+        self._max_pixels = max_pixels
+        self._decoded = Metrics.counter(_METRICS_NS, "decoded")
+        self._dead = Metrics.counter(_METRICS_NS, "dead_letter")
+
+    def process(self, element: Any) -> Iterator[Any]:
+        key, value, headers = _split_record(element)
+        try:
+            frame = decode_record(
+                key,
+                value,
+                headers,
+                image_size=self._image_size,
+                max_payload_bytes=self._max_payload_bytes,
+                max_pixels=self._max_pixels,
+            )
+        except Exception as err:  # bad bytes are data: route them, never stop the pipeline
+            if not isinstance(err, codecs.CodecError):
+                _LOG.warning("Unexpected %s while decoding a record: %s", type(err).__name__, err)
+            self._dead.inc()
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER, codecs.dead_letter_record(key, value, headers, err, "decode")
+            )
+            return
+        self._decoded.inc()
+        yield frame
+
+
+class DecodeFrames(beam.PTransform):
+    """Kafka records -> :class:`DecodedFrame` (``main``) + dead letters (``dead_letter``).
+
+    Input elements: ``KafkaRecord`` (from ``ReadFromKafka``), ``OutgoingRecord`` or
+    ``(key, value, headers)`` tuples following the stream contract.
+
+    Outputs (a :class:`~costream.transforms.records.TaggedOutputs` dict):
+
+    * ``main``: :class:`~costream.transforms.records.DecodedFrame`, images resized to
+      ``image_size`` (height, width) when given;
+    * ``dead_letter``: ``OutgoingRecord`` with the original key/value/headers,
+      ``costream.stage = decode`` and ``costream.error`` = the reason.
+
+    Example:
+        >>> import apache_beam as beam  # doctest: +SKIP
+        >>> out = records | "Decode" >> DecodeFrames(image_size=224)  # doctest: +SKIP
+        >>> frames, bad = out.main, out.dead_letter  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] | None = None,
+        *,
+        max_payload_bytes: int = codecs.DEFAULT_MAX_PAYLOAD_BYTES,
+        max_pixels: int = codecs.DEFAULT_MAX_PIXELS,
+    ) -> None:
+        super().__init__()
+        self._image_size = None if image_size is None else image_size_hw(image_size)
+        if max_payload_bytes <= 0 or max_pixels <= 0:
+            raise ValueError(
+                f"max_payload_bytes and max_pixels must be positive, got {max_payload_bytes} "
+                f"and {max_pixels}."
+            )
+        self._max_payload_bytes = int(max_payload_bytes)
+        self._max_pixels = int(max_pixels)
+
+    def expand(self, pcoll: beam.PCollection) -> TaggedOutputs:
+        out = pcoll | "DecodeRecords" >> beam.ParDo(
+            _DecodeDoFn(self._image_size, self._max_payload_bytes, self._max_pixels)
+        ).with_outputs(DEAD_LETTER, main=MAIN)
+        return TaggedOutputs({MAIN: out[MAIN], DEAD_LETTER: out[DEAD_LETTER]})
