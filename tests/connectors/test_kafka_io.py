@@ -1,0 +1,498 @@
+"""ReadFromKafka / WriteToKafka against the embedded broker (real broker, uuid-named topics).
+
+Every streaming pipeline here stops by itself: ``max_records`` bounds each partition, or
+``stop_after_idle_s`` ends a partition after a short quiet spell.
+"""
+
+import hashlib
+import json
+import threading
+import time
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from costream.connectors import codecs, kafka_io
+from costream.connectors.kafka_io import KafkaRecord, OutgoingRecord, ReadFromKafka, WriteToKafka
+from costream.connectors.sources import open_source
+from costream.connectors.synthetic import write_synthetic_video
+
+pytestmark = pytest.mark.integration
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def produce(bootstrap, topic, records, partition_of=None, one_batch_each=False):
+    """Publish OutgoingRecords with their ts header as the record timestamp; return them."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    sent = []
+    for rec in records:
+        ts = codecs.header_value(rec.headers, codecs.HEADER_TS_MS)
+        future = producer.send(
+            topic,
+            key=rec.key,
+            value=rec.value,
+            headers=rec.headers,
+            partition=None if partition_of is None else partition_of(rec),
+            timestamp_ms=None if ts is None else int(ts),
+        )
+        if one_batch_each:
+            future.get(10)
+        sent.append(rec)
+    producer.flush()
+    producer.close()
+    return sent
+
+
+def stream_records(stream_id, n, start_ms, payload_size=64):
+    ct = codecs.features_content_type(payload_size // 4)
+    return [
+        codecs.frame_record(stream_id, i, start_ms + 100 * i, ct, bytes([i % 256]) * payload_size)
+        for i in range(n)
+    ]
+
+
+class AppendJsonLines(beam.DoFn):
+    """Write what the reader emitted, in emission order, to a file (works across runners)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def process(self, r, ts=beam.DoFn.TimestampParam):
+        row = {
+            "key": None if r.key is None else r.key.decode(),
+            "partition": r.partition,
+            "offset": r.offset,
+            "timestamp_ms": r.timestamp_ms,
+            "event_ms": ts.micros // 1000,
+            "headers": [[k, v.decode("latin-1")] for k, v in r.headers],
+            "sha": hashlib.sha1(r.value).hexdigest(),
+        }
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        yield r
+
+
+class CrashAfter(beam.DoFn):
+    """Fail the bundle holding the n-th element (a worker crash before the output commits)."""
+
+    def __init__(self, n):
+        self.n = n
+        self.seen = 0
+
+    def process(self, r):
+        self.seen += 1
+        if self.seen > self.n:
+            raise RuntimeError(f"simulated crash after {self.n} records")
+        yield r
+
+
+def run_read(read, out_path, *, then=None, options=None):
+    p = beam.Pipeline(runner=FnApiRunner(), options=options or PipelineOptions(streaming=True))
+    pcoll = p | "Read" >> read | "Record" >> beam.ParDo(AppendJsonLines(out_path))
+    if then is not None:
+        _ = pcoll | "Then" >> then
+    p.run().wait_until_finish()
+    return load(out_path)
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f]
+    except FileNotFoundError:
+        return []
+
+
+def header(row, name):
+    return dict(row["headers"])[name]
+
+
+def committed(bootstrap, group, topic, partition=0):
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return c.committed(TopicPartition(topic, partition))
+    finally:
+        c.close(autocommit=False)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def test_produced_video_arrives_once_in_order_with_headers(kafka_broker, kafka_topics, tmp_path):
+    topic = kafka_topics()
+    path = tmp_path / "clip.mp4"
+    write_synthetic_video(path, num_frames=24, size=(64, 48), fps=10.0)
+    start_ms = int(time.time() * 1000)
+    sent = produce(
+        kafka_broker.bootstrap,
+        topic,
+        [r for r, _ in open_source(str(path), "cam-1", start_ms=start_ms).records],
+    )
+    assert len(sent) == 24
+
+    out = run_read(
+        ReadFromKafka(kafka_broker.bootstrap, topic, max_records=24), tmp_path / "out.jsonl"
+    )
+
+    assert [int(header(o, codecs.HEADER_FRAME_INDEX)) for o in out] == list(range(24))
+    assert [o["offset"] for o in out] == list(range(24))
+    for o, rec in zip(out, sent):
+        assert o["key"] == "cam-1"
+        assert [(k, v.encode("latin-1")) for k, v in o["headers"]] == rec.headers
+        assert o["sha"] == hashlib.sha1(rec.value).hexdigest()
+        ts = int(header(o, codecs.HEADER_TS_MS))
+        assert o["timestamp_ms"] == ts and o["event_ms"] == ts  # event time = record timestamp
+
+
+def test_streams_on_several_partitions_interleave_in_order(kafka_broker, kafka_topics, tmp_path):
+    topic = kafka_topics(partitions=3)
+    now = int(time.time() * 1000)
+    streams = {"a": 0, "b": 0, "c": 1, "d": 2}  # two streams share partition 0
+    per_stream = {s: stream_records(s, 15, now) for s in streams}
+    interleaved = [per_stream[s][i] for i in range(15) for s in streams]
+    produce(
+        kafka_broker.bootstrap, topic, interleaved, partition_of=lambda r: streams[r.key.decode()]
+    )
+
+    read = ReadFromKafka(
+        kafka_broker.bootstrap, topic, stop_after_idle_s=1.0, max_records_per_bundle=7
+    )
+    t0 = time.monotonic()
+    out = run_read(read, tmp_path / "out.jsonl")
+    assert time.monotonic() - t0 < 30
+
+    assert len(out) == 60
+    assert len({(o["partition"], o["offset"]) for o in out}) == 60  # every record once
+    for s, partition in streams.items():
+        mine = [o for o in out if o["key"] == s]
+        assert {o["partition"] for o in mine} == {partition}
+        assert [int(header(o, codecs.HEADER_FRAME_INDEX)) for o in mine] == list(range(15))
+    # records of partition 0 keep the interleaving of streams a and b (offset order)
+    p0 = [o for o in out if o["partition"] == 0]
+    assert [o["offset"] for o in p0] == list(range(30))
+    assert [o["key"] for o in p0[:4]] == ["a", "b", "a", "b"]
+
+
+def test_restart_from_committed_offsets_loses_nothing(kafka_broker, kafka_topics, tmp_path):
+    bs, topic, group = kafka_broker.bootstrap, kafka_topics(), f"g-{time.time_ns()}"
+    produce(bs, topic, stream_records("s", 50, int(time.time() * 1000)))
+
+    first = run_read(
+        ReadFromKafka(bs, topic, start="committed", group_id=group, max_records=20),
+        tmp_path / "1.jsonl",
+    )
+    assert [o["offset"] for o in first] == list(range(20))
+    # the finalizer of the last bundle committed "next offset to read"
+    assert committed(bs, group, topic) == 20
+
+    second = run_read(
+        ReadFromKafka(bs, topic, start="committed", group_id=group, stop_after_idle_s=1.0),
+        tmp_path / "2.jsonl",
+    )
+    assert [o["offset"] for o in second] == list(range(20, 50))
+    assert committed(bs, group, topic) == 50
+
+
+def test_crash_before_commit_rereads_at_most_one_bundle(kafka_broker, kafka_topics, tmp_path):
+    bs, topic, group = kafka_broker.bootstrap, kafka_topics(), f"g-{time.time_ns()}"
+    produce(bs, topic, stream_records("s", 60, int(time.time() * 1000)))
+    per_bundle = 10
+
+    def read():
+        return ReadFromKafka(bs, topic, start="committed", group_id=group, stop_after_idle_s=1.0,
+                             max_records_per_bundle=per_bundle)  # fmt: skip
+
+    with pytest.raises(Exception, match="simulated crash after 25 records"):
+        run_read(read(), tmp_path / "1.jsonl", then=beam.ParDo(CrashAfter(25)))
+    first = load(tmp_path / "1.jsonl")
+    # bundles [0,10) and [10,20) finalized; the bundle holding offset 25 failed and committed nothing
+    assert committed(bs, group, topic) == 20
+    assert [o["offset"] for o in first] == list(range(26))
+
+    second = run_read(read(), tmp_path / "2.jsonl")
+    assert [o["offset"] for o in second] == list(range(20, 60))
+    offsets = [o["offset"] for o in first + second]
+    assert set(offsets) == set(range(60))  # nothing lost
+    duplicates = len(offsets) - len(set(offsets))
+    assert 0 < duplicates <= per_bundle  # the documented at-least-once bound
+
+
+def test_start_at_timestamp_and_latest(kafka_broker, kafka_topics, tmp_path):
+    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    base = int(time.time() * 1000) - 60_000
+    produce(bs, topic, stream_records("s", 10, base), one_batch_each=True)  # ts = base + 100 i
+
+    out = run_read(
+        ReadFromKafka(bs, topic, start=base + 450, stop_after_idle_s=0.5), tmp_path / "ts.jsonl"
+    )
+    assert [o["offset"] for o in out] == [5, 6, 7, 8, 9]
+
+    # "latest": only records produced after the read started
+    def later():
+        time.sleep(1.5)
+        produce(bs, topic, stream_records("late", 5, int(time.time() * 1000)), one_batch_each=True)
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    out = run_read(
+        ReadFromKafka(bs, topic, start="latest", stop_after_idle_s=3.0), tmp_path / "latest.jsonl"
+    )
+    thread.join()
+    assert [o["key"] for o in out] == ["late"] * 5
+    assert [o["offset"] for o in out] == list(range(10, 15))
+
+
+def test_explicit_partitions_only(kafka_broker, kafka_topics, tmp_path):
+    bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=2)
+    recs = stream_records("x", 6, int(time.time() * 1000))
+    produce(
+        bs,
+        topic,
+        recs,
+        partition_of=lambda r: int(codecs.header_value(r.headers, codecs.HEADER_FRAME_INDEX)) % 2,
+    )
+    out = run_read(ReadFromKafka(bs, topic, partitions=[1], max_records=3), tmp_path / "p.jsonl")
+    assert [(o["partition"], int(header(o, codecs.HEADER_FRAME_INDEX))) for o in out] == [
+        (1, 1),
+        (1, 3),
+        (1, 5),
+    ]
+
+
+def test_missing_topic_and_partition_fail_with_a_sentence(
+    kafka_broker, kafka_topics, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(kafka_io, "_METADATA_WAIT_S", 1.0)
+    with pytest.raises(Exception, match="does not exist"):
+        run_read(
+            ReadFromKafka(kafka_broker.bootstrap, "no-such-topic", max_records=1),
+            tmp_path / "x.jsonl",
+        )
+    topic = kafka_topics()
+    with pytest.raises(Exception, match=r"has no partition\(s\) \[3\]"):
+        run_read(
+            ReadFromKafka(kafka_broker.bootstrap, topic, partitions=[3], max_records=1),
+            tmp_path / "y.jsonl",
+        )
+
+
+def test_reader_on_the_portable_runner(kafka_broker, kafka_topics, tmp_path):
+    """The portable path Flink uses: PortableRunner with an embedded job server, loopback worker."""
+    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    produce(bs, topic, stream_records("s", 12, int(time.time() * 1000)))
+    options = PipelineOptions(
+        runner="PortableRunner", job_endpoint="embed", environment_type="LOOPBACK", streaming=True
+    )
+    p = beam.Pipeline(options=options)
+    _ = (
+        p
+        | ReadFromKafka(bs, topic, max_records=12)
+        | beam.ParDo(AppendJsonLines(tmp_path / "o.jsonl"))
+    )
+    p.run().wait_until_finish()
+    assert [o["offset"] for o in load(tmp_path / "o.jsonl")] == list(range(12))
+
+
+# --- watermark -----------------------------------------------------------------------------
+
+
+class _Finalizer:
+    def __init__(self):
+        self.callbacks = []
+
+    def register(self, callback):
+        self.callbacks.append(callback)
+
+
+def _drive(read, topic, partitions, rounds, on_round):
+    """Run the reader's SDF the way a runner does: process, take the residual, resume."""
+    cfg = read._cfg
+    fn = kafka_io._ReadPartitionFn(cfg)
+    fn.setup()
+    rp, wp = kafka_io._OffsetRestrictionProvider(), kafka_io._WatermarkProvider()
+    state = {}
+    for p in partitions:
+        desc = kafka_io._PartitionDescriptor(topic, p, 0, kafka_io.UNBOUNDED)
+        rest = rp.initial_restriction(desc)
+        state[p] = (desc, rest, wp.initial_estimator_state(desc, rest))
+    try:
+        for i in range(rounds):
+            on_round(i)
+            marks = {}
+            for p, (desc, rest, est_state) in state.items():
+                tracker = ThreadsafeRestrictionTracker(rp.create_tracker(rest))
+                est = wp.create_watermark_estimator(est_state)
+                list(
+                    fn.process(
+                        desc, _Finalizer(), tracker=RestrictionTrackerView(tracker), watermark=est
+                    )
+                )
+                residual, _ = tracker.deferred_status()
+                state[p] = (desc, residual, est.get_estimator_state())
+                marks[p] = est.current_watermark()
+            yield marks
+    finally:
+        fn.teardown()
+
+
+def test_quiet_partition_does_not_stall_the_watermark(kafka_broker, kafka_topics):
+    bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=2)
+    producer = KafkaProducer(bootstrap_servers=bs)
+
+    def send_live(i):  # partition 0 gets a record stamped "now" every round; partition 1 none
+        producer.send(
+            topic, key=b"live", value=b"x", partition=0, timestamp_ms=int(time.time() * 1000)
+        ).get(5)
+
+    def watermarks(idle_partition_s):
+        read = ReadFromKafka(bs, topic, idle_partition_s=idle_partition_s, poll_timeout_ms=50)
+        history = []
+        for marks in _drive(read, topic, [0, 1], rounds=14, on_round=send_live):
+            history.append((time.time(), marks))
+            time.sleep(0.05)
+        return history
+
+    history = watermarks(idle_partition_s=0.5)
+    started = history[0][0]
+    for now, marks in history:
+        assert marks[0] > MIN_TIMESTAMP  # the live partition follows its records
+        assert marks[0] <= Timestamp.of(now)
+        if now - started < 0.3:
+            assert marks[1] == MIN_TIMESTAMP  # quiet, but not idle long enough yet
+    final_time, final = history[-1]
+    assert final_time - started > 1.0
+    # the quiet partition now follows the wall clock (now - 0.5 s), so min() over partitions moves
+    assert final[1] >= Timestamp.of(final_time - 0.5 - 0.5)
+    assert min(final.values()) > Timestamp.of(final_time - 2.0)
+
+    # without the rule, the quiet partition holds the combined watermark at the minimum forever
+    history = watermarks(idle_partition_s=None)
+    assert all(marks[1] == MIN_TIMESTAMP for _, marks in history)
+    producer.close()
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def test_write_to_kafka_roundtrip(kafka_broker, kafka_topics):
+    bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=2)
+    outgoing = [
+        OutgoingRecord(
+            f"k{i % 5}".encode(),
+            f"value-{i}".encode(),
+            [("h", str(i).encode()), ("x", b"\x00\xff")],
+        )
+        for i in range(40)
+    ]
+    elements = (
+        outgoing[:30]
+        + [(r.key, r.value, r.headers) for r in outgoing[30:35]]
+        + [
+            KafkaRecord(r.key, r.value, r.headers, "src", 0, 7, 1_700_000_000_000)
+            for r in outgoing[35:]
+        ]
+    )
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        _ = p | beam.Create(elements) | WriteToKafka(bs, topic, acks="all")
+
+    c = KafkaConsumer(bootstrap_servers=bs, enable_auto_commit=False)
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    got, deadline = [], time.monotonic() + 10
+    while len(got) < 40 and time.monotonic() < deadline:
+        got += [r for rs in c.poll(500).values() for r in rs]
+    c.close()
+    assert sorted((r.key, r.value, list(r.headers)) for r in got) == sorted(
+        (r.key, r.value, r.headers) for r in outgoing
+    )
+    # same key -> same partition
+    assert all(len({r.partition for r in got if r.key == k}) == 1 for k in {r.key for r in got})
+    assert {r.timestamp for r in got if r.value in {o.value for o in outgoing[35:]}} == {
+        1_700_000_000_000
+    }
+
+
+def test_write_failure_fails_the_pipeline_instead_of_dropping(tmp_path):
+    # tansu auto-creates topics on producer metadata requests, so make the broker unreachable.
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    write = WriteToKafka(
+        f"127.0.0.1:{port}", "t", client_config={"max_block_ms": 500, "bootstrap_timeout_ms": 1000}
+    )
+    with pytest.raises(Exception, match="KafkaTimeoutError|bootstrap|not acknowledged"):
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            _ = p | beam.Create([OutgoingRecord(b"k", b"v", [])]) | write
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phrase"),
+    [
+        (dict(start="newest"), "'earliest', 'latest', 'committed' or a timestamp"),
+        (dict(start=-5), "a timestamp in ms"),
+        (dict(start=True), "a timestamp in ms"),
+        (dict(start="committed"), "needs a group_id"),
+        (dict(max_records=0), "max_records must be a positive integer"),
+        (dict(stop_after_idle_s=-1), "stop_after_idle_s must be a positive number"),
+        (dict(partitions=[0, 0]), "distinct partition numbers"),
+        (dict(client_config={"nope": 1}), "unknown kafka-python setting 'nope'"),
+        (dict(client_config={"enable_auto_commit": True}), "never automatically"),
+        (dict(client_config={"sasl_plain_password": {"env": "X"}}), "from_env"),
+    ],
+)
+def test_read_config_is_validated_in_the_constructor(kwargs, phrase):
+    with pytest.raises(ValueError, match=phrase.replace("(", r"\(")):
+        ReadFromKafka("127.0.0.1:9092", "t", **kwargs)
+
+
+def test_bad_arguments_in_general():
+    with pytest.raises(ValueError, match="host:port"):
+        ReadFromKafka("", "t")
+    with pytest.raises(ValueError, match="topics must be"):
+        ReadFromKafka("h:1", [])
+    with pytest.raises(ValueError, match="acks=2 is not valid; use 0, 1 or 'all'"):
+        WriteToKafka("h:1", "t", acks=2)
+    with pytest.raises(ValueError, match="pass acks as the acks argument"):
+        WriteToKafka("h:1", "t", client_config={"acks": 1})
+    with pytest.raises(TypeError, match="OutgoingRecord, KafkaRecord"):
+        kafka_io.as_outgoing("just a string")
+
+
+def test_client_config_secrets_come_from_the_environment(monkeypatch):
+    cfg = {"security_protocol": "SASL_SSL", "sasl_plain_password": {"from_env": "COSTREAM_TEST_PW"}}
+    read = ReadFromKafka("h:1", "t", client_config=cfg)  # accepted without the variable set
+    with pytest.raises(ValueError, match="'COSTREAM_TEST_PW', which is not set"):
+        kafka_io.resolve_client_config(read._cfg.client_config)
+    monkeypatch.setenv("COSTREAM_TEST_PW", "s3cret")
+    assert (
+        kafka_io.resolve_client_config(read._cfg.client_config)["sasl_plain_password"] == "s3cret"
+    )
+
+
+def test_record_coders_roundtrip_and_are_registered():
+    rec = KafkaRecord(
+        None, b"\x00v", [("a", b""), ("b", b"\xff")], "topic", 3, 2**40, 1_700_000_000_000
+    )
+    coder = beam.coders.registry.get_coder(KafkaRecord)
+    assert isinstance(coder, kafka_io.KafkaRecordCoder) and coder.is_deterministic()
+    assert coder.decode(coder.encode(rec)) == rec
+    out = OutgoingRecord(b"k", b"", [])
+    assert (
+        beam.coders.registry.get_coder(OutgoingRecord).decode(
+            kafka_io.OutgoingRecordCoder().encode(out)
+        )
+        == out
+    )
