@@ -405,6 +405,8 @@ class ContinualInference(beam.PTransform):
         self.fn = ContinualInferenceFn(weights, gap_policy, max_fill, idle_timeout_s, idle_timer)
 
     def expand(self, frames: beam.PCollection) -> dict[str, beam.PCollection]:
-        keyed = frames | "KeyByStream" >> beam.Map(lambda r: (r.stream_id, r))
+        keyed = frames | "KeyByStream" >> beam.Map(lambda r: (r.stream_id, r)).with_output_types(
+            beam.typehints.KV[str, beam.typehints.Any]  # deterministic key coder for state
+        )
         out = keyed | "Step" >> beam.ParDo(self.fn).with_outputs(DEAD_LETTER, main=DETECTIONS)
         return {DETECTIONS: out[DETECTIONS], DEAD_LETTER: out[DEAD_LETTER]}
