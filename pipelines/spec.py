@@ -145,15 +145,19 @@ def _check_config(cls: Callable[..., Any], config: dict[str, Any], label: str) -
 
 
 def build_pipeline(
-    pipeline: Any, spec: dict[str, Any], providers: Mapping[str, str] = PROVIDERS
+    pipeline: Any, spec: dict[str, Any], replace: Mapping[str, Callable[..., Any]] | None = None
 ) -> Any:
-    """Expand a validated spec into ``pipeline`` with the costream providers registered."""
+    """Expand a validated spec into ``pipeline`` with the costream providers registered.
+
+    ``replace`` swaps the PTransform behind a type name (``costream score`` runs a spec with its
+    Kafka reads and writes replaced by a file source and collectors).
+    """
     from apache_beam.yaml import yaml_provider
     from apache_beam.yaml.yaml_transform import expand_pipeline
 
     spec = copy.deepcopy(spec)
-    used = {t["type"] for t in spec["pipeline"]["transforms"]} & providers.keys()
-    factories = {name: resolve_type(name, providers) for name in used}
+    used = {t["type"] for t in spec["pipeline"]["transforms"]} & PROVIDERS.keys()
+    factories = {name: (replace or {}).get(name) or resolve_type(name) for name in used}
     inline = yaml_provider.InlineProvider(factories)
     # Beam YAML tracks transforms by ids its own loader attaches, so hand it text, not a dict.
     text = yaml.safe_dump(spec, sort_keys=False)
