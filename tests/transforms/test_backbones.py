@@ -1,0 +1,239 @@
+import math
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import torch
+from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from costream.connectors import codecs
+from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
+from costream.models.weights import WeightsError, save_weights
+from costream.transforms.audio_features import (
+    LogMelSpectrogram,
+    hz_to_mel,
+    logmel_tokens,
+    mel_filterbank,
+    mel_to_hz,
+)
+from costream.transforms.backbones import (
+    BackboneConfig,
+    ExtractFeatures,
+    FeatureModelHandler,
+    normalize_imagenet,
+    resnet18,
+)
+from costream.transforms.decode import decode_record, resize_rgb
+from costream.transforms.records import FeatureRecord
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    # load_model sets torch.set_num_threads(1) process-wide (as a worker would); undo it.
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _image(h=24, w=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _small(**kw):
+    return BackboneConfig("resnet18_small", weights="random", input_size=32, **kw)
+
+
+# -- CNN -------------------------------------------------------------------------------------------
+def test_resnet18_parameter_count_and_dims():
+    assert sum(p.numel() for p in resnet18().parameters()) == 11_176_512  # torchvision minus fc
+    assert resnet18(0.25).dim == 128
+    assert BackboneConfig("resnet18", weights="random").feature_dim == 512
+    assert BackboneConfig("resnet18", weights="random").image_size == (224, 224)
+    assert BackboneConfig("resnet18_small", weights="random").image_size == (112, 112)
+    keys = set(resnet18().state_dict())
+    assert {"conv1.weight", "bn1.running_var", "layer2.0.downsample.0.weight"} <= keys
+    assert not any(k.startswith("fc.") for k in keys)
+
+
+def test_normalize_imagenet_by_hand():
+    x = torch.tensor([[[[0, 255, 128]]]], dtype=torch.uint8)  # (1, 1, 1, 3)
+    y = normalize_imagenet(x)
+    assert y.shape == (1, 3, 1, 1)
+    want = [(0 - 0.485) / 0.229, (1 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    torch.testing.assert_close(y.flatten(), torch.tensor(want))
+
+
+def test_resnet_shape_determinism_and_batch_rows():
+    x = torch.from_numpy(np.stack([_image(32, 32, s) for s in range(3)]))
+    a, b = _small().build(), _small().build()
+    with torch.inference_mode():
+        ya, yb, other = a(x), b(x), _small(seed=1).build()(x)
+        row = a(x[1:2])
+    assert ya.shape == (3, 128) and ya.dtype == torch.float32
+    torch.testing.assert_close(ya, yb, rtol=0, atol=0)  # same seed: same weights, same output
+    assert not torch.allclose(ya, other)
+    torch.testing.assert_close(row[0], ya[1], rtol=1e-5, atol=1e-6)
+
+
+def test_weights_round_trip_and_refusals(tmp_path):
+    net = _small(seed=3).build()
+    path = tmp_path / "r18s.safetensors"
+    save_weights(net, path)
+    loaded = BackboneConfig("resnet18_small", weights=str(path), input_size=32).build()
+    x = torch.from_numpy(_image(32, 32)[None])
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+    assert (
+        BackboneConfig("resnet18_small", weights=str(path)).identity().startswith("resnet18_small@")
+    )
+    with pytest.raises(WeightsError, match="does not fit"):  # width 1 file into width 0.25
+        save_weights(resnet18(), tmp_path / "full.safetensors")
+        BackboneConfig("resnet18_small", weights=str(tmp_path / "full.safetensors")).build()
+    with pytest.raises(ValueError, match="needs weights"):
+        BackboneConfig("resnet18")
+    with pytest.raises(ValueError, match="has no weights"):
+        BackboneConfig("logmel", weights="random")
+    with pytest.raises(ValueError, match="Unknown backbone 'vgg'.*resnet18"):
+        BackboneConfig("vgg")
+    with pytest.raises(ValueError, match="Unknown ExtractFeatures option"):
+        ExtractFeatures("identity", colour=1)
+
+
+# -- log-mel ---------------------------------------------------------------------------------------
+def test_mel_filterbank_hand_computed():
+    # 8 kHz, 8-point FFT: bins at 0, 1, 2, 3, 4 kHz; one triangle from 0 Hz to 4 kHz whose
+    # peak sits halfway in HTK mel: 700 * (sqrt(1 + 4000/700) - 1) Hz.
+    c = 700 * (math.sqrt(47 / 7) - 1)
+    assert mel_to_hz(hz_to_mel(4000.0) / 2) == pytest.approx(c)
+    fb = mel_filterbank(1, 8, 8000)
+    assert fb.shape == (5, 1)
+    want = [0.0, 1000 / c, (4000 - 2000) / (4000 - c), (4000 - 3000) / (4000 - c), 0.0]
+    np.testing.assert_allclose(fb[:, 0], want, rtol=1e-6)
+    fb = mel_filterbank(64, 512, 16000)
+    assert fb.shape == (257, 64) and fb.max() <= 1.0 and (fb.sum(axis=0) > 0).all()
+
+
+def test_logmel_tone_lands_in_its_mel_band():
+    fe = LogMelSpectrogram()
+    assert (fe.chunk_samples, fe.dim, fe.chunk_ms) == (1280, 512, 80.0)
+    t = np.arange(1280) / 16000
+    tone = torch.from_numpy((0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))[None]
+    y = fe(tone).reshape(64, 8)  # mel-bin major
+    fb = mel_filterbank(64, 512, 16000)
+    assert int(y.mean(dim=1).argmax()) == int(fb[32].argmax())  # bin 32 = 1000 Hz
+    with pytest.raises(ValueError, match="1280 samples"):
+        fe(torch.zeros(1, 1000))
+    # A whole signal, token by token, equals the chunks one at a time.
+    x = np.random.default_rng(0).standard_normal(1280 * 3 + 100).astype(np.float32) * 0.1
+    tokens = logmel_tokens(x, fe)
+    assert tokens.shape == (3, 512)
+    torch.testing.assert_close(
+        torch.from_numpy(tokens[2]), fe(torch.from_numpy(x[2560:3840])[None])[0]
+    )
+
+
+# -- handler, without Beam ----------------------------------------------------------------------
+def test_handler_routes_frames_that_do_not_fit():
+    cfg = _small()
+    h = FeatureModelHandler(cfg, max_batch_size=4)
+    model = h.load_model()
+    assert torch.get_num_threads() == 1
+    img = frame_record("a", 0, 0, CT_PNG, codecs.encode_png(_image()))
+    pcm = frame_record("b", 0, 0, codecs.audio_content_type(16000), codecs.encode_l16(np.zeros(8)))
+    good = decode_record(img.key, img.value, img.headers, image_size=32)
+    wrong_size = decode_record(img.key, img.value, img.headers)
+    audio = decode_record(pcm.key, pcm.value, pcm.headers)
+    out = list(h.run_inference([good, wrong_size, audio, good], model))
+    assert isinstance(out[0], FeatureRecord) and isinstance(out[3], FeatureRecord)
+    np.testing.assert_array_equal(out[0].features, out[3].features)
+    assert "uint8 images of shape (32, 32, 3)" in out[1].error
+    assert "takes image records; this record holds audio" in out[2].error
+
+
+# -- Beam ------------------------------------------------------------------------------------------
+def _key(r):
+    return (r.stream_id, r.frame_index, r.ts_ms, r.features.tobytes())
+
+
+def test_extract_features_pipeline_exact_and_dead_letters():
+    images = [_image(24, 32, s) for s in range(4)]
+    good = [
+        frame_record(f"cam-{i % 2}", i // 2, 100 * i, CT_PNG, codecs.encode_png(im))
+        for i, im in enumerate(images)
+    ]
+    corrupt = frame_record("cam-0", 9, 900, CT_JPEG, codecs.encode_jpeg(images[0])[:40])
+    audio = frame_record(
+        "mic", 0, 0, codecs.audio_content_type(16000), codecs.encode_l16(np.zeros(1280))
+    )
+    net = _small().build()
+    expected = []
+    for rec, im in zip(good, images):
+        with torch.inference_mode():
+            vec = net(torch.from_numpy(resize_rgb(im, 32)[None]))[0].numpy()
+        expected.append((rec.key.decode(), int(dict(rec.headers)[codecs.HEADER_FRAME_INDEX]),
+                         int(dict(rec.headers)[codecs.HEADER_TS_MS]), vec.tobytes()))  # fmt: skip
+    with BeamPipeline() as p:
+        out = (
+            p
+            | beam.Create([*good, corrupt, audio])
+            | ExtractFeatures(
+                "resnet18_small",
+                weights="random",
+                input_size=32,
+                batch_size=1,
+                max_batch_duration_secs=None,
+            )
+        )
+        assert_that(out.main | beam.Map(_key), equal_to(expected), label="main")
+        assert_that(
+            out.dead_letter
+            | beam.Map(lambda r: (r.key, r.value, dict(r.headers)[codecs.HEADER_STAGE])),
+            equal_to(
+                [(corrupt.key, corrupt.value, b"decode"), (audio.key, audio.value, b"features")]
+            ),
+            label="dead",
+        )
+
+
+def test_extract_features_logmel_batched_across_streams():
+    rng = np.random.default_rng(1)
+    chunks = [(0.2 * rng.standard_normal(1280)).astype(np.float32) for _ in range(6)]
+    ct = codecs.audio_content_type(16000)
+    recs = [frame_record(f"mic-{i % 3}", i // 3, 80 * i, ct, codecs.encode_l16(c)) for i, c in enumerate(chunks)]  # fmt: skip
+    short = frame_record("mic-9", 0, 0, ct, codecs.encode_l16(chunks[0][:1000]))
+    fe = LogMelSpectrogram()
+    expected = []
+    for r in recs:
+        x = decode_record(r.key, r.value, r.headers).data
+        vec = fe(torch.from_numpy(x)[None])[0].numpy()
+        expected.append((r.key.decode(), int(dict(r.headers)[codecs.HEADER_FRAME_INDEX]),
+                         int(dict(r.headers)[codecs.HEADER_TS_MS]), vec))  # fmt: skip
+
+    def close_to(want):
+        def check(actual):
+            got = sorted((a.stream_id, a.frame_index, a.ts_ms, a.features) for a in actual)
+            assert [g[:3] for g in got] == [w[:3] for w in sorted(want, key=lambda w: w[:3])]
+            for g, w in zip(got, sorted(want, key=lambda w: w[:3])):
+                assert g[3].dtype == np.float32 and g[3].shape == (512,)
+                np.testing.assert_allclose(g[3], w[3], rtol=1e-5, atol=1e-5)
+
+        return check
+
+    with BeamPipeline() as p:
+        out = (
+            p
+            | beam.Create([*recs, short])
+            | ExtractFeatures("logmel", batch_size=4, max_batch_duration_secs=0.05)
+        )
+        assert_that(out.main, close_to(expected), label="main")
+        assert_that(
+            out.dead_letter
+            | beam.Map(
+                lambda r: (
+                    dict(r.headers)[codecs.HEADER_STAGE],
+                    b"1280 samples" in dict(r.headers)[codecs.HEADER_ERROR],
+                )
+            ),
+            equal_to([(b"features", True)]),
+            label="dead",
+        )

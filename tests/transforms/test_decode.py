@@ -1,0 +1,116 @@
+import apache_beam as beam
+import cv2
+import numpy as np
+import pytest
+from apache_beam.coders import FastPrimitivesCoder, PickleCoder
+from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from costream.connectors import codecs
+from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
+from costream.transforms.decode import DecodeFrames, decode_record, image_size_hw, resize_rgb
+from costream.transforms.records import DecodedFrame, FeatureRecord, TaggedOutputs, to_dead_letter
+
+
+def _image(h=30, w=40, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_decode_png_exact_and_resized():
+    rgb = _image()
+    rec = frame_record("cam-1", 3, 1234, CT_PNG, codecs.encode_png(rgb))
+    f = decode_record(rec.key, rec.value, rec.headers, now_ms=99)
+    assert (f.stream_id, f.frame_index, f.ts_ms, f.kind, f.rate, f.arrival_ms) == (
+        "cam-1", 3, 1234, "image", 0, 99,
+    )  # fmt: skip
+    np.testing.assert_array_equal(f.data, rgb)
+    assert (f.key, f.value, f.headers) == (rec.key, rec.value, rec.headers)
+    small = decode_record(rec.key, rec.value, rec.headers, image_size=(15, 20))
+    np.testing.assert_array_equal(
+        small.data, cv2.resize(rgb, (20, 15), interpolation=cv2.INTER_AREA)
+    )
+
+
+def test_resize_rgb():
+    rgb = _image()
+    assert resize_rgb(rgb, (30, 40)) is rgb or np.array_equal(resize_rgb(rgb, (30, 40)), rgb)
+    assert resize_rgb(rgb, 64).shape == (64, 64, 3)
+    np.testing.assert_array_equal(
+        resize_rgb(rgb, 64), cv2.resize(rgb, (64, 64), interpolation=cv2.INTER_LINEAR)
+    )
+    assert image_size_hw(7) == (7, 7) and image_size_hw((3, 5)) == (3, 5)
+    with pytest.raises(ValueError, match="positive int"):
+        image_size_hw((0, 5))
+
+
+def test_decode_audio_and_features():
+    x = np.linspace(-0.5, 0.5, 160, dtype=np.float32)
+    rec = frame_record("mic", 0, 0, codecs.audio_content_type(16000), codecs.encode_l16(x))
+    f = decode_record(rec.key, rec.value, rec.headers)
+    assert f.kind == "audio" and f.rate == 16000 and f.data.dtype == np.float32
+    np.testing.assert_allclose(f.data, x, atol=1 / 32768)
+    vec = np.arange(5, dtype=np.float32)
+    payload, ct = codecs.encode_features(vec)
+    f = decode_record(b"s", payload, frame_record("s", 1, 2, ct, payload).headers)
+    assert f.kind == "features" and f.rate == 0
+    np.testing.assert_array_equal(f.data, vec)
+
+
+def test_decode_errors_are_codec_errors():
+    good = frame_record("cam-1", 0, 0, CT_JPEG, codecs.encode_jpeg(_image()))
+    with pytest.raises(codecs.PayloadDecodeError):
+        decode_record(good.key, good.value[:3] + b"garbage" * 10, good.headers)
+    with pytest.raises(codecs.MissingHeaderError, match="costream.frame_index"):
+        decode_record(good.key, good.value, good.headers[1:])
+
+
+def test_records_survive_beam_coders():
+    f = DecodedFrame("s", 1, 2, "image", _image(4, 5), 0, 3, b"s", b"v", [("h", b"1")])
+    r = FeatureRecord("s", 1, 2, np.arange(4, dtype=np.float32), 3, None, b"v", [("h", b"1")])
+    for coder in (FastPrimitivesCoder(), PickleCoder()):
+        for rec in (f, r):
+            back = coder.decode(coder.encode(rec))
+            assert type(back) is type(rec) and back._fields == rec._fields
+            for a, b in zip(back, rec):
+                if isinstance(b, np.ndarray):
+                    assert a.dtype == b.dtype
+                    np.testing.assert_array_equal(a, b)
+                else:
+                    assert a == b
+    dl = to_dead_letter(r, "bad thing", "inference")
+    assert dl.value == b"v" and dict(dl.headers)["costream.stage"] == b"inference"
+
+
+def test_tagged_outputs_attribute_access():
+    out = TaggedOutputs(main=1, dead_letter=2)
+    assert out.main == 1 and out["dead_letter"] == 2
+    with pytest.raises(AttributeError, match="main, dead_letter|dead_letter, main"):
+        _ = out.other
+
+
+def test_decode_frames_pipeline_routes_bad_records():
+    rgb = _image()
+    good = frame_record("cam-1", 0, 10, CT_PNG, codecs.encode_png(rgb))
+    corrupt = frame_record("cam-1", 1, 20, CT_JPEG, b"\xff\xd8\xff" + b"\x00" * 50)
+    no_key = codecs.OutgoingRecord(None, good.value, good.headers)
+    with BeamPipeline() as p:
+        out = p | beam.Create([good, corrupt, no_key]) | DecodeFrames(image_size=8)
+        assert_that(
+            out.main | beam.Map(lambda f: (f.stream_id, f.frame_index, f.data.tobytes())),
+            equal_to([("cam-1", 0, resize_rgb(rgb, 8).tobytes())]),
+            label="main",
+        )
+        assert_that(
+            out.dead_letter
+            | beam.Map(
+                lambda r: (
+                    r.key,
+                    r.value,
+                    dict(r.headers)["costream.stage"],
+                    dict(r.headers)["costream.error"].decode().endswith("."),
+                )
+            ),
+            equal_to(
+                [(corrupt.key, corrupt.value, b"decode", True), (None, good.value, b"decode", True)]
+            ),
+            label="dead_letter",
+        )
