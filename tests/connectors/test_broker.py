@@ -1,9 +1,8 @@
 import socket
 
 import pytest
-from kafka import KafkaAdminClient
-
 from costream.connectors.broker import BrokerError, EmbeddedBroker
+from kafka import KafkaAdminClient
 
 
 def test_start_create_delete_stop():

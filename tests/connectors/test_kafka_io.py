@@ -15,12 +15,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
 from costream.connectors import codecs, kafka_io
 from costream.connectors.kafka_io import KafkaRecord, OutgoingRecord, ReadFromKafka, WriteToKafka
 from costream.connectors.sources import open_source
 from costream.connectors.synthetic import write_synthetic_video
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from costream.connectors import codecs, media, sources, synthetic
 
 

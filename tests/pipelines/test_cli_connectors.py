@@ -9,10 +9,9 @@ import time
 
 import numpy as np
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-
 from costream.connectors import codecs
 from costream.pipelines.cli import build_parser, main
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 pytestmark = pytest.mark.integration
 
