@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -507,8 +506,8 @@ class ExtractFeatures(beam.PTransform):
             bundles, for streams); None batches within a bundle only.
         num_threads: torch intra-op threads per worker process.
         share_across_processes: one model per machine instead of per process.
-        **backbone_options: other :class:`BackboneConfig` fields (``seed``, ``width``,
-            ``input_size``, ``rate``, ``n_mels``, ``patch``, ``hop_length``, ``dim`` …).
+        seed, width, input_size, rate, n_mels, patch, hop_length, win_length, n_fft, dim: the
+            :class:`BackboneConfig` fields of the same names (each used by one family only).
 
     Example:
         >>> out = records | "Features" >> ExtractFeatures("resnet18_small", weights="random")  # doctest: +SKIP
@@ -525,18 +524,34 @@ class ExtractFeatures(beam.PTransform):
         max_batch_duration_secs: float | None = 0.05,
         num_threads: int = 1,
         share_across_processes: bool = False,
-        **backbone_options: Any,
+        seed: int = 0,
+        width: float | None = None,
+        input_size: int | Sequence[int] | None = None,
+        rate: int = 16000,
+        n_mels: int = 64,
+        patch: int = 8,
+        hop_length: int = 160,
+        win_length: int = 400,
+        n_fft: int = 512,
+        dim: int | None = None,
     ) -> None:
         super().__init__()
-        fields = {f.name for f in dataclasses.fields(BackboneConfig)} - {"name", "weights"}
-        unknown = sorted(set(backbone_options) - fields)
-        if unknown:
-            raise ValueError(
-                f"Unknown ExtractFeatures option(s) {', '.join(unknown)}; valid options: "
-                f"batch_size, min_batch_size, max_batch_duration_secs, num_threads, "
-                f"share_across_processes, {', '.join(sorted(fields))}."
-            )
-        self.config = BackboneConfig(backbone, weights, **backbone_options)
+        self.config = BackboneConfig(
+            backbone,
+            weights,
+            seed=seed,
+            width=width,
+            input_size=input_size
+            if input_size is None or isinstance(input_size, int)
+            else tuple(input_size),
+            rate=rate,
+            n_mels=n_mels,
+            patch=patch,
+            hop_length=hop_length,
+            win_length=win_length,
+            n_fft=n_fft,
+            dim=dim,
+        )
         self.handler = FeatureModelHandler(
             self.config,
             min_batch_size=min_batch_size,

@@ -95,7 +95,7 @@ def test_weights_round_trip_and_refusals(tmp_path):
         BackboneConfig("logmel", weights="random")
     with pytest.raises(ValueError, match="Unknown backbone 'vgg'.*resnet18"):
         BackboneConfig("vgg")
-    with pytest.raises(ValueError, match="Unknown ExtractFeatures option"):
+    with pytest.raises(TypeError, match="colour"):
         ExtractFeatures("identity", colour=1)
 
 
