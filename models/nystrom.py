@@ -52,6 +52,7 @@ __all__ = [
     "NystromMultiheadAttention",
     "continual_nystrom_macs",
     "nystrom",
+    "nystrom_encoder_macs_delta",
     "nystrom_macs",
     "parse_attention",
     "pseudo_inverse",
@@ -159,6 +160,37 @@ def continual_nystrom_macs(
     if retroactive:
         update += n * m * d + h * n * m * m
     return fixed + m / n * update
+
+
+def nystrom_encoder_macs_delta(
+    *,
+    layers: int,
+    n: int,
+    d: int,
+    h: int,
+    continual: bool,
+    landmarks: int,
+    landmark_mode: str = "continual",
+    pinv: str = "iterative",
+    pinv_iters: int = 6,
+) -> float:
+    """Per-frame MACs of an encoder's Nyström attention minus its softmax attention (clean, §8.1).
+
+    Add it to a softmax encoder count (``flops.encoder_macs``) to count the Nyström variant:
+    regular layers swap 2 n² d for :func:`nystrom_macs`; a continual single-output first layer swaps
+    2 n d, a retroactive one 7 n d, for :func:`continual_nystrom_macs`; the last layer after a
+    retroactive one swaps 2 n d for a one-row Nyström over the window. ``pinv`` is counted as the
+    iteration either way (nominal for the exact pinv).
+    """
+    m, k = landmarks, pinv_iters
+    full = nystrom_macs(n, d, h, m, k) - 2 * n * n * d
+    if not continual:
+        return layers * full
+    if layers == 1:
+        return continual_nystrom_macs(n, d, h, m, False, landmark_mode, k) - 2 * n * d
+    first = continual_nystrom_macs(n, d, h, m, True, landmark_mode, k) - 7 * n * d
+    last = nystrom_macs(n, d, h, m, k, rows=1) - 2 * n * d
+    return first + (layers - 2) * full + last
 
 
 def validate_options(

@@ -483,13 +483,20 @@ def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "p
     ``convention="paper"`` falls back to it.
     """
     from .flops import encoder_macs, oadtr_macs
+    from .nystrom import nystrom_encoder_macs_delta
 
     c = config
+    kind, options = parse_attention(c.attention, c.window)
+    nystrom = 0  # Nyström attention replaces the softmax attention terms (clean, §7.7)
+    if kind == "nystrom":
+        nystrom = round(nystrom_encoder_macs_delta(
+            layers=c.blocks, n=c.window, d=c.d_model, h=c.heads, continual=continual, **options
+        ))  # fmt: skip
     if c.family == "oadtr":
-        return oadtr_macs(
+        return nystrom + oadtr_macs(
             d_in=c.d_in, d_model=c.d_model, window=c.window, heads=c.heads, ffn=c.ffn,
             classes=c.classes, blocks=c.blocks, continual=continual, convention=convention,
         )  # fmt: skip
     tokens = 1 if continual else c.window  # regular: every token of the window is embedded
     enc = encoder_macs(layers=c.blocks, d=c.d_model, n=c.window, f=c.ffn, continual=continual)
-    return tokens * c.embedding_macs() + enc + tokens * c.d_model * c.classes
+    return nystrom + tokens * c.embedding_macs() + enc + tokens * c.d_model * c.classes

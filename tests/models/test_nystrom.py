@@ -341,3 +341,16 @@ def test_zoo_nystrom_models_stream_equal_their_regular_twin(name):
             with torch.no_grad():
                 ref = regular(X[:, t - 8 : t], torch.full((2,), t - 8))
             torch.testing.assert_close(out.scores, ref, atol=1e-9, rtol=0)
+
+
+def test_zoo_macs_per_frame_counts_nystrom_attention():
+    from costream.models.zoo import macs_per_frame, make_config
+
+    n, d, h = 64, 1024, 8
+    co, co_ny = make_config("co_oadtr_b1"), make_config("co_nystrom_oadtr_b1")  # m=4, fixed
+    base = macs_per_frame(co, continual=True, convention="clean")
+    got = macs_per_frame(co_ny, continual=True, convention="clean")
+    assert got == base - 2 * n * d + continual_nystrom_macs(n, d, h, 4, landmark_mode="fixed")
+    reg = macs_per_frame(make_config("oadtr_b1"), continual=False, convention="clean")
+    reg_ny = macs_per_frame(make_config("nystrom_oadtr_b1"), continual=False, convention="clean")
+    assert reg_ny == reg - 2 * n * n * d + nystrom_macs(n, d, h, 4)
