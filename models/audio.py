@@ -15,6 +15,11 @@ step is either ``(B, n_mels, patch)`` or the same numbers flattened to ``(B, n_m
 (mel-bin major: ``x.reshape(B, n_mels, patch)`` recovers the patch). With the defaults (64 mels,
 10 ms hop, patch 8) a token is 80 ms of audio and a window of 32 tokens is 2.56 s.
 
+Training data uses the ``.npz`` layout of ``costream.models.data``: ``features`` (T, n_mels*patch)
+flattened patches, ``targets`` (T, 10) the clip's genre one-hot on every token, and a
+``dataset.json`` with ``"background": null`` (genres have no background class), then
+``costream train --model audio_b2 --data DATA --out audio.safetensors``.
+
 Example:
     >>> import torch
     >>> fe = MelPatchEmbedding(n_mels=8, patch=4, channels=6, d_model=10)

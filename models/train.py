@@ -237,7 +237,7 @@ def _validate(model: nn.Module, ds: OadDataset) -> tuple[FrameMetrics, float]:
 
 # -- prediction ------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict_windows(model: nn.Module, ds: OadDataset, batch_size: int = 512) -> list[np.ndarray]:
+def predict_windows(model: nn.Module, ds: OadDataset, batch_size: int = 128) -> list[np.ndarray]:
     """Regular model over every full window: per video, logits (T - n + 1, C) for frames n-1 … T-1.
 
     Window ending at frame t (0-based) starts at t - n + 1, which is also its positional phase:
@@ -285,14 +285,19 @@ def predict_stream(
     for g0 in range(0, len(ds.videos), max_streams):
         group = ds.videos[g0 : g0 + max_streams]
         B, T = len(group), max(len(v) for v in group)
-        x = torch.zeros(B, T, ds.feature_dim, dtype=p.dtype, device=p.device)
-        for b, v in enumerate(group):
-            x[b, : len(v)] = torch.from_numpy(v.features)
         state = model.init_state(B)
         scores = []
         warm = []
+        chunk = 256  # frames staged at a time: (B, chunk, D), not the whole (B, T, D) videos
         for t in range(T):
-            o, state = model.step(x[:, t], state)
+            if t % chunk == 0:
+                x = torch.zeros(B, chunk, ds.feature_dim, dtype=p.dtype, device=p.device)
+                for b, v in enumerate(
+                    group
+                ):  # finished rows step on zeros; their outputs are dropped
+                    part = torch.from_numpy(v.features[t : t + chunk])
+                    x[b, : len(part)] = part
+            o, state = model.step(x[:, t % chunk], state)
             scores.append(o.scores.float().cpu())
             warm.append(o.warm.cpu())
             bar.update(sum(1 for v in group if t < len(v)))
