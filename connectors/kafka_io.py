@@ -612,6 +612,13 @@ class _ReadPartitionFn(beam.DoFn):
             records = reader.read(start, cfg.max_records_per_bundle - emitted, timeout)
             if not records:
                 break
+            if records[0].offset < start:
+                # The consumer fell back to auto_offset_reset: ``start`` is out of range.
+                raise RuntimeError(
+                    f"{reader!r} asked for offset {start} but the broker answered from offset "
+                    f"{records[0].offset}, so offset {start} is out of range (was the topic "
+                    "deleted and recreated?). Reset the group's offsets or read from 'earliest'."
+                )
             for r in records:
                 if not tracker.try_claim(r.offset):
                     finished = True  # past the end of a bounded range (max_records)
@@ -677,7 +684,10 @@ class ReadFromKafka(beam.PTransform):
         topics: one topic name or a list.
         start: ``"earliest"``, ``"latest"``, ``"committed"`` (needs ``group_id``; a partition
             without a committed offset starts at the earliest) or an ``int`` timestamp in ms:
-            the first record whose timestamp is at or after it.
+            the first record whose timestamp is at or after it (found by the broker's index,
+            then checked by scanning forward, since tansu 0.6 answers 0 for every timestamp).
+            On tansu 0.6, ``"latest"`` is off when the partition's last batch held several
+            records (it reports the batch's base offset + 1); real Kafka is exact.
         group_id: consumer group whose offsets are read (``start="committed"``) and committed
             after each finalized bundle. Without it nothing is committed. Partitions are
             assigned explicitly; the group is never joined.
