@@ -44,7 +44,8 @@ import numpy as np
 import torch
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
-from costream.connectors import codecs
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 from costream.models.weights import load_weights, weights_sha256
 from costream.transforms.audio_features import LogMelSpectrogram
 from costream.transforms.decode import DecodeFrames, image_size_hw
@@ -327,8 +328,18 @@ class _Failed(NamedTuple):
     error: str
 
 
+class _Done(NamedTuple):
+    """A frame's features and its input's event time (batching re-stamps; routing restores it)."""
+
+    record: FeatureRecord
+    timestamp_us: int
+
+
 class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
-    """Beam ``ModelHandler``: batches of :class:`DecodedFrame` -> ``FeatureRecord`` (or failures).
+    """Beam ``ModelHandler``: batches of :class:`DecodedFrame` -> features (or failures).
+
+    ``run_inference`` returns, per frame and in order, ``_Done(FeatureRecord, timestamp_us)`` or
+    ``_Failed(frame, reason)``; :class:`ExtractFeatures` routes them.
 
     One backbone per worker process (Beam's shared handle; across processes too when
     ``share_across_processes``), built in ``load_model`` after ``torch.set_num_threads``. Frames
@@ -386,8 +397,8 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
         batch: Sequence[DecodedFrame],
         model: nn.Module,
         inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[FeatureRecord | _Failed]:
-        out: list[FeatureRecord | _Failed | None] = [None] * len(batch)
+    ) -> Iterable[_Done | _Failed]:
+        out: list[_Done | _Failed | None] = [None] * len(batch)
         fit: list[int] = []
         for i, frame in enumerate(batch):
             reason = self.config.check(frame)
@@ -404,9 +415,7 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
                 out[i] = result
         return out  # type: ignore[return-value]
 
-    def _forward(
-        self, model: nn.Module, frames: list[DecodedFrame]
-    ) -> list[FeatureRecord | _Failed]:
+    def _forward(self, model: nn.Module, frames: list[DecodedFrame]) -> list[_Done | _Failed]:
         try:
             feats = _features(model, [f.data for f in frames])  # (B, D)
         except Exception as err:
@@ -414,7 +423,7 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
                 return [_Failed(frames[0], f"The backbone failed: {type(err).__name__}: {err}")]
             _LOG.warning("Batched backbone forward failed (%s); retrying frame by frame.", err)
             return [r for f in frames for r in self._forward(model, [f])]
-        results: list[FeatureRecord | _Failed] = []
+        results: list[_Done | _Failed] = []
         for f, vec in zip(frames, feats):
             if not np.isfinite(vec).all():
                 results.append(
@@ -424,18 +433,10 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
                     )
                 )
                 continue
-            results.append(
-                FeatureRecord(
-                    f.stream_id,
-                    f.frame_index,
-                    f.ts_ms,
-                    vec,
-                    f.arrival_ms,
-                    f.key,
-                    f.value,
-                    f.headers,
-                )
+            rec = FeatureRecord(
+                f.stream_id, f.frame_index, f.ts_ms, vec, f.arrival_ms, f.key, f.value, f.headers
             )
+            results.append(_Done(rec, f.timestamp_us))
         return results
 
 
@@ -455,27 +456,56 @@ class _RouteFeatures(beam.DoFn):
         self._ok = Metrics.counter(_METRICS_NS, "features")
         self._dead = Metrics.counter(_METRICS_NS, "dead_letter")
 
-    def process(self, outcome: FeatureRecord | _Failed) -> Iterator[Any]:
+    def process(
+        self,
+        outcome: _Done | _Failed,
+        timestamp: Any = beam.DoFn.TimestampParam,
+        window: Any = beam.DoFn.WindowParam,
+    ) -> Iterator[Any]:
         if isinstance(outcome, _Failed):
             self._dead.inc()
+            dead = to_dead_letter(outcome.frame, outcome.error, "features")
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, to_dead_letter(outcome.frame, outcome.error, "features")
+                DEAD_LETTER, _restamp(dead, outcome.frame.timestamp_us, timestamp, window)
             )
         else:
             self._ok.inc()
-            yield outcome
+            yield _restamp(outcome.record, outcome.timestamp_us, timestamp, window)
 
 
-def _failed_batch_to_dead_letters(failed: tuple[Any, Any]) -> Iterator[codecs.OutgoingRecord]:
+def _restamp(element: Any, original_us: int, batch_ts: Timestamp, window: Any) -> TimestampedValue:
+    """Give ``element`` its input's event time again, within what Beam allows.
+
+    Batching stamps a batch with a timer's time, or, for the final flush of a window, with the
+    window's *end*, which lies beyond the window's last valid timestamp: downstream grouping then
+    drops those elements as late (seen with Beam 2.77's stateful ``BatchElements`` at the end of a
+    bounded input). So the timestamp is the input's event time, moved forward to the batch's time
+    where that is later (moving back could make it late) and capped at the window's maximum.
+    """
+    ts = max(Timestamp(micros=original_us), batch_ts)
+    return TimestampedValue(element, min(ts, window.max_timestamp()))
+
+
+class _FailedBatchToDeadLetters(beam.DoFn):
     """A batch RunInference itself failed on -> one dead letter per frame (stage features).
 
     Beam's dead-letter element is ``(batch, (exception type, repr(exception), traceback))``.
     """
-    batch, (_, exc_repr, _) = failed
-    for frame in batch:
-        yield to_dead_letter(
-            frame, f"The backbone failed on a batch of {len(batch)} frames: {exc_repr}", "features"
-        )
+
+    def process(
+        self,
+        failed: tuple[Any, Any],
+        timestamp: Any = beam.DoFn.TimestampParam,
+        window: Any = beam.DoFn.WindowParam,
+    ) -> Iterator[Any]:
+        batch, (_, exc_repr, _) = failed
+        for frame in batch:
+            dead = to_dead_letter(
+                frame,
+                f"The backbone failed on a batch of {len(batch)} frames: {exc_repr}",
+                "features",
+            )
+            yield _restamp(dead, frame.timestamp_us, timestamp, window)
 
 
 class ExtractFeatures(beam.PTransform):
@@ -496,7 +526,9 @@ class ExtractFeatures(beam.PTransform):
       records the backbone cannot take: wrong kind, size or rate, non-finite output, a failed
       forward).
 
-    Every input record yields exactly one element on one of the two outputs.
+    Every input record yields exactly one element on one of the two outputs. Its timestamp is
+    the input's event time, or the batch's timestamp where that is later (see ``_restamp``: a
+    batch flushed at the end of a bounded input is stamped with the window's end).
 
     Args:
         backbone: ``resnet18``, ``resnet18_small``, ``logmel`` or ``identity``.
@@ -574,8 +606,8 @@ class ExtractFeatures(beam.PTransform):
         routed = outcomes | "Route" >> beam.ParDo(_RouteFeatures()).with_outputs(
             DEAD_LETTER, main=MAIN
         )
-        failed_batches = failed.failed_inferences | "FailedBatches" >> beam.FlatMap(
-            _failed_batch_to_dead_letters
+        failed_batches = failed.failed_inferences | "FailedBatches" >> beam.ParDo(
+            _FailedBatchToDeadLetters()
         )
         dead = (
             decoded[DEAD_LETTER],

@@ -81,6 +81,7 @@ def decode_record(
     max_payload_bytes: int = codecs.DEFAULT_MAX_PAYLOAD_BYTES,
     max_pixels: int = codecs.DEFAULT_MAX_PIXELS,
     now_ms: int | None = None,
+    timestamp_us: int = 0,
 ) -> DecodedFrame:
     """Validate and decode one input record.
 
@@ -92,6 +93,7 @@ def decode_record(
         max_payload_bytes: largest payload accepted.
         max_pixels: largest decoded image accepted.
         now_ms: arrival time to stamp (ms since the epoch); None reads the wall clock.
+        timestamp_us: the Beam element timestamp to keep (microseconds).
 
     Raises:
         CodecError: a subclass whose message says, in one sentence, what is wrong.
@@ -124,6 +126,7 @@ def decode_record(
         None if key is None else bytes(key),
         b"" if value is None else bytes(value),
         [(k, bytes(v)) if isinstance(v, bytes | bytearray) else (k, v) for k, v in headers],
+        int(timestamp_us),
     )
 
 
@@ -142,7 +145,7 @@ class _DecodeDoFn(beam.DoFn):
         self._decoded = Metrics.counter(_METRICS_NS, "decoded")
         self._dead = Metrics.counter(_METRICS_NS, "dead_letter")
 
-    def process(self, element: Any) -> Iterator[Any]:
+    def process(self, element: Any, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
         key, value, headers = _split_record(element)
         try:
             frame = decode_record(
@@ -152,6 +155,7 @@ class _DecodeDoFn(beam.DoFn):
                 image_size=self._image_size,
                 max_payload_bytes=self._max_payload_bytes,
                 max_pixels=self._max_pixels,
+                timestamp_us=timestamp.micros,
             )
         except Exception as err:  # bad bytes are data: route them, never stop the pipeline
             if not isinstance(err, codecs.CodecError):

@@ -62,6 +62,9 @@ class DecodedFrame(NamedTuple):
         arrival_ms: wall-clock time (ms since the epoch) at which the record was decoded; the
             start of the pipeline's latency measurement.
         key, value, headers: the original Kafka record, for dead letters at any later stage.
+        timestamp_us: the Beam element timestamp of the input record (event time, microseconds
+            since the epoch). Batching re-stamps elements; ``ExtractFeatures`` puts this back on
+            its outputs wherever that does not make them late.
     """
 
     stream_id: str
@@ -74,6 +77,7 @@ class DecodedFrame(NamedTuple):
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
+    timestamp_us: int = 0
 
 
 class FeatureRecord(NamedTuple):

@@ -4,7 +4,8 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import torch
-from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline as _TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from costream.connectors import codecs
 from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
@@ -33,6 +34,13 @@ def _restore_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+def BeamPipeline():  # noqa: N802
+    # The embedded runner costream uses (pipelines/runner.py). Beam's DirectRunner picks its
+    # bundle-based runner for real-time timers, which can lose the final flush of the stateful
+    # BatchElements at the end of a bounded input.
+    return _TestPipeline(runner=FnApiRunner())
 
 
 def _image(h=24, w=32, seed=0):
@@ -143,9 +151,10 @@ def test_handler_routes_frames_that_do_not_fit():
     good = decode_record(img.key, img.value, img.headers, image_size=32)
     wrong_size = decode_record(img.key, img.value, img.headers)
     audio = decode_record(pcm.key, pcm.value, pcm.headers)
-    out = list(h.run_inference([good, wrong_size, audio, good], model))
-    assert isinstance(out[0], FeatureRecord) and isinstance(out[3], FeatureRecord)
-    np.testing.assert_array_equal(out[0].features, out[3].features)
+    out = list(h.run_inference([good._replace(timestamp_us=7), wrong_size, audio, good], model))
+    assert isinstance(out[0].record, FeatureRecord) and isinstance(out[3].record, FeatureRecord)
+    assert out[0].timestamp_us == 7
+    np.testing.assert_array_equal(out[0].record.features, out[3].record.features)
     assert "uint8 images of shape (32, 32, 3)" in out[1].error
     assert "takes image records; this record holds audio" in out[2].error
 
@@ -235,5 +244,43 @@ def test_extract_features_logmel_batched_across_streams():
                 )
             ),
             equal_to([(b"features", True)]),
+            label="dead",
+        )
+
+
+@pytest.mark.parametrize("duration", [None, 0.05])
+def test_extract_features_loses_nothing_and_never_moves_time_back(duration):
+    ct = codecs.features_content_type(4)
+    recs = [frame_record("s", i, i, ct, np.full(4, i, "<f4").tobytes()) for i in range(5)]
+    recs.append(
+        frame_record("s", 9, 9, codecs.features_content_type(3), np.zeros(3, "<f4").tobytes())
+    )
+
+    def stamp(r):
+        return beam.window.TimestampedValue(r, 10 + int(dict(r.headers)[codecs.HEADER_FRAME_INDEX]))
+
+    def with_ts(e, ts=beam.DoFn.TimestampParam):
+        yield e, ts
+
+    with BeamPipeline() as p:
+        out = (
+            p
+            | beam.Create(recs)
+            | beam.Map(stamp)
+            | ExtractFeatures("identity", dim=4, batch_size=2, max_batch_duration_secs=duration)
+        )
+        assert_that(
+            out.main
+            | "MainTs" >> beam.ParDo(with_ts)
+            | "MainKey"
+            >> beam.Map(lambda x: (x[0].frame_index, float(x[1]) >= 10 + x[0].frame_index)),
+            equal_to([(i, True) for i in range(5)]),
+            label="main",
+        )
+        assert_that(
+            out.dead_letter
+            | "DeadTs" >> beam.ParDo(with_ts)
+            | "DeadKey" >> beam.Map(lambda x: float(x[1]) >= 19.0),
+            equal_to([True]),
             label="dead",
         )
