@@ -46,8 +46,11 @@ def run_spec(
     if until_idle_s is not None:
         overrides["ReadFromKafka"] = {"stop_after_idle_s": until_idle_s}
     defaults: dict[str, dict[str, Any]] = {}
-    if runner in EMBEDDED_RUNNERS:
-        # the embedded runner fires processing-time timers right after their bundle: use the TTL
+    in_process = runner in EMBEDDED_RUNNERS or "--job_endpoint=embed" in extra
+    if in_process:
+        # the in-process FnApiRunner (also behind PortableRunner's "embed" endpoint) fires
+        # processing-time timers right after their bundle and refuses to finish with one pending:
+        # use the TTL check instead of the idle timer
         defaults["ContinualInference"] = {"idle_timer": False}
     spec = load_spec(spec_path, overrides=overrides, defaults=defaults)
     options = make_options(runner, extra)

@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+from costream.pipelines.cli import build_parser, main
+from costream.pipelines.spec import SpecError, load_spec
+
+SPECS = Path(__file__).resolve().parents[2] / "pipelines" / "specs"
+
+
+@pytest.mark.parametrize("name", ["features.yaml", "video.yaml", "audio.yaml"])
+def test_shipped_specs_validate(name):
+    spec = load_spec(SPECS / name)
+    types = [t["type"] for t in spec["pipeline"]["transforms"]]
+    assert types[0] == "ReadFromKafka" and "ContinualInference" in types and "WriteToKafka" in types
+
+
+def write(tmp_path, text):
+    p = tmp_path / "spec.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_file_transform_and_key(tmp_path):
+    p = write(
+        tmp_path,
+        """
+pipeline:
+  transforms:
+    - type: ContinualInference
+      name: Infer
+      config: {weights: w.safetensors, gap_polcy: reset}
+""",
+    )
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    msg = str(e.value)
+    assert str(p) in msg and "'Infer'" in msg and "'gap_polcy'" in msg and "gap_policy" in msg
+
+
+def test_missing_required_key_and_env(tmp_path, monkeypatch):
+    p = write(
+        tmp_path, "pipeline:\n  transforms:\n    - type: ContinualInference\n      config: {}\n"
+    )
+    with pytest.raises(SpecError, match="missing required config key.*weights"):
+        load_spec(p)
+    monkeypatch.delenv("NOPE_NOT_SET", raising=False)
+    p = write(
+        tmp_path,
+        "pipeline:\n  transforms:\n    - type: ContinualInference\n      config: {weights: '${NOPE_NOT_SET}'}\n",
+    )
+    with pytest.raises(SpecError, match="NOPE_NOT_SET is not set"):
+        load_spec(p)
+    monkeypatch.setenv("NOPE_NOT_SET", "x.safetensors")
+    assert load_spec(p)["pipeline"]["transforms"][0]["config"]["weights"] == "x.safetensors"
+
+
+def test_malformed_specs(tmp_path):
+    with pytest.raises(SpecError, match="top-level 'pipeline:'"):
+        load_spec(write(tmp_path, "transforms: []\n"))
+    with pytest.raises(SpecError, match="no 'type:'"):
+        load_spec(write(tmp_path, "pipeline:\n  transforms:\n    - config: {}\n"))
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_cli_lists_commands_and_refuses_unknown_options(capsys):
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in (
+        "broker",
+        "produce",
+        "consume",
+        "run",
+        "score",
+        "demo",
+        "train",
+        "evaluate",
+        "flops",
+    ):
+        assert name in commands
+    with pytest.raises(SystemExit):
+        main(["flops", "co_oadtr_b1", "--bogus"])
+    assert "unrecognized arguments" in capsys.readouterr().err
