@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from costream.models import ContinualEncoder
+from torch import nn
 
 
 def timeit(fn, min_time: float, min_reps: int = 3) -> float:
@@ -41,9 +40,13 @@ def read_bandwidth(nbytes: int = 512 << 20) -> float:
     return nbytes / timeit(lambda: x.sum(), min_time=1.0, min_reps=5)
 
 
-def build(layers: int, d: int, n: int, h: int, f: int) -> tuple[nn.TransformerEncoder, ContinualEncoder]:
+def build(
+    layers: int, d: int, n: int, h: int, f: int
+) -> tuple[nn.TransformerEncoder, ContinualEncoder]:
     torch.manual_seed(0)
-    layer = nn.TransformerEncoderLayer(d, h, f, dropout=0.1, activation="gelu", batch_first=True, bias=False)
+    layer = nn.TransformerEncoderLayer(
+        d, h, f, dropout=0.1, activation="gelu", batch_first=True, bias=False
+    )
     regular = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).eval()
     return regular, ContinualEncoder.from_torch(regular, window=n)
 
@@ -61,8 +64,12 @@ def main() -> None:
     min_time = 0.3 if args.quick else 1.0
 
     bw = read_bandwidth()
-    print(f"torch {torch.__version__}, {args.threads} threads; memory read bandwidth {bw / 1e9:.1f} GB/s")
-    print(f"paper configuration: d={d}, n={n}, h={h}, FFN={f}; float32; one new frame per stream per step\n")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads; memory read bandwidth {bw / 1e9:.1f} GB/s"
+    )
+    print(
+        f"paper configuration: d={d}, n={n}, h={h}, FFN={f}; float32; one new frame per stream per step\n"
+    )
     header = f"{'layers':>6} {'B':>5} {'continual ms':>13} {'regular ms':>11} {'speed-up':>9} {'cont. frames/s':>15} {'reg. frames/s':>14}"
     print(header)
     print("-" * len(header))
@@ -76,8 +83,12 @@ def main() -> None:
                 state = enc.init_state(B)
                 for _ in range(n):  # warm state (guarded retroactive path in steady state)
                     enc.step(torch.randn(B, d), state)
-                t_co = timeit(lambda: enc.step(x, state), min_time)
-                t_re = timeit(lambda: regular(window)[:, -1], min_time, min_reps=2)
+                t_co = timeit(lambda enc=enc, x=x, state=state: enc.step(x, state), min_time)
+                t_re = timeit(
+                    lambda regular=regular, window=window: regular(window)[:, -1],
+                    min_time,
+                    min_reps=2,
+                )
                 rows.append((layers, B, t_co, t_re))
                 print(
                     f"{layers:>6} {B:>5} {t_co * 1e3:>13.3f} {t_re * 1e3:>11.2f} {t_re / t_co:>8.1f}x "
@@ -87,7 +98,11 @@ def main() -> None:
             if layers == 1:
                 weight_bytes = sum(p.numel() * p.element_size() for p in enc.parameters())
                 roofline = weight_bytes / bw
-                t1 = next(r[2] for r in rows if r[0] == 1 and r[1] == 1) if 1 in batches else float("nan")
+                t1 = (
+                    next(r[2] for r in rows if r[0] == 1 and r[1] == 1)
+                    if 1 in batches
+                    else float("nan")
+                )
                 print(
                     f"  roofline B=1, 1 layer: {weight_bytes / 1e6:.1f} MB weights / {bw / 1e9:.1f} GB/s = "
                     f"{roofline * 1e3:.3f} ms; measured step {t1 * 1e3:.3f} ms = {t1 / roofline:.2f}x roofline"
@@ -107,8 +122,16 @@ def plot(rows: list[tuple[int, int, float, float]], path: Path) -> None:
         sel = [r for r in rows if r[0] == layers]
         bs = [r[1] for r in sel]
         ax.plot(bs, [r[2] * 1e3 for r in sel], "o" + style, label=f"continual, {layers} layer(s)")
-        ax.plot(bs, [r[3] * 1e3 for r in sel], "s" + style, label=f"regular window, {layers} layer(s)")
-    ax.set(xscale="log", yscale="log", xlabel="streams B", ylabel="ms per step", title="d=1024, n=64, h=8 (CPU)")
+        ax.plot(
+            bs, [r[3] * 1e3 for r in sel], "s" + style, label=f"regular window, {layers} layer(s)"
+        )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="streams B",
+        ylabel="ms per step",
+        title="d=1024, n=64, h=8 (CPU)",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
