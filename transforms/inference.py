@@ -60,6 +60,14 @@ log = logging.getLogger(__name__)
 GapPolicy = Literal["reset", "fill"]
 GAP_POLICIES = ("reset", "fill")
 
+
+def _check_gap_policy(gap_policy: str) -> None:
+    if gap_policy not in GAP_POLICIES:
+        raise ValueError(
+            f"gap_policy must be one of {', '.join(GAP_POLICIES)}, got {gap_policy!r}."
+        )
+
+
 _MAGIC = b"CoSS"
 _VERSION = 1
 _PREFIX = struct.Struct("<4sHII")  # magic, version, meta length, features length
@@ -146,10 +154,7 @@ class StreamStepper:
         max_fill: int | None = None,
         ttl_ms: int | None = None,
     ) -> None:
-        if gap_policy not in GAP_POLICIES:
-            raise ValueError(
-                f"gap_policy must be one of {', '.join(GAP_POLICIES)}, got {gap_policy!r}."
-            )
+        _check_gap_policy(gap_policy)
         self.model, self.model_id, self.labels = model, model_id, list(labels)
         self.gap_policy = gap_policy
         self.max_fill = model.window if max_fill is None else int(max_fill)
@@ -394,10 +399,7 @@ class ContinualInference(beam.PTransform):
         idle_timer: bool = True,
     ) -> None:
         super().__init__()
-        if gap_policy not in GAP_POLICIES:
-            raise ValueError(
-                f"gap_policy must be one of {', '.join(GAP_POLICIES)}, got {gap_policy!r}."
-            )
+        _check_gap_policy(gap_policy)
         if idle_timeout_s is not None and idle_timeout_s <= 0:
             raise ValueError(
                 f"idle_timeout_s must be positive seconds (or null to keep state forever), got {idle_timeout_s}."
