@@ -35,6 +35,7 @@ __all__ = [
     "ContinualRetroactiveAttention",
     "ContinualSingleOutputAttention",
     "MultiheadWeights",
+    "slide_softmax_sums",
     "temporal_order",
 ]
 
@@ -42,6 +43,39 @@ __all__ = [
 def temporal_order(t: Tensor, n: int) -> Tensor:
     """Ring slots oldest -> newest for rows that have seen ``t`` tokens: (B,) -> (B, n) indices."""
     return (t[:, None] + torch.arange(n, device=t.device)) % n
+
+
+def slide_softmax_sums(
+    Q: Tensor,
+    k_old: Tensor,
+    v_old: Tensor,
+    k: Tensor,
+    v: Tensor,
+    D: Tensor,
+    AV: Tensor,
+    C: Tensor,
+    Err: Tensor,
+    eps: float,
+) -> None:
+    """Slide guarded softmax sums by one token, in place (§4.1, §4.7).
+
+    Each query row r (``Q`` (..., r, d_h), scaled) keeps ``D = sum exp(s - C)`` and
+    ``AV = sum exp(s - C) v`` over the window, relative to its own exponent offset ``C``, plus a
+    rounding bound ``Err`` on ``D``. Every row drops the evicted key's term (``k_old``, ``v_old``,
+    (..., d_h)) and gains the new key's (``k``, ``v``); the offset is raised first when the new
+    score exceeds it, so exp never overflows. Shared by retroactive and Nyström attention.
+    """
+    s_old = (Q @ k_old.unsqueeze(-1)).squeeze(-1)  # (..., r)
+    s_new = (Q @ k.unsqueeze(-1)).squeeze(-1)  # (..., r)
+    c = torch.maximum(C, s_new)
+    rescale = torch.exp(C - c)
+    e_old, e_new = torch.exp(s_old - c), torch.exp(s_new - c)
+    D.mul_(rescale)
+    Err.mul_(rescale).add_(eps * (D + e_old + e_new))
+    D.add_(e_new - e_old)
+    AV.mul_(rescale.unsqueeze(-1))
+    AV.add_(e_new.unsqueeze(-1) * v.unsqueeze(-2) - e_old.unsqueeze(-1) * v_old.unsqueeze(-2))
+    C.copy_(c)
 
 
 class MultiheadWeights(nn.Module):
@@ -245,19 +279,7 @@ class ContinualRetroactiveAttention(_ContinualAttention):
         rows, p = torch.arange(B, device=u.device), t % n
         k_old, v_old = K[rows, :, p], V[rows, :, p]  # evicted token, (B, h, d_h)
 
-        # Every row drops the evicted key's term and gains the new key's (§4.1), in the row's
-        # exponent frame: raise the offset first when the new score exceeds it.
-        s_old = (Q @ k_old.unsqueeze(-1)).squeeze(-1)  # (B, h, n)
-        s_new = (Q @ k.unsqueeze(-1)).squeeze(-1)  # (B, h, n)
-        c = torch.maximum(C, s_new)
-        rescale = torch.exp(C - c)
-        e_old, e_new = torch.exp(s_old - c), torch.exp(s_new - c)
-        D.mul_(rescale)
-        Err.mul_(rescale).add_(eps * (D + e_old + e_new))
-        D.add_(e_new - e_old)
-        AV.mul_(rescale.unsqueeze(-1))
-        AV.add_(e_new.unsqueeze(-1) * v.unsqueeze(2) - e_old.unsqueeze(-1) * v_old.unsqueeze(2))
-        C.copy_(c)
+        slide_softmax_sums(Q, k_old, v_old, k, v, D, AV, C, Err, eps)
 
         Q[rows, :, p], K[rows, :, p], V[rows, :, p] = q, k, v
 

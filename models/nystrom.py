@@ -40,7 +40,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .attention import MultiheadWeights, _ContinualAttention, temporal_order
+from .attention import (
+    MultiheadWeights,
+    _ContinualAttention,
+    slide_softmax_sums,
+    temporal_order,
+)
 from .state import StreamState
 
 __all__ = [
@@ -543,17 +548,7 @@ class _ContinualNystrom(_NystromConfig, _ContinualAttention):
         # Every landmark row drops the evicted key's term and gains the new key's (§7.2), in the
         # row's exponent frame: raise the offset first when the new score exceeds it (§4.7).
         k_old, v_old = K[rows, :, slot], V[rows, :, slot]  # evicted token, (B, h, d_h)
-        s_old = (Ql @ k_old.unsqueeze(-1)).squeeze(-1)  # (B, h, m)
-        s_new = (Ql @ k.unsqueeze(-1)).squeeze(-1)  # (B, h, m)
-        c = torch.maximum(C, s_new)
-        rescale = torch.exp(C - c)
-        e_old, e_new = torch.exp(s_old - c), torch.exp(s_new - c)
-        Z.mul_(rescale)
-        Err.mul_(rescale).add_(eps * (Z + e_old + e_new))
-        Z.add_(e_new - e_old)
-        E.mul_(rescale.unsqueeze(-1))
-        E.add_(e_new.unsqueeze(-1) * v.unsqueeze(2) - e_old.unsqueeze(-1) * v_old.unsqueeze(2))
-        C.copy_(c)
+        slide_softmax_sums(Ql, k_old, v_old, k, v, Z, E, C, Err, eps)  # (B, h, m) rows
         K[rows, :, slot], V[rows, :, slot] = k, v
         if "q" in T:  # retroactive: ring of q̂ for F rows
             T["q"][rows, :, slot] = q
