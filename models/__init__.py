@@ -9,7 +9,7 @@ from .encoder import ContinualEncoder
 from .flops import encoder_macs, measured_macs, oadtr_macs
 from .positional import RecyclingPositionalEncoding
 from .state import StateFormatError, StreamState
-from .weights import WeightsError, load_weights, save_weights, weights_sha256
+from .weights import WeightsError, input_major_, load_weights, save_weights, weights_sha256
 
 __all__ = [
     "ContinualEncoder",
@@ -21,6 +21,7 @@ __all__ = [
     "StreamState",
     "WeightsError",
     "encoder_macs",
+    "input_major_",
     "load_weights",
     "measured_macs",
     "oadtr_macs",

@@ -37,12 +37,25 @@ __all__ = [
     "MultiheadWeights",
     "slide_softmax_sums",
     "temporal_order",
+    "write_slots",
 ]
 
 
 def temporal_order(t: Tensor, n: int) -> Tensor:
     """Ring slots oldest -> newest for rows that have seen ``t`` tokens: (B,) -> (B, n) indices."""
     return (t[:, None] + torch.arange(n, device=t.device)) % n
+
+
+def write_slots(ring: Tensor, slot: Tensor, value: Tensor) -> None:
+    """``ring[b, :, slot[b]] = value[b]`` for every row b; ring (B, h, n, ...), value (B, h, ...).
+
+    One stream on the CPU takes a plain slice copy (no index tensors: a continual step at B=1 is
+    short enough that the index bookkeeping shows up in its latency).
+    """
+    if ring.shape[0] == 1 and ring.device.type == "cpu":
+        ring[0, :, int(slot[0])] = value[0]
+    else:
+        ring[torch.arange(ring.shape[0], device=ring.device), :, slot] = value
 
 
 def slide_softmax_sums(
@@ -223,12 +236,11 @@ class ContinualSingleOutputAttention(_ContinualAttention):
         }
 
     def step_tensors(self, u: Tensor, tensors: dict[str, Tensor], t: Tensor) -> Tensor:
-        B = u.shape[0]
         K, V = tensors["k"], tensors["v"]  # (B, h, n, d_h) rings
         q, k, v = self.project(u)  # each (B, h, d_h)
-        rows, slot = torch.arange(B, device=u.device), t % self.window
-        K[rows, :, slot] = k  # overwrite the oldest token; ring order is irrelevant to softmax
-        V[rows, :, slot] = v
+        slot = t % self.window  # overwrite the oldest token; ring order is irrelevant to softmax
+        write_slots(K, slot, k)
+        write_slots(V, slot, v)
         o = F.scaled_dot_product_attention(q.unsqueeze(2), K, V)  # (B, h, 1, d_h)
         return self.merge(o.squeeze(2))  # (B, d)
 

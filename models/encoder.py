@@ -35,6 +35,7 @@ from .nystrom import (
     NystromAttention,
 )
 from .state import StateFormatError, StreamState
+from .weights import input_major_
 
 __all__ = ["ATTENTION_KINDS", "ContinualEncoder", "EncoderLayer"]
 
@@ -196,7 +197,7 @@ class ContinualEncoder(nn.Module):
             raise ValueError(
                 f"Encoder weights do not map one-to-one: missing {own_extra}, unexpected {unexpected}."
             )
-        return module.eval()
+        return input_major_(module).eval()
 
     # -- state ---------------------------------------------------------------------------------
     @property

@@ -51,7 +51,7 @@ from .encoder import ContinualEncoder
 from .nystrom import NystromMultiheadAttention, parse_attention
 from .positional import RecyclingPositionalEncoding
 from .state import StreamState
-from .weights import WeightsError, load_weights, save_weights, weights_sha256
+from .weights import WeightsError, input_major_, load_weights, save_weights, weights_sha256
 
 __all__ = [
     "FAMILIES",
@@ -209,7 +209,7 @@ class ContinualOnlineTransformer(nn.Module):
         self.encoder = ContinualEncoder.from_torch(
             regular.encoder, window=config.window, attention=kind, **options
         )
-        self.eval()
+        input_major_(self).eval()  # one token per step: weights read input-major (faster)
 
     @property
     def window(self) -> int:

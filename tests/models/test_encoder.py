@@ -177,3 +177,28 @@ def test_errors_name_the_problem():
     other = ContinualEncoder.from_torch(make_torch_encoder(16, 2, 2, norm_first=False), window=4)
     with pytest.raises(StateFormatError, match="cannot be stepped"):
         other.step(torch.randn(2, 16, dtype=torch.float64), state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_single_stream_fast_path_equals_torch_encoder(layers, dtype):
+    """B=1 takes slice copies instead of index tensors; a reset row restarts its warm-up."""
+    d, n = 16, 7
+    te = make_torch_encoder(d, 4, layers, norm_first=False, dtype=dtype)
+    enc = ContinualEncoder.from_torch(te, window=n)
+    T = 4 * n + 2  # reset at step n + 1, then 3n more steps
+    X = torch.randn(1, T, d, dtype=dtype, generator=torch.Generator().manual_seed(7))
+    worst, scale, checks = run_against_oracle(enc.step, enc.init_state(1), torch_oracle(te), X, n)
+    assert checks >= 2 * n
+    assert worst <= TOL[dtype] * max(1.0, scale), worst
+
+
+def test_weights_are_stored_input_major_with_unchanged_values():
+    te = make_torch_encoder(16, 2, 2, norm_first=True)
+    enc = ContinualEncoder.from_torch(te, window=4)
+    w = enc.layers[0].self_attn.in_proj_weight
+    assert w.shape == (48, 16) and w.t().is_contiguous()  # (out, in) view of (in, out) memory
+    assert enc.layers[1].linear1.weight.t().is_contiguous()
+    for k, v in te.state_dict().items():
+        assert torch.equal(enc.state_dict()[k], v)
+    assert enc.to(torch.float32).layers[0].linear2.weight.t().is_contiguous()  # .to() keeps it
