@@ -92,4 +92,3 @@ def input_major_(module: nn.Module) -> nn.Module:
         if p.dim() == 2 and name.endswith("weight") and p.is_contiguous():
             p.data = p.data.t().contiguous().t()
     return module
-

@@ -7,7 +7,10 @@ costream transform's ``config`` is checked against its constructor: unknown and 
 errors that name the file, the transform and the key.
 
 ``${NAME}`` and ``${NAME:-default}`` in string values are replaced from the environment (so
-bootstrap addresses and secrets need not sit in the file).
+bootstrap addresses and secrets need not sit in the file). Expansion yields text; a costream
+config key whose constructor parameter is typed ``int`` or ``float`` (and not ``str``) gets its
+text converted, so ``max_payload_bytes: ${LIMIT:-1048576}`` arrives as an int, and
+``batch_size: lots`` is an error naming the key.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ def load_spec(
                 t["config"].setdefault(key, value)
             t["config"].update((overrides or {}).get(t["type"], {}))
             _check_config(resolve_type(t["type"]), t["config"], label)
+            _convert_numbers(resolve_type(t["type"]), t["config"], label)
             if isinstance(t["config"].get("weights"), str):
                 t["config"]["weights"] = _resolve_file(t["config"]["weights"], path)
     return spec
@@ -142,6 +146,31 @@ def _check_config(cls: Callable[..., Any], config: dict[str, Any], label: str) -
     ]
     if missing:
         raise SpecError(f"{label}: missing required config key(s) {', '.join(missing)}.")
+
+
+def _convert_numbers(cls: Callable[..., Any], config: dict[str, Any], label: str) -> None:
+    """Text values of int/float-typed constructor parameters (``${VAR}`` expansions) -> numbers."""
+    params = inspect.signature(cls).parameters
+    for key, value in config.items():
+        if not isinstance(value, str) or key not in params:
+            continue
+        types = set(re.findall(r"[A-Za-z_]+", str(params[key].annotation)))
+        if "str" in types or not types & {"int", "float"}:
+            continue
+        text = value.strip()
+        if "None" in types and text.lower() in ("", "null", "none", "~"):
+            config[key] = None
+            continue
+        if "int" in types and re.fullmatch(r"[-+]?[0-9]+", text):
+            config[key] = int(text)
+            continue
+        try:
+            if "float" not in types:
+                raise ValueError(text)
+            config[key] = float(text)
+        except ValueError:
+            kind = "a number" if "float" in types else "a whole number"
+            raise SpecError(f"{label}: {key!r} must be {kind}, got {value!r}.") from None
 
 
 def build_pipeline(

@@ -44,8 +44,10 @@ import numpy as np
 import torch
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner, SwitchingDirectRunner
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
+from costream.connectors import codecs
 from costream.models.weights import load_weights, weights_sha256
 from costream.transforms.audio_features import LogMelSpectrogram
 from costream.transforms.decode import DecodeFrames, image_size_hw
@@ -508,6 +510,21 @@ class _FailedBatchToDeadLetters(beam.DoFn):
             yield _restamp(dead, frame.timestamp_us, timestamp, window)
 
 
+# Beam's DirectRunner (SwitchingDirectRunner) runs a pipeline with processing-time timers, such
+# as stateful batching's, on the BundleBasedDirectRunner.
+_BUNDLE_BASED_RUNNERS = (BundleBasedDirectRunner, SwitchingDirectRunner)
+
+
+def _payload_limit(value: int) -> int:
+    """``max_payload_bytes``, checked to be a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"max_payload_bytes must be a positive whole number of bytes, e.g. 1048576 for 1 MiB; "
+            f"got {value!r}."
+        )
+    return value
+
+
 class ExtractFeatures(beam.PTransform):
     """Kafka records -> decoded, batched backbone features per frame, plus dead letters.
 
@@ -535,11 +552,18 @@ class ExtractFeatures(beam.PTransform):
         weights: see :class:`BackboneConfig` (ResNets: a safetensors path or ``"random"``).
         batch_size: the largest batch; ``min_batch_size`` the smallest Beam aims for.
         max_batch_duration_secs: longest wait for a batch to fill (stateful batching across
-            bundles, for streams); None batches within a bundle only.
+            bundles, for streams); None batches within a bundle only. Ignored, with a logged
+            warning, on Beam's ``DirectRunner`` / ``BundleBasedDirectRunner``: that runner hands
+            the batch flushed at the end of a bounded input downstream after a ``GroupByKey``
+            there has already emitted its final result, so those records are lost (Beam 2.77).
+            costream's embedded runner is the FnApiRunner, which batches across bundles without
+            loss.
         num_threads: torch intra-op threads per worker process.
         share_across_processes: one model per machine instead of per process.
         seed, width, input_size, rate, n_mels, patch, hop_length, win_length, n_fft, dim: the
             :class:`BackboneConfig` fields of the same names (each used by one family only).
+        max_payload_bytes: the largest record value accepted; a larger one is dead-lettered at
+            stage ``decode`` with a reason that names both sizes, before any decoding.
 
     Example:
         >>> out = records | "Features" >> ExtractFeatures("resnet18_small", weights="random")  # doctest: +SKIP
@@ -566,8 +590,10 @@ class ExtractFeatures(beam.PTransform):
         win_length: int = 400,
         n_fft: int = 512,
         dim: int | None = None,
+        max_payload_bytes: int = codecs.DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         super().__init__()
+        self.max_payload_bytes = _payload_limit(max_payload_bytes)
         self.config = BackboneConfig(
             backbone,
             weights,
@@ -584,24 +610,45 @@ class ExtractFeatures(beam.PTransform):
             n_fft=n_fft,
             dim=dim,
         )
-        self.handler = FeatureModelHandler(
-            self.config,
-            min_batch_size=min_batch_size,
-            max_batch_size=batch_size,
-            max_batch_duration_secs=max_batch_duration_secs,
-            num_threads=num_threads,
-            share_across_processes=share_across_processes,
-        )
+        self._handler_kwargs: dict[str, Any] = {
+            "min_batch_size": min_batch_size,
+            "max_batch_size": batch_size,
+            "max_batch_duration_secs": max_batch_duration_secs,
+            "num_threads": num_threads,
+            "share_across_processes": share_across_processes,
+        }
+        self.handler = FeatureModelHandler(self.config, **self._handler_kwargs)
 
     @property
     def feature_dim(self) -> int | None:
         """D of the ``main`` features (None for ``identity`` without ``dim``)."""
         return self.config.feature_dim
 
+    def _handler_for(self, pipeline: beam.Pipeline) -> FeatureModelHandler:
+        """The model handler, without stateful batching on Beam's bundle-based DirectRunner."""
+        if self._handler_kwargs["max_batch_duration_secs"] is None or not isinstance(
+            pipeline.runner, _BUNDLE_BASED_RUNNERS
+        ):
+            return self.handler
+        _LOG.warning(
+            "ExtractFeatures: %s runs Beam's stateful batching on its bundle-based runner, which "
+            "delivers the batch flushed at the end of the input after downstream grouping has "
+            "closed, so those records would be lost; batching within bundles instead "
+            "(max_batch_duration_secs ignored). Use the FnApiRunner (costream run does) to batch "
+            "across bundles.",
+            type(pipeline.runner).__name__,
+        )
+        return FeatureModelHandler(
+            self.config, **{**self._handler_kwargs, "max_batch_duration_secs": None}
+        )
+
     def expand(self, pcoll: beam.PCollection) -> TaggedOutputs:
-        decoded = pcoll | "Decode" >> DecodeFrames(image_size=self.config.image_size)
+        decoded = pcoll | "Decode" >> DecodeFrames(
+            image_size=self.config.image_size, max_payload_bytes=self.max_payload_bytes
+        )
+        handler = self._handler_for(pcoll.pipeline)
         outcomes, failed = (
-            decoded[MAIN] | "Backbone" >> RunInference(self.handler).with_exception_handling()
+            decoded[MAIN] | "Backbone" >> RunInference(handler).with_exception_handling()
         )
         routed = outcomes | "Route" >> beam.ParDo(_RouteFeatures()).with_outputs(
             DEAD_LETTER, main=MAIN

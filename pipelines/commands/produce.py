@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from costream.connectors.sources import Source
 
 HELP = "Publish a video/audio file, image folder, .npy features or synthetic:video|audio to Kafka."
+
+DEFAULT_CHUNK_MS = 80
+"""Audio chunk length: one token of the ``logmel`` backbone that ``pipelines/specs/audio.yaml``
+runs (patch 8 x hop 160 = 1280 samples = 80 ms at 16 kHz); other lengths are dead-lettered there."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rate", type=int, default=16000, help="audio sample rate in Hz (default 16000)"
     )
     parser.add_argument(
-        "--chunk-ms", type=int, default=1000, help="audio chunk length in ms (default 1000)"
+        "--chunk-ms",
+        type=int,
+        default=DEFAULT_CHUNK_MS,
+        help=f"audio chunk length in ms (default {DEFAULT_CHUNK_MS}: what the logmel backbone of "
+        "pipelines/specs/audio.yaml takes at 16 kHz)",
     )
     parser.add_argument("--limit", type=int, default=None, help="publish at most this many records")
     parser.add_argument(
@@ -75,29 +87,35 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
         admin.close()
 
 
+def open_source_from_args(args: argparse.Namespace) -> Source:
+    """The records the command publishes, from its parsed arguments."""
+    from costream.connectors.sources import open_source
+
+    return open_source(
+        args.source,
+        args.stream_id,
+        fps=args.fps,
+        size=_size(args.size),
+        content_type=args.content_type,
+        rate=args.rate,
+        chunk_ms=args.chunk_ms,
+        limit=args.limit,
+        seed=args.seed,
+    )
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     """Publish every record, flush, and report; exit 2 on bad input, 1 on a Kafka error."""
     import sys
     import time
 
     from costream.connectors.media import MediaError
-    from costream.connectors.sources import open_source
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
     from tqdm import tqdm
 
     try:
-        source = open_source(
-            args.source,
-            args.stream_id,
-            fps=args.fps,
-            size=_size(args.size),
-            content_type=args.content_type,
-            rate=args.rate,
-            chunk_ms=args.chunk_ms,
-            limit=args.limit,
-            seed=args.seed,
-        )
+        source = open_source_from_args(args)
     except (ValueError, MediaError, OSError) as err:
         print(f"costream produce: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from costream.pipelines.cli import build_parser, main
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 pytestmark = pytest.mark.integration
+AUDIO_SPEC = Path(__file__).resolve().parents[2] / "pipelines" / "specs" / "audio.yaml"
 
 
 def read_all(bootstrap, topic, expected, timeout_s=10):
@@ -101,6 +103,40 @@ def test_produce_audio_realtime_and_existing_topic(kafka_broker, kafka_topics, c
     rc = main(["produce", str(feats), "--bootstrap", kafka_broker.bootstrap, "--topic", topic,
                "--stream-id", "feat", "--no-progress"])  # fmt: skip
     assert rc == 0 and len(read_all(kafka_broker.bootstrap, topic, 7)) == 7
+
+
+@pytest.mark.parametrize("chunk_ms", [None, 1000])
+def test_produce_default_audio_chunks_run_through_the_audio_spec(chunk_ms, tmp_path, monkeypatch):
+    # `costream produce synthetic:audio` with its defaults publishes exactly these records; the
+    # broker only carries them, so they go straight through the audio spec (`costream score`).
+    from costream.models.zoo import get_model, save_model
+    from costream.pipelines.commands.produce import open_source_from_args
+    from costream.pipelines.offline import score_records
+
+    argv = ["produce", "synthetic:audio", "--bootstrap", "127.0.0.1:1", "--topic", "t",
+            "--stream-id", "mic", "--limit", "6"]  # fmt: skip
+    args = build_parser().parse_args(
+        argv + ([] if chunk_ms is None else ["--chunk-ms", str(chunk_ms)])
+    )
+    records = [r for r, _ in open_source_from_args(args).records]
+    weights = tmp_path / "audio.safetensors"
+    save_model(get_model("audio_b2", d_model=16, window=4, heads=2, ffn=16, channels=8), weights)
+    monkeypatch.setenv("COSTREAM_AUDIO_WEIGHTS", str(weights))
+
+    detections, dead = score_records(AUDIO_SPEC, records)
+    if chunk_ms is None:  # the default: one detection per chunk, nothing dead-lettered
+        assert not dead
+        got = [codecs.decode_detection(r.value) for r in detections]
+        assert [(d.stream_id, d.frame_index, d.warm) for d in got] == [
+            ("mic", i, i >= 3) for i in range(6)
+        ]
+    else:  # the old default, 1 s chunks: the logmel backbone refuses every one
+        assert not detections and len(dead) == 6
+        for r in dead:
+            h = dict(r.headers)
+            assert h[codecs.HEADER_STAGE] == b"features"
+            assert b"takes chunks of 1280 samples" in h[codecs.HEADER_ERROR]
+            assert b"holds 16000 samples" in h[codecs.HEADER_ERROR]
 
 
 def test_produce_refuses_bad_sources(kafka_broker, capsys, tmp_path):

@@ -3,16 +3,19 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from costream.connectors import codecs
 from costream.connectors.synthetic import synthetic_video
 from costream.models.zoo import get_model, save_model
 from costream.pipelines.offline import score_records
 from costream.pipelines.runner import run_spec
+from costream.transforms.decode import decode_record
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 SPEC = Path(__file__).resolve().parents[2] / "pipelines" / "specs" / "video.yaml"
 STREAMS, FRAMES, WINDOW = ("cam-1", "cam-2", "cam-3"), 20, 8
+MAX_PAYLOAD = 256 << 10  # the spec's payload limit here (COSTREAM_MAX_PAYLOAD_BYTES)
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +37,13 @@ def good_records():
 
 def bad_records():
     ok = codecs.frame_record("cam-bad", 0, 1, codecs.CT_JPEG, b"\xff\xd8\xff" + b"garbage" * 20)
+    noise = np.random.default_rng(0).integers(0, 256, (320, 320, 3), dtype=np.uint8)
+    big = codecs.frame_record("cam-big", 0, 1, codecs.CT_PNG, codecs.encode_png(noise))
+    # a valid PNG, refused only for its size; small enough for the producers (1 MiB by default)
+    assert MAX_PAYLOAD < len(big.value) < 1 << 20
+    assert decode_record(big.key, big.value, big.headers).data.shape == (320, 320, 3)
     return {
+        "oversized payload": big,
         "corrupt jpeg": ok,
         "missing headers": codecs.OutgoingRecord(b"cam-bad", b"\xff\xd8\xff\xe0", []),
         "wrong content type": codecs.OutgoingRecord(
@@ -86,6 +95,7 @@ def test_video_spec_end_to_end(kafka_broker, kafka_topics, tmp_path, monkeypatch
         "COSTREAM_OUTPUT_TOPIC": t_out,
         "COSTREAM_DEAD_LETTER_TOPIC": t_dlq,
         "COSTREAM_WEIGHTS": str(weights),
+        "COSTREAM_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
     }.items():
         monkeypatch.setenv(name, value)
 
@@ -113,6 +123,10 @@ def test_video_spec_end_to_end(kafka_broker, kafka_topics, tmp_path, monkeypatch
     for m in dlq:
         h = dict(m.headers)
         assert h[codecs.HEADER_STAGE] == b"decode" and h[codecs.HEADER_ERROR]
+    (big,) = [m for m in dlq if m.value == bad["oversized payload"].value]
+    assert dict(big.headers)[codecs.HEADER_ERROR].decode() == (
+        f"The payload is {len(big.value)} bytes, above the limit of {MAX_PAYLOAD} bytes."
+    )
     # identical scores to `costream score` on the same frames (latency aside)
     offline, offline_dead = score_records(SPEC, good)
     assert not offline_dead

@@ -80,3 +80,25 @@ def test_cli_lists_commands_and_refuses_unknown_options(capsys):
     with pytest.raises(SystemExit):
         main(["flops", "co_oadtr_b1", "--bogus"])
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_env_values_become_numbers_where_the_constructor_takes_numbers(tmp_path, monkeypatch):
+    p = write(
+        tmp_path,
+        """
+pipeline:
+  transforms:
+    - type: ReadFromKafka
+      config: {bootstrap_servers: "${B:-h:1}", topics: "${T:-123}", stop_after_idle_s: "${S:-2.5}"}
+    - type: ContinualInference
+      input: ReadFromKafka
+      config: {weights: w.safetensors, max_fill: "${F:-4}", idle_timeout_s: "${I:-null}"}
+""",
+    )
+    read, infer = (t["config"] for t in load_spec(p)["pipeline"]["transforms"])
+    assert read["topics"] == "123"  # a str parameter keeps text, even digits
+    assert read["stop_after_idle_s"] == 2.5
+    assert infer["max_fill"] == 4 and infer["idle_timeout_s"] is None
+    monkeypatch.setenv("F", "four")
+    with pytest.raises(SpecError, match="'max_fill' must be a whole number, got 'four'"):
+        load_spec(p)

@@ -5,12 +5,18 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import torch
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from costream.connectors import codecs
 from costream.models.zoo import get_model, save_model
-from costream.transforms.inference import ContinualInference, Stored, StreamStepper
+from costream.transforms.inference import (
+    ContinualInference,
+    ContinualInferenceFn,
+    Stored,
+    StreamStepper,
+)
 
 D_IN, N, C = 6, 4, 3
 
@@ -209,11 +215,7 @@ def test_idle_timer_clears_state_with_test_stream(weights):
         .add_elements([rec("a", N + 1, X[N + 1])])
         .advance_watermark_to_infinity()
     )
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-    opts = PipelineOptions()
-    opts.view_as(StandardOptions).streaming = True
-    with TestPipeline(runner="BundleBasedDirectRunner", options=opts) as p:
+    with TestPipeline(runner="BundleBasedDirectRunner", options=_streaming()) as p:
         out = p | stream | ContinualInference(weights=weights, idle_timeout_s=30, idle_timer=True)
         warm = out["detections"] | beam.Map(
             lambda r: (
@@ -223,3 +225,136 @@ def test_idle_timer_clears_state_with_test_stream(weights):
         )
         expected = [(i, i >= N - 1) for i in range(N)] + [(N, True), (N + 1, False)]
         assert_that(warm, equal_to(expected))
+
+
+def _streaming():
+    opts = PipelineOptions()
+    opts.view_as(StandardOptions).streaming = True
+    return opts
+
+
+def _expected(regular, X, segments):
+    """(frame index, warm, regular-model scores or None) per frame of each segment.
+
+    A segment is (frame indices, the stream's token history before its first frame); tokens
+    accumulate along the segment, so a segment with an empty history is a restarted stream.
+    """
+    out = []
+    for frames, history in segments:
+        seen = list(history)
+        for i in frames:
+            seen.append(X[i])
+            warm = len(seen) >= N
+            out.append((i, warm, oracle_probs(regular, seen, len(seen)) if warm else None))
+    return out
+
+
+def _check_detections(expected):
+    def check(records):
+        got = sorted(_detections(records), key=lambda kd: kd[1].frame_index)
+        assert [(k, d.frame_index, d.warm) for k, d in got] == [("a", i, w) for i, w, _ in expected]
+        for (_, d), (_, _, probs) in zip(got, expected):
+            if probs is not None:
+                np.testing.assert_allclose(d.scores, probs, atol=1e-5)
+
+    return check
+
+
+def _run_gap_pipeline(weights, gap_policy, X, phases, expected):
+    stream = TestStream()
+    for t, frames in enumerate(phases):  # one bundle per phase, in order
+        stream = stream.add_elements([rec("a", i, X[i]) for i in frames]).advance_watermark_to(
+            t + 1
+        )
+    stream = stream.advance_watermark_to_infinity()
+    with TestPipeline(runner="BundleBasedDirectRunner", options=_streaming()) as p:
+        out = (
+            p
+            | stream
+            | ContinualInference(weights=weights, gap_policy=gap_policy, idle_timer=False)
+        )
+        assert_that(out["detections"], _check_detections(expected))
+        assert_that(out["dead_letter"], equal_to([]), label="NoDeadLetters")
+
+
+def test_pipeline_gap_reset_restarts_the_stream(regular, weights):
+    X = feats(8 + 2 * N, 10)
+    before, after = list(range(6)), list(range(8, 8 + 2 * N))  # frames 6 and 7 never arrive
+    expected = _expected(regular, X, [(before, []), (after, [])])
+    assert [w for i, w, _ in expected if i >= 8] == [j >= N - 1 for j in range(2 * N)]
+    _run_gap_pipeline(weights, "reset", X, [before, after], expected)
+
+
+def test_pipeline_gap_fill_holds_the_last_frame(regular, weights):
+    X = feats(30, 11)
+    before, after = list(range(6)), [8, 9, 10]  # 6 and 7 missing: held as frame 5
+    far = list(range(10 + N + 2, 10 + 2 * N + 2))  # a gap of N + 1 > max_fill = N: reset
+    filled = [X[i] for i in before] + [X[5], X[5]]
+    expected = _expected(regular, X, [(before, []), (after, filled), (far, [])])
+    assert [w for i, w, _ in expected if i in after] == [True] * 3
+    _run_gap_pipeline(weights, "fill", X, [before, after, far], expected)
+
+
+class _Cell:
+    """One stream's state cell (ReadModifyWriteState's read/write/clear), held in memory."""
+
+    def __init__(self):
+        self.value = None
+
+    def read(self):
+        return self.value
+
+    def write(self, value):
+        self.value = value
+
+    def clear(self):
+        self.value = None
+
+
+class _Timer:
+    def set(self, timestamp):
+        pass
+
+    def clear(self):
+        pass
+
+
+def test_dofn_model_change_resets_a_stream_state_written_by_another_model(
+    regular, weights, tmp_path
+):
+    # A model change happens when a job is updated or restarted from a snapshot with new weights:
+    # the new ContinualInferenceFn reads state the old one wrote. Within one Beam pipeline a state
+    # cell belongs to one stateful step, and the embedded runners keep no state across pipelines,
+    # so two DoFn instances share one cell here and are called as the runner would call them.
+    torch.manual_seed(1)
+    other = get_model(
+        "oadtr_b2", d_in=D_IN, d_model=16, window=N, heads=2, ffn=16, classes=C
+    ).eval()
+    other_weights = tmp_path / "other.safetensors"
+    save_model(other, other_weights, classes=["bg", "a", "b"])
+    old, new = (
+        ContinualInferenceFn(weights, idle_timer=False),
+        ContinualInferenceFn(str(other_weights), idle_timer=False),
+    )
+    threads = torch.get_num_threads()
+    try:
+        old.setup()
+        new.setup()
+    finally:
+        torch.set_num_threads(threads)
+    assert old.stepper.model_id != new.stepper.model_id
+    X, cell = feats(2 * N + 1, 12), _Cell()
+
+    def step(fn, i):
+        (out,) = fn.process(("a", rec("a", i, X[i])), stream=cell, idle=_Timer())
+        return codecs.decode_detection(out.value)
+
+    dets = [step(old, i) for i in range(N)]
+    assert dets[-1].warm and dets[-1].model == old.stepper.model_id
+    np.testing.assert_allclose(dets[-1].scores, oracle_probs(regular, X[:N], N), atol=1e-5)
+    dets = [step(new, i) for i in range(N, 2 * N)]  # the stream restarts under the new model
+    assert [d.warm for d in dets] == [j >= N - 1 for j in range(N)]
+    assert {d.model for d in dets} == {new.stepper.model_id}
+    np.testing.assert_allclose(dets[-1].scores, oracle_probs(other, X[N : 2 * N], N), atol=1e-5)
+    assert Stored.from_bytes(cell.value).model == new.stepper.model_id
+    assert not step(old, 2 * N).warm  # and back: the old model does not trust the new one's state
