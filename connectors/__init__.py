@@ -3,7 +3,7 @@
 Import the submodules you need; this package re-exports the main entry points lazily so that
 ``import costream.connectors`` stays cheap (Beam, PyAV and OpenCV load on first use):
 
-- :mod:`~costream.connectors.kafka_io`: ``ReadFromKafka``, ``WriteToKafka``, ``KafkaRecord``;
+- :mod:`~costream.connectors.kafka_io`: ``ReadFromKafka``, ``WriteToKafka``, ``WriteDeadLetters``, ``KafkaRecord``;
 - :mod:`~costream.connectors.codecs`: header names, content types, ``decode_frame`` and friends,
   the ``CodecError`` hierarchy, detections and dead-letter records;
 - :mod:`~costream.connectors.media` and :mod:`~costream.connectors.synthetic`: files and
@@ -20,6 +20,8 @@ from typing import Any
 _EXPORTS = {
     "ReadFromKafka": "kafka_io",
     "WriteToKafka": "kafka_io",
+    "WriteDeadLetters": "kafka_io",
+    "RecordTooLargeError": "kafka_io",
     "KafkaRecord": "kafka_io",
     "OutgoingRecord": "codecs",
     "CodecError": "codecs",

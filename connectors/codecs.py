@@ -11,7 +11,9 @@ Input records: key = stream id (UTF-8); headers ``costream.frame_index`` (decima
 
 Output records carry one detection as UTF-8 JSON (:func:`encode_detection`); dead-letter records
 carry the original key, value and headers plus ``costream.error`` and ``costream.stage``
-(:func:`dead_letter_record`).
+(:func:`dead_letter_record`). A dead letter too large for the broker is published with its value
+cut to a prefix and marked by ``costream.truncated``, ``costream.original_size`` and
+``costream.original_sha256`` (:func:`truncated_record`) rather than lost.
 
 Every decoding problem raises a subclass of :class:`CodecError` (itself a ``ValueError``) whose
 message is one sentence saying what was wrong, so a DoFn can catch ``CodecError`` and route the
@@ -27,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -44,6 +47,9 @@ HEADER_TS_MS = "costream.ts_ms"
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_ERROR = "costream.error"
 HEADER_STAGE = "costream.stage"
+HEADER_TRUNCATED = "costream.truncated"
+HEADER_ORIGINAL_SIZE = "costream.original_size"
+HEADER_ORIGINAL_SHA256 = "costream.original_sha256"
 
 CT_JPEG = "image/jpeg"
 CT_PNG = "image/png"
@@ -649,3 +655,26 @@ def dead_letter_record(
     kept = [(k, bytes(v)) for k, v in headers if k not in (HEADER_ERROR, HEADER_STAGE)]
     kept += [(HEADER_ERROR, reason.encode("utf-8")), (HEADER_STAGE, stage.encode("ascii"))]
     return OutgoingRecord(key, b"" if value is None else bytes(value), kept)
+
+
+def truncated_record(record: OutgoingRecord, keep: int) -> OutgoingRecord:
+    """``record`` with its value cut to its first ``keep`` bytes, marked as truncated.
+
+    Adds ``costream.truncated`` = ``true``, ``costream.original_size`` (the whole value's length,
+    decimal ASCII) and ``costream.original_sha256`` (its SHA-256, lower-case hex), so a reader
+    can tell a cut value from a whole one and match it to the original. A record already marked
+    keeps its marks (they describe the first original) and is only cut further. The added
+    headers do not depend on ``keep``, so a writer can size them before choosing ``keep``.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ValueError(f"keep must be a number of bytes >= 0, got {keep!r}.")
+    headers = [(k, bytes(v)) for k, v in record.headers]
+    if header_value(headers, HEADER_TRUNCATED) != b"true":
+        drop = (HEADER_TRUNCATED, HEADER_ORIGINAL_SIZE, HEADER_ORIGINAL_SHA256)
+        headers = [(k, v) for k, v in headers if k not in drop]
+        headers += [
+            (HEADER_TRUNCATED, b"true"),
+            (HEADER_ORIGINAL_SIZE, str(len(record.value)).encode("ascii")),
+            (HEADER_ORIGINAL_SHA256, hashlib.sha256(record.value).hexdigest().encode("ascii")),
+        ]
+    return OutgoingRecord(record.key, bytes(record.value[:keep]), headers)

@@ -4,7 +4,10 @@
 The splittable DoFn reads one topic partition per element with an offset-range restriction, emits
 :class:`KafkaRecord` elements stamped with the record timestamp (event time), holds a per-partition
 watermark, and commits offsets only from bundle finalization. ``WriteToKafka`` produces elements
-and flushes in ``finish_bundle``, so a bundle succeeds only once the broker acknowledged it.
+and flushes in ``finish_bundle``, so a bundle succeeds only once the broker acknowledged it. It
+sizes every record first: one above ``max_request_size`` is an error, except in
+``WriteDeadLetters``, which cuts the value to fit and says so in headers (a dead letter is the
+original record plus its reason, so an input near the limit would otherwise never get out).
 
 Delivery: at-least-once end to end. Offsets are committed (when ``group_id`` is given) from the
 bundle finalizer, which a runner calls only after it has durably committed the bundle's output;
@@ -35,7 +38,7 @@ import struct
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import apache_beam as beam
 from apache_beam.coders import Coder
@@ -45,9 +48,21 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
+from costream.connectors import codecs
 from costream.connectors.codecs import OutgoingRecord
 
-__all__ = ["KafkaRecord", "OutgoingRecord", "ReadFromKafka", "WriteToKafka", "START_POSITIONS"]
+__all__ = [
+    "DEFAULT_MAX_REQUEST_SIZE",
+    "KafkaRecord",
+    "OutgoingRecord",
+    "ReadFromKafka",
+    "RecordTooLargeError",
+    "START_POSITIONS",
+    "WriteDeadLetters",
+    "WriteToKafka",
+    "fit_record",
+    "record_size",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -55,6 +70,10 @@ START_POSITIONS = ("earliest", "latest", "committed")
 """Named start positions; an ``int`` start is a timestamp in ms since the epoch."""
 
 UNBOUNDED = sys.maxsize
+DEFAULT_MAX_REQUEST_SIZE = 1 << 20
+"""kafka-python's default largest request, and about Kafka's default ``message.max.bytes``."""
+Oversize = Literal["error", "truncate"]
+OVERSIZE_POLICIES = ("error", "truncate")
 _METRICS_NS = "costream.kafka"
 
 
@@ -251,6 +270,8 @@ _WRITE_RESERVED = {
     "bootstrap_servers": "pass bootstrap_servers as the first argument.",
     "acks": "pass acks as the acks argument.",
     "retries": "pass retries as the retries argument.",
+    "max_request_size": "pass max_request_size as the max_request_size argument (records are "
+    "sized against it before they are sent).",
     "key_serializer": "keys must already be bytes.",
     "value_serializer": "values must already be bytes.",
 }
@@ -827,62 +848,164 @@ def as_outgoing(element: Any) -> OutgoingRecord:
     return OutgoingRecord(key, value, headers)
 
 
+class RecordTooLargeError(ValueError):
+    """A record is larger than the writer's ``max_request_size`` and may not be truncated."""
+
+
+def record_size(record: OutgoingRecord) -> int:
+    """Bytes kafka-python counts against ``max_request_size`` for ``record`` alone.
+
+    The upper bound of a one-record batch (v2 format, uncompressed): what the producer checks
+    before sending, and at least the size a broker checks against ``message.max.bytes``.
+    """
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        record.key, record.value, record.headers
+    )
+
+
+def fit_record(record: OutgoingRecord, max_request_size: int) -> OutgoingRecord:
+    """``record`` itself when it fits in ``max_request_size``, else its value cut to fit.
+
+    A cut record is :func:`~costream.connectors.codecs.truncated_record`: a prefix of the value
+    (a few bytes short of the longest that fits, at most) plus ``costream.truncated``,
+    ``costream.original_size`` and ``costream.original_sha256``.
+
+    Raises:
+        RecordTooLargeError: the key and headers alone, with an empty value, do not fit.
+    """
+    if record_size(record) <= max_request_size:
+        return record
+    keep = max_request_size - record_size(codecs.truncated_record(record, 0))
+    if keep < 0:
+        raise RecordTooLargeError(
+            f"A record of {record_size(record)} bytes cannot be cut to fit max_request_size="
+            f"{max_request_size}: its key and headers alone take {max_request_size - keep} bytes."
+        )
+    while True:  # the value's length varints shrink with it: at most a few bytes, two rounds
+        cut = codecs.truncated_record(record, keep)
+        over = record_size(cut) - max_request_size
+        if over <= 0:
+            return cut
+        keep = max(0, keep - over)
+
+
+def _show_key(key: bytes | None) -> str:
+    return "None" if key is None else repr(key[:64]) + ("..." if len(key) > 64 else "")
+
+
+class _WriteConfig(NamedTuple):
+    servers: list[str]
+    topic: str
+    acks: Any
+    retries: int
+    flush_timeout_s: float
+    max_request_size: int
+    oversize: Oversize
+    client_config: dict[str, Any]
+
+
 class _WriteFn(beam.DoFn):
-    def __init__(self, servers: list[str], topic: str, acks: Any, retries: int,
-                 flush_timeout_s: float, client_config: dict[str, Any]) -> None:  # fmt: skip
-        self._servers, self._topic, self._acks, self._retries = servers, topic, acks, retries
-        self._flush_timeout_s = flush_timeout_s
-        self._client_config = client_config
+    def __init__(self, cfg: _WriteConfig) -> None:
+        self._cfg = cfg
         self._producer: Any = None
         self._pending: list[Any] = []
         self._written = Metrics.counter(_METRICS_NS, "records_written")
+        self._truncated = Metrics.counter(_METRICS_NS, "records_truncated")
+        self._truncated_bytes = Metrics.counter(_METRICS_NS, "bytes_truncated")
 
     def setup(self) -> None:  # noqa: D102
         from kafka import KafkaProducer
 
+        cfg = self._cfg
         self._producer = KafkaProducer(
-            bootstrap_servers=self._servers,
-            acks=self._acks,
-            retries=self._retries,
-            client_id=f"costream-write-{self._topic}",
-            **resolve_client_config(self._client_config),
+            bootstrap_servers=cfg.servers,
+            acks=cfg.acks,
+            retries=cfg.retries,
+            max_request_size=cfg.max_request_size,
+            client_id=f"costream-write-{cfg.topic}",
+            **resolve_client_config(cfg.client_config),
         )
 
     def start_bundle(self) -> None:  # noqa: D102
         self._pending = []
 
+    def _sized(self, rec: OutgoingRecord) -> OutgoingRecord:
+        """``rec``, or its truncated form (``oversize="truncate"``); raises when it cannot fit."""
+        cfg = self._cfg
+        size = record_size(rec)
+        if size <= cfg.max_request_size:
+            return rec
+        if cfg.oversize == "error":
+            raise RecordTooLargeError(
+                f"WriteToKafka: a record for topic {cfg.topic!r} (key {_show_key(rec.key)}) is "
+                f"{size} bytes serialized, above max_request_size={cfg.max_request_size}. Raise "
+                "max_request_size together with the broker's message.max.bytes (or the topic's "
+                "max.message.bytes), or make the record smaller; WriteDeadLetters truncates "
+                "oversized dead letters instead."
+            )
+        try:
+            cut = fit_record(rec, cfg.max_request_size)
+        except RecordTooLargeError as err:
+            raise RecordTooLargeError(
+                f"WriteToKafka: cannot publish the record for topic {cfg.topic!r} (key "
+                f"{_show_key(rec.key)}), not even truncated: {err}"
+            ) from None
+        self._truncated.inc()
+        self._truncated_bytes.inc(len(rec.value) - len(cut.value))
+        _LOG.warning(
+            "WriteToKafka: the record for topic %r (key %s) is %d bytes serialized, above "
+            "max_request_size=%d; its value was cut from %d to %d bytes (headers %s, %s, %s).",
+            cfg.topic, _show_key(rec.key), size, cfg.max_request_size, len(rec.value),
+            len(cut.value), codecs.HEADER_TRUNCATED, codecs.HEADER_ORIGINAL_SIZE,
+            codecs.HEADER_ORIGINAL_SHA256,
+        )  # fmt: skip
+        return cut
+
     def process(self, element: Any, ts: Timestamp = beam.DoFn.TimestampParam) -> None:  # noqa: D102
-        rec = as_outgoing(element)
+        rec = self._sized(as_outgoing(element))
         if isinstance(element, KafkaRecord):
             ts_ms: int | None = element.timestamp_ms
         elif MIN_TIMESTAMP < ts < MAX_TIMESTAMP and ts.micros >= 0:
             ts_ms = ts.micros // 1000  # keep the event time of what we write (e.g. capture time)
         else:
             ts_ms = None
+        topic = self._cfg.topic
         self._pending.append(
             self._producer.send(
-                self._topic, value=rec.value, key=rec.key, headers=rec.headers, timestamp_ms=ts_ms
+                topic, value=rec.value, key=rec.key, headers=rec.headers, timestamp_ms=ts_ms
             )
         )
 
     def finish_bundle(self) -> None:  # noqa: D102
+        from kafka.errors import MessageSizeTooLargeError
+
         # The bundle succeeds only if every record was acknowledged; otherwise raise, so the
         # runner retries the bundle (and upstream offsets are not committed).
-        self._producer.flush(timeout=self._flush_timeout_s)
+        cfg = self._cfg
+        self._producer.flush(timeout=cfg.flush_timeout_s)
         failed = [f for f in self._pending if not f.is_done or f.failed()]
         n = len(self._pending)
         self._pending = []
         if failed:
             first = failed[0].exception if failed[0].is_done else "not acknowledged in time"
+            hint = (
+                " The broker refused a record as too large: its limit (message.max.bytes, or the "
+                f"topic's max.message.bytes) is below max_request_size={cfg.max_request_size}; "
+                "set max_request_size to the broker's limit."
+                if isinstance(first, MessageSizeTooLargeError)
+                else ""
+            )
             raise RuntimeError(
-                f"WriteToKafka: {len(failed)} of {n} records to topic {self._topic!r} were not "
-                f"acknowledged (first error: {first})."
+                f"WriteToKafka: {len(failed)} of {n} records to topic {cfg.topic!r} were not "
+                f"acknowledged (first error: {first}).{hint}"
             )
         self._written.inc(n)
 
     def teardown(self) -> None:  # noqa: D102
         if self._producer is not None:
-            self._producer.close(timeout=self._flush_timeout_s)
+            self._producer.close(timeout=self._cfg.flush_timeout_s)
             self._producer = None
 
 
@@ -893,12 +1016,24 @@ class WriteToKafka(beam.PTransform):
     ``(key, value, headers)``). The record timestamp is the ``KafkaRecord`` timestamp or else the
     element's event time (when it has a real one); partitions follow the key.
 
+    Every record is sized (:func:`record_size`) before it is sent. One above
+    ``max_request_size`` raises :class:`RecordTooLargeError` (``oversize="error"``, the
+    default: the bundle fails, nothing is dropped) or is published with its value cut to fit and
+    marked by ``costream.truncated``, ``costream.original_size`` and
+    ``costream.original_sha256`` (``oversize="truncate"``, what :class:`WriteDeadLetters` does;
+    logged and counted in the ``costream.kafka`` metrics ``records_truncated`` and
+    ``bytes_truncated``).
+
     Args:
         bootstrap_servers: ``"host:port"``, comma-separated, or a list.
         topic: destination topic (must exist on brokers that do not auto-create topics).
         acks: ``0``, ``1`` or ``"all"``.
         retries: producer retries per record on retriable errors.
         flush_timeout_s: how long ``finish_bundle`` waits for acknowledgements.
+        max_request_size: largest serialized record in bytes (kafka-python's producer setting,
+            default 1 MiB). Keep it at or below the broker's ``message.max.bytes`` (Kafka's
+            default is 1 MiB + 12 bytes) and the topic's ``max.message.bytes``.
+        oversize: ``"error"`` or ``"truncate"``: what a record above ``max_request_size`` gets.
         client_config: extra kafka-python ``KafkaProducer`` settings, merged last;
             ``{"from_env": "NAME"}`` values are read from the worker's environment.
     """
@@ -911,6 +1046,8 @@ class WriteToKafka(beam.PTransform):
         acks: int | str = "all",
         retries: int = 5,
         flush_timeout_s: float = 60.0,
+        max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        oversize: Oversize = "error",
         client_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -922,8 +1059,53 @@ class WriteToKafka(beam.PTransform):
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an integer >= 0, got {retries!r}.")
         _positive("flush_timeout_s", flush_timeout_s, optional=False)
+        _positive("max_request_size", max_request_size, integer=True, optional=False)
+        if oversize not in OVERSIZE_POLICIES:
+            raise ValueError(
+                f"oversize={oversize!r} is not valid; use {' or '.join(map(repr, OVERSIZE_POLICIES))}."
+            )
         cfg = _check_client_config(client_config, _producer_config(), _WRITE_RESERVED)
-        self._fn = _WriteFn(servers, topic, acks, retries, float(flush_timeout_s), cfg)
+        self._fn = _WriteFn(
+            _WriteConfig(servers, topic, acks, retries, float(flush_timeout_s), max_request_size,
+                         oversize, cfg)
+        )  # fmt: skip
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:  # noqa: D102
         return pcoll | "Produce" >> beam.ParDo(self._fn)
+
+
+class WriteDeadLetters(WriteToKafka):
+    """:class:`WriteToKafka` for dead letters: an oversized record is truncated, never refused.
+
+    A dead letter is the original record plus ``costream.error`` / ``costream.stage``, so an
+    input near the broker's limit no longer fits once the reason is added. Refusing it would fail
+    the bundle again on every retry; this writer publishes it with the value cut to fit and
+    ``costream.truncated`` = ``true``, ``costream.original_size`` and ``costream.original_sha256``
+    (the whole value's length and SHA-256), logs a warning and counts it (``records_truncated``,
+    ``bytes_truncated``). Only a record whose key and headers alone exceed ``max_request_size``
+    raises :class:`RecordTooLargeError`. Arguments as :class:`WriteToKafka`.
+
+    Example (what happens to a dead letter of a 1 MiB input, see :func:`fit_record`):
+        >>> big = codecs.dead_letter_record(b"mic", b"x" * (1 << 20), [], "too large", "decode")
+        >>> cut = fit_record(big, DEFAULT_MAX_REQUEST_SIZE)
+        >>> len(cut.value), [(k, v) for k, v in cut.headers if k == "costream.original_size"]
+        (1048293, [('costream.original_size', b'1048576')])
+        >>> _ = dead_letters | WriteDeadLetters("127.0.0.1:9092", "dlq")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | Sequence[str],
+        topic: str,
+        *,
+        acks: int | str = "all",
+        retries: int = 5,
+        flush_timeout_s: float = 60.0,
+        max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        client_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            bootstrap_servers, topic, acks=acks, retries=retries,
+            flush_timeout_s=flush_timeout_s, max_request_size=max_request_size,
+            oversize="truncate", client_config=client_config,
+        )  # fmt: skip

@@ -5,6 +5,11 @@ A source is a video file, an audio file, a folder of images, a ``.npy`` features
 ``start_ms`` plus the media time, so record timestamps follow the wall clock when ``start_ms`` is
 "now" (what the reader's idle-partition watermark rule assumes).
 
+Audio is cut into :data:`DEFAULT_CHUNK_MS` (80 ms) chunks unless told otherwise: one token of the
+``logmel`` backbone that ``pipelines/specs/audio.yaml`` runs (patch 8 x hop 160 = 1280 samples at
+16 kHz); chunks of another length are dead-lettered there. ``costream produce`` uses the same
+default.
+
 Example:
     >>> src = open_source("synthetic:video", "cam-1", limit=3)
     >>> [rec.headers[0] for rec, _ in src.records]
@@ -21,11 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 from costream.connectors import codecs, media, synthetic
 
-__all__ = ["IMAGE_CONTENT_TYPES", "Source", "open_source"]
+__all__ = ["DEFAULT_CHUNK_MS", "IMAGE_CONTENT_TYPES", "Source", "open_source"]
 
 IMAGE_CONTENT_TYPES = (codecs.CT_JPEG, codecs.CT_PNG)
 SYNTHETIC_VIDEO_FRAMES = 300
 SYNTHETIC_AUDIO_SECONDS = 30.0
+DEFAULT_CHUNK_MS = 80
+"""Audio chunk length in ms: one token of the ``logmel`` backbone (8 frames x hop 160 = 1280
+samples = 80 ms at 16 kHz), the chunk ``pipelines/specs/audio.yaml`` takes."""
 
 
 @dataclass
@@ -45,7 +53,7 @@ def open_source(
     size: tuple[int, int] | None = None,
     content_type: str | None = None,
     rate: int = 16000,
-    chunk_ms: int = 1000,
+    chunk_ms: int = DEFAULT_CHUNK_MS,
     limit: int | None = None,
     start_ms: int | None = None,
     jpeg_quality: int = 90,
@@ -56,8 +64,9 @@ def open_source(
     ``fps`` resamples video (default: the file's own rate; 10 for image folders and synthetic
     video); ``size=(width, height)`` resizes frames; ``content_type`` picks ``image/jpeg``
     (default) or ``image/png`` for frames and must be omitted or match for audio and features.
-    Audio is resampled to ``rate`` Hz mono and cut into ``chunk_ms`` chunks. ``limit`` caps the
-    number of records.
+    Audio is resampled to ``rate`` Hz mono and cut into ``chunk_ms`` chunks (default
+    :data:`DEFAULT_CHUNK_MS` = 80 ms, what the ``logmel`` backbone takes at 16 kHz; the last chunk
+    of ``synthetic:audio`` is zero-padded to full length). ``limit`` caps the number of records.
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be a positive number of records, got {limit}.")

@@ -32,7 +32,7 @@ __all__ = ["PROVIDERS", "SpecError", "build_pipeline", "load_spec", "resolve_typ
 PROVIDERS: dict[str, str] = {
     "ReadFromKafka": "costream.connectors.kafka_io:ReadFromKafka",
     "WriteToKafka": "costream.connectors.kafka_io:WriteToKafka",
-    "WriteDeadLetters": "costream.connectors.kafka_io:WriteToKafka",
+    "WriteDeadLetters": "costream.connectors.kafka_io:WriteDeadLetters",
     "DecodeFrames": "costream.transforms.decode:DecodeFrames",
     "ExtractFeatures": "costream.transforms.backbones:ExtractFeatures",
     "ContinualInference": "costream.transforms.inference:ContinualInference",

@@ -8,11 +8,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from costream.connectors.sources import Source
 
-HELP = "Publish a video/audio file, image folder, .npy features or synthetic:video|audio to Kafka."
+from costream.connectors.sources import DEFAULT_CHUNK_MS
 
-DEFAULT_CHUNK_MS = 80
-"""Audio chunk length: one token of the ``logmel`` backbone that ``pipelines/specs/audio.yaml``
-runs (patch 8 x hop 160 = 1280 samples = 80 ms at 16 kHz); other lengths are dead-lettered there."""
+HELP = "Publish a video/audio file, image folder, .npy features or synthetic:video|audio to Kafka."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

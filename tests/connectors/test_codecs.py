@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -376,3 +377,22 @@ def test_dead_letter_reason_is_bounded():
     dl = C.dead_letter_record(None, None, [], "x" * 5000, "features")
     assert len(C.header_value(dl.headers, C.HEADER_ERROR)) == C.MAX_ERROR_CHARS
     assert dl.value == b""
+
+
+def test_truncated_dead_letter_keeps_a_prefix_and_says_what_was_cut():
+    r = rec(payload=bytes(range(256)) * 40)
+    dl = C.dead_letter_record(r.key, r.value, r.headers, "too large", "decode")
+    cut = C.truncated_record(dl, 100)
+    assert cut.key == dl.key and cut.value == dl.value[:100]
+    assert cut.headers[: len(dl.headers)] == dl.headers  # reason, stage and originals kept
+    assert C.header_value(cut.headers, C.HEADER_TRUNCATED) == b"true"
+    assert C.header_value(cut.headers, C.HEADER_ORIGINAL_SIZE) == b"10240"
+    sha = hashlib.sha256(dl.value).hexdigest().encode()
+    assert C.header_value(cut.headers, C.HEADER_ORIGINAL_SHA256) == sha
+    # the marks do not depend on how much is kept (a writer sizes them first) ...
+    assert C.truncated_record(dl, 0).headers == cut.headers
+    # ... and cutting again keeps the first original's size and hash
+    again = C.truncated_record(cut, 10)
+    assert again.value == dl.value[:10] and again.headers == cut.headers
+    with pytest.raises(ValueError, match="keep must be a number of bytes >= 0"):
+        C.truncated_record(dl, -1)

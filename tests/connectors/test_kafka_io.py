@@ -442,6 +442,139 @@ def test_write_failure_fails_the_pipeline_instead_of_dropping(tmp_path):
             _ = p | beam.Create([OutgoingRecord(b"k", b"v", [])]) | write
 
 
+def read_topic(bootstrap, topic, expected, timeout_s=10):
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    got, deadline = [], time.monotonic() + timeout_s
+    while len(got) < expected and time.monotonic() < deadline:
+        got += [r for rs in c.poll(300).values() for r in rs]
+    c.close()
+    return got
+
+
+def near_limit_dead_letter(stream="mic"):
+    """An input record that itself fits in 1 MiB; dead-lettered with a long reason, it does not."""
+    value = hashlib.sha256(stream.encode()).digest() * (
+        (kafka_io.DEFAULT_MAX_REQUEST_SIZE - 400) // 32
+    )
+    original = codecs.frame_record(
+        stream, 3, 1_700_000_000_000, codecs.audio_content_type(16000), value
+    )
+    assert kafka_io.record_size(original) <= kafka_io.DEFAULT_MAX_REQUEST_SIZE
+    return codecs.dead_letter_record(
+        original.key, original.value, original.headers, "reason " * 140, "decode"
+    )
+
+
+def test_near_limit_dead_letter_arrives_truncated_with_headers(kafka_broker, kafka_topics):
+    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    big = near_limit_dead_letter()
+    assert kafka_io.record_size(big) > kafka_io.DEFAULT_MAX_REQUEST_SIZE
+    small = [
+        codecs.dead_letter_record(b"cam", bytes([i]) * 10, [], f"bad {i}", "decode")
+        for i in range(3)
+    ]
+    p = beam.Pipeline(runner=FnApiRunner())
+    _ = p | beam.Create([small[0], big, *small[1:]]) | kafka_io.WriteDeadLetters(bs, topic)
+    result = p.run()
+    result.wait_until_finish()
+
+    got = read_topic(bs, topic, 4)
+    assert len(got) == 4  # nothing lost
+    assert sorted((r.key, r.value, list(r.headers)) for r in got if r.key == b"cam") == sorted(
+        (r.key, r.value, r.headers) for r in small
+    )  # records that fit are published untouched
+    (cut,) = [r for r in got if r.key == b"mic"]
+    h = dict(cut.headers)
+    assert list(cut.headers)[: len(big.headers)] == big.headers  # reason, stage, originals kept
+    assert h[codecs.HEADER_TRUNCATED] == b"true"
+    assert h[codecs.HEADER_ORIGINAL_SIZE] == str(len(big.value)).encode()
+    assert h[codecs.HEADER_ORIGINAL_SHA256] == hashlib.sha256(big.value).hexdigest().encode()
+    assert big.value.startswith(cut.value) and len(cut.value) > len(big.value) - 2000
+    size = kafka_io.record_size(OutgoingRecord(cut.key, cut.value, list(cut.headers)))
+    assert kafka_io.DEFAULT_MAX_REQUEST_SIZE - 16 < size <= kafka_io.DEFAULT_MAX_REQUEST_SIZE
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(beam.metrics.MetricsFilter())["counters"]
+    }
+    assert counters["records_truncated"] == 1 and counters["records_written"] == 4
+    assert counters["bytes_truncated"] == len(big.value) - len(cut.value)
+
+
+def test_near_limit_input_is_dead_lettered_by_extract_features_and_truncated(
+    kafka_broker, kafka_topics
+):
+    # An input record the broker took (it fits in 1 MiB) whose audio the logmel backbone
+    # refuses: its dead letter (the record plus the reason) is over 1 MiB and is cut to fit.
+    from costream.transforms.backbones import ExtractFeatures
+    from costream.transforms.records import DEAD_LETTER
+
+    bs, t_in, t_dlq = kafka_broker.bootstrap, kafka_topics(), kafka_topics()
+    ct, limit = codecs.audio_content_type(16000), kafka_io.DEFAULT_MAX_REQUEST_SIZE
+    good = [codecs.frame_record("mic", i, 1000 + 80 * i, ct, b"\x00\x01" * 1280) for i in (0, 2)]
+    empty = codecs.frame_record("mic", 1, 1080, ct, b"")
+    n = (limit - kafka_io.record_size(empty) - 8) // 2 * 2  # as long as the input may be
+    bad = codecs.frame_record("mic", 1, 1080, ct, hashlib.sha256(b"x").digest() * (n // 32))
+    assert kafka_io.record_size(bad) <= limit
+    produce(bs, t_in, [good[0], bad, good[1]], one_batch_each=True)
+
+    p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(streaming=True))
+    features = (
+        p
+        | ReadFromKafka(bs, t_in, max_records=3)
+        | ExtractFeatures(backbone="logmel", rate=16000, max_payload_bytes=limit)
+    )
+    _ = features[DEAD_LETTER] | kafka_io.WriteDeadLetters(bs, t_dlq)
+    p.run().wait_until_finish()
+
+    (dead,) = read_topic(bs, t_dlq, 2, timeout_s=1)  # exactly one
+    h = dict(dead.headers)
+    assert dead.key == bad.key and list(dead.headers)[: len(bad.headers)] == bad.headers
+    assert h[codecs.HEADER_STAGE] == b"features"
+    assert b"takes chunks of 1280 samples" in h[codecs.HEADER_ERROR]
+    assert h[codecs.HEADER_TRUNCATED] == b"true"
+    assert h[codecs.HEADER_ORIGINAL_SIZE] == str(len(bad.value)).encode()
+    assert h[codecs.HEADER_ORIGINAL_SHA256] == hashlib.sha256(bad.value).hexdigest().encode()
+    assert bad.value.startswith(dead.value) and len(dead.value) > len(bad.value) - 1000
+
+
+def test_too_large_output_is_a_clear_error_and_max_request_size_raises_the_limit(
+    kafka_broker, kafka_topics
+):
+    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    big = near_limit_dead_letter()
+    with pytest.raises(kafka_io.RecordTooLargeError, match=(
+        rf"a record for topic '{topic}' \(key b'mic'\) is {kafka_io.record_size(big)} bytes "
+        r"serialized, above max_request_size=1048576\. Raise max_request_size"
+    )):  # fmt: skip
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            _ = p | beam.Create([big]) | WriteToKafka(bs, topic)
+    assert read_topic(bs, topic, 1, timeout_s=1) == []
+    # the option reaches the producer: with a larger limit the whole record goes through
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        _ = p | beam.Create([big]) | WriteToKafka(bs, topic, max_request_size=2 << 20)
+    (r,) = read_topic(bs, topic, 1)
+    assert r.value == big.value and list(r.headers) == big.headers
+
+
+def test_fit_record_cuts_only_what_does_not_fit():
+    limit = 4096
+    headers = [("costream.error", b"e" * 100)]
+    for n in (0, 3900, 3995, 4000, 4100, 20_000, 300_000):
+        rec = OutgoingRecord(b"k", bytes(range(256)) * (n // 256) + b"x" * (n % 256), headers)
+        fit = kafka_io.fit_record(rec, limit)
+        assert kafka_io.record_size(fit) <= limit
+        if kafka_io.record_size(rec) <= limit:
+            assert fit is rec
+        else:
+            assert rec.value.startswith(fit.value) and kafka_io.record_size(fit) > limit - 16
+            assert codecs.header_value(fit.headers, codecs.HEADER_ORIGINAL_SIZE) == str(n).encode()
+    with pytest.raises(kafka_io.RecordTooLargeError, match="key and headers alone take"):
+        kafka_io.fit_record(OutgoingRecord(b"k", b"v" * 10, [("h", b"x" * limit)]), limit)
+
+
 # --- configuration -------------------------------------------------------------------------
 
 
@@ -474,6 +607,12 @@ def test_bad_arguments_in_general():
         WriteToKafka("h:1", "t", acks=2)
     with pytest.raises(ValueError, match="pass acks as the acks argument"):
         WriteToKafka("h:1", "t", client_config={"acks": 1})
+    with pytest.raises(ValueError, match="oversize='drop' is not valid; use 'error' or 'truncate'"):
+        WriteToKafka("h:1", "t", oversize="drop")
+    with pytest.raises(ValueError, match="max_request_size must be a positive integer"):
+        WriteToKafka("h:1", "t", max_request_size=0)
+    with pytest.raises(ValueError, match="pass max_request_size as the max_request_size argument"):
+        kafka_io.WriteDeadLetters("h:1", "t", client_config={"max_request_size": 1 << 22})
     with pytest.raises(TypeError, match="OutgoingRecord, KafkaRecord"):
         kafka_io.as_outgoing("just a string")
 

@@ -102,3 +102,16 @@ pipeline:
     monkeypatch.setenv("F", "four")
     with pytest.raises(SpecError, match="'max_fill' must be a whole number, got 'four'"):
         load_spec(p)
+
+
+def test_dead_letters_are_written_by_the_truncating_writer():
+    from costream.connectors import kafka_io
+    from costream.pipelines.spec import resolve_type
+
+    assert resolve_type("WriteDeadLetters") is kafka_io.WriteDeadLetters
+    for name in ("features.yaml", "video.yaml", "audio.yaml"):
+        (dlq,) = [
+            t for t in load_spec(SPECS / name)["pipeline"]["transforms"]
+            if t["type"] == "WriteDeadLetters"
+        ]  # fmt: skip
+        assert dlq["config"]["max_request_size"] == 1 << 20
