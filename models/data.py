@@ -49,7 +49,7 @@ opened with ``allow_pickle=False``):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +62,7 @@ __all__ = [
     "OadDataset",
     "Video",
     "load_dataset",
+    "one_hot",
     "read_lstr",
     "read_npz_dir",
     "write_npz_dir",
@@ -169,6 +170,17 @@ class OadDataset:
 
 
 # -- plain .npz per video -------------------------------------------------------------------------
+def one_hot(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """(T, C) float32 one-hot targets of per-frame ``labels`` over ``classes``."""
+    index = {c: k for k, c in enumerate(classes)}
+    unknown = sorted(set(labels) - index.keys())
+    if unknown:
+        raise DataFormatError(f"Labels {unknown} are not among the classes {list(classes)}.")
+    y = np.zeros((len(labels), len(classes)), np.float32)
+    y[np.arange(len(labels)), [index[lab] for lab in labels]] = 1.0
+    return y
+
+
 def _read_meta(root: Path) -> dict:
     path = root / "dataset.json"
     if not path.is_file():

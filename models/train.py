@@ -42,6 +42,7 @@ from .metrics import FrameMetrics, frame_metrics
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "check_continual",
     "class_weights",
     "evaluate",
     "predict_stream",
@@ -319,3 +320,25 @@ def evaluate(logits: list[np.ndarray], ds: OadDataset, window: int) -> FrameMetr
     return frame_metrics(
         z, y, background=ds.background, ambiguous=ds.ambiguous, class_names=ds.class_names
     )
+
+
+def check_continual(model: nn.Module, ds: OadDataset, tol: float = 1e-6) -> dict[str, float]:
+    """Validation metrics of a trained regular model and of its continual twin, which must agree.
+
+    Returns ``val_mAP``, ``val_mcAP`` (regular, over windows), ``val_mAP_continual`` (streamed
+    frame by frame) and ``val_chance_mAP``; raises ``ValueError`` if the two mAPs differ by more
+    than ``tol`` (the continual model is exact, so they differ only by rounding).
+    """
+    from .synthetic import chance_map
+
+    n = model.window
+    regular = evaluate(predict_windows(model, ds), ds, n)
+    continual = evaluate(predict_stream(model.to_continual(), ds), ds, n)
+    if abs(regular.mAP - continual.mAP) > tol:
+        raise ValueError(f"Continual mAP {continual.mAP} differs from regular {regular.mAP}.")
+    return {
+        "val_mAP": regular.mAP,
+        "val_mcAP": regular.mcAP,
+        "val_mAP_continual": continual.mAP,
+        "val_chance_mAP": chance_map(ds, n),
+    }

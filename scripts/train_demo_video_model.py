@@ -36,18 +36,10 @@ import numpy as np
 import torch
 from costream.connectors import codecs
 from costream.connectors.synthetic import VIDEO_CLASSES, synthetic_video
-from costream.models.data import OadDataset, Video, load_dataset, write_npz_dir
-from costream.models.synthetic import chance_map
-from costream.models.train import (
-    TrainConfig,
-    evaluate,
-    predict_stream,
-    predict_windows,
-    train_model,
-)
+from costream.models.data import OadDataset, Video, load_dataset, one_hot, write_npz_dir
+from costream.models.train import TrainConfig, check_continual, train_model
 from costream.models.zoo import get_model, save_model
-from costream.transforms.backbones import BackboneConfig, _features
-from costream.transforms.decode import decode_record
+from costream.transforms.backbones import BackboneConfig, record_features
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,32 +71,17 @@ def video_features(
     batch_size: int,
 ) -> np.ndarray:
     """(T, D) features of ``frames`` through the pipeline's encode -> decode -> backbone path."""
-    decoded = []
-    for i, rgb in enumerate(frames):
-        rec = codecs.frame_record(
+    records = (
+        codecs.frame_record(
             stream_id,
             i,
             int(round(1000 * i / fps)),
             codecs.CT_JPEG,
             codecs.encode_jpeg(rgb, JPEG_QUALITY),
         )
-        f = decode_record(rec.key, rec.value, rec.headers, image_size=cfg.image_size, now_ms=0)
-        reason = cfg.check(f)
-        if reason is not None:
-            raise RuntimeError(reason)
-        decoded.append(f.data)
-    rows = []
-    for s in range(0, len(decoded), batch_size):
-        rows.extend(_features(net, decoded[s : s + batch_size]))
-    return np.stack(rows).astype(np.float32)
-
-
-def one_hot(labels: list[str]) -> np.ndarray:
-    """(T, C) one-hot targets over :data:`VIDEO_CLASSES`."""
-    index = {c: k for k, c in enumerate(VIDEO_CLASSES)}
-    y = np.zeros((len(labels), len(VIDEO_CLASSES)), np.float32)
-    y[np.arange(len(labels)), [index[lab] for lab in labels]] = 1.0
-    return y
+        for i, rgb in enumerate(frames)
+    )
+    return record_features(net, cfg, records, batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         for split, name, seed in tqdm(plan, desc="features", unit="video", disable=a.no_progress):
             v = synthetic_video(a.frames, size, a.fps, seed)
             x = video_features(net, bcfg, v.frames, name, a.fps, a.batch_size)
-            videos[split].append(Video(name, x, one_hot(v.labels)))
+            videos[split].append(Video(name, x, one_hot(v.labels, VIDEO_CLASSES)))
         for split, vids in videos.items():
             write_npz_dir(OadDataset(vids, **meta), data, split)
         train, val = load_dataset(data, "train"), load_dataset(data, "test")
@@ -159,19 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not a.no_progress,
     )  # fmt: skip
     result = train_model(model, train, val, cfg)
-    n = model.window
-    m_reg = evaluate(predict_windows(model, val), val, n)
-    m_co = evaluate(predict_stream(model.to_continual(), val), val, n)
-    if abs(m_reg.mAP - m_co.mAP) > 1e-6:
-        raise SystemExit(f"continual mAP {m_co.mAP} differs from regular {m_reg.mAP}")
-    chance = chance_map(val, n)
-    metrics = {
-        "val_mAP": m_reg.mAP,
-        "val_mcAP": m_reg.mcAP,
-        "val_mAP_continual": m_co.mAP,
-        "val_chance_mAP": chance,
-        "history": result.history,
-    }
+    metrics = {**check_continual(model, val), "history": result.history}
     cmd = (
         f"scripts/train_demo_video_model.py --seed {a.seed} --train-videos {a.train_videos} "
         f"--val-videos {a.val_videos} --frames {a.frames} --size {a.size} --fps {a.fps:g} "
@@ -204,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"feature_dim": train.feature_dim, "classes": train.class_names}))
     print(
         f"{out}: {out.stat().st_size / 1e3:.0f} kB, sha256 {card['sha256'][:12]}; validation mAP "
-        f"regular {m_reg.mAP:.4f} = continual {m_co.mAP:.4f} (chance {chance:.4f}), "
-        f"mcAP {m_reg.mcAP:.4f}; features {t_features:.0f} s, total {seconds:.0f} s"
+        f"regular {metrics['val_mAP']:.4f} = continual {metrics['val_mAP_continual']:.4f} "
+        f"(chance {metrics['val_chance_mAP']:.4f}), mcAP {metrics['val_mcAP']:.4f}; "
+        f"features {t_features:.0f} s, total {seconds:.0f} s"
     )
     return 0
 

@@ -50,7 +50,7 @@ from apache_beam.utils.timestamp import Timestamp
 from costream.connectors import codecs
 from costream.models.weights import load_weights, weights_sha256
 from costream.transforms.audio_features import LogMelSpectrogram
-from costream.transforms.decode import DecodeFrames, image_size_hw
+from costream.transforms.decode import DecodeFrames, decode_record, image_size_hw
 from costream.transforms.records import (
     DEAD_LETTER,
     MAIN,
@@ -71,6 +71,7 @@ __all__ = [
     "IdentityBackbone",
     "ResNet",
     "normalize_imagenet",
+    "record_features",
     "resnet18",
 ]
 
@@ -448,6 +449,31 @@ def _features(model: nn.Module, arrays: list[np.ndarray]) -> np.ndarray:
     with torch.inference_mode():
         y = model(x)  # (B, D)
     return [row.copy() for row in y.float().numpy()]  # own memory per record: no shared buffer
+
+
+def record_features(
+    net: nn.Module, cfg: BackboneConfig, records: Iterable[Any], batch_size: int = 64
+) -> np.ndarray:
+    """(T, D) features of stream-contract records (``key, value, headers``), offline.
+
+    The pipeline's own path without Beam: ``decode_record`` (decode, resize to the backbone's
+    input), the backbone config's input check, then ``net`` (``cfg.build()``) in batches. For
+    training on exactly what a spec's ``ExtractFeatures`` step will produce.
+
+    Raises:
+        ValueError: a record does not decode or does not fit the backbone (the reason says why).
+    """
+    decoded = []
+    for rec in records:
+        f = decode_record(rec.key, rec.value, rec.headers, image_size=cfg.image_size, now_ms=0)
+        reason = cfg.check(f)
+        if reason is not None:
+            raise ValueError(reason)
+        decoded.append(f.data)
+    rows = []
+    for s in range(0, len(decoded), batch_size):
+        rows.extend(_features(net, decoded[s : s + batch_size]))
+    return np.stack(rows).astype(np.float32)
 
 
 # -- Beam: the public transform --------------------------------------------------------------------

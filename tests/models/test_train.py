@@ -8,10 +8,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from costream.models.data import DataFormatError, OadDataset, Video, load_dataset, read_lstr
+from costream.models.data import (
+    DataFormatError,
+    OadDataset,
+    Video,
+    load_dataset,
+    one_hot,
+    read_lstr,
+)
 from costream.models.synthetic import SyntheticConfig, chance_map, make_dataset, write_dataset
 from costream.models.train import (
     TrainConfig,
+    check_continual,
     class_weights,
     evaluate,
     predict_stream,
@@ -54,6 +62,27 @@ def test_streamed_continual_model_scores_the_same(trained):
     m_reg, m_co = evaluate(regular, test, model.window), evaluate(streamed, test, model.window)
     assert m_reg.mAP == pytest.approx(result.final["val_mAP"], abs=1e-12)
     assert abs(m_co.mAP - m_reg.mAP) < 1e-6 and abs(m_co.mcAP - m_reg.mcAP) < 1e-6
+
+
+def test_check_continual_reports_both_and_refuses_a_mismatch(trained, monkeypatch):
+    model, _, test, result = trained
+    m = check_continual(model, test)
+    assert m["val_mAP"] == pytest.approx(result.final["val_mAP"], abs=1e-12)
+    assert abs(m["val_mAP_continual"] - m["val_mAP"]) < 1e-6
+    assert m["val_chance_mAP"] == chance_map(test, model.window)
+    broken = model.to_continual()
+    with torch.no_grad():
+        broken.head.weight.mul_(-1)  # a "continual twin" that is not the same function
+    monkeypatch.setattr(type(model), "to_continual", lambda self: broken)
+    with pytest.raises(ValueError, match="differs from regular"):
+        check_continual(model, test)
+
+
+def test_one_hot_targets():
+    y = one_hot(["b", "a", "b"], ["a", "b", "c"])
+    assert y.dtype == np.float32 and y.tolist() == [[0, 1, 0], [1, 0, 0], [0, 1, 0]]
+    with pytest.raises(DataFormatError, match=r"\['z'\] are not among the classes"):
+        one_hot(["a", "z"], ["a", "b"])
 
 
 def test_training_is_reproducible_from_the_seed():

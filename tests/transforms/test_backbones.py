@@ -342,3 +342,17 @@ def test_specs_take_max_payload_bytes_from_the_environment(spec, monkeypatch):
     assert limit() == 1 << 20  # Kafka's default largest message
     monkeypatch.setenv("COSTREAM_MAX_PAYLOAD_BYTES", "262144")
     assert limit() == 262144
+
+
+def test_record_features_is_the_pipelines_path_offline():
+    from costream.transforms.backbones import BackboneConfig, record_features
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((5, 6)).astype(np.float32)
+    ct = codecs.features_content_type(6)
+    records = [codecs.frame_record("s", i, i, ct, v.tobytes()) for i, v in enumerate(vecs)]
+    cfg = BackboneConfig("identity", dim=6)
+    np.testing.assert_array_equal(record_features(cfg.build(), cfg, records, batch_size=2), vecs)
+    bad = codecs.frame_record("s", 9, 9, codecs.features_content_type(4), vecs[0, :4].tobytes())
+    with pytest.raises(ValueError):
+        record_features(cfg.build(), cfg, [bad])
