@@ -19,11 +19,11 @@ tensors, the raw little-endian tensor bytes, and a CRC32 over everything::
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,6 +44,7 @@ _DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+_ITEMSIZE = {v: torch.empty(0, dtype=v).element_size() for v in _DTYPES.values()}
 
 
 class StateFormatError(ValueError):
@@ -208,17 +209,20 @@ class StreamState:
         except (ValueError, KeyError) as e:
             raise StateFormatError(f"State blob header is unreadable: {e}.") from e
         pos, end = _PREFIX.size + hlen, len(blob) - _CRC.size
+        payload = bytearray(blob[pos:end])  # one writable copy; the tensors are views into it
+        pos, end = 0, len(payload)
         tensors: dict[str, Tensor] = {}
         for name, dtype_name, shape in entries:
             if dtype_name not in _DTYPES:
                 raise StateFormatError(f"State tensor {name!r} has unknown dtype {dtype_name!r}.")
             dtype = _DTYPES[dtype_name]
-            size = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+            size = math.prod(shape) * _ITEMSIZE[dtype]
             if pos + size > end:
                 raise StateFormatError(f"State blob is truncated inside tensor {name!r}.")
-            raw = bytearray(blob[pos : pos + size])
             tensors[name] = (
-                torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
+                torch.frombuffer(
+                    payload, dtype=dtype, count=size // _ITEMSIZE[dtype], offset=pos
+                ).reshape(shape)
                 if size
                 else torch.zeros(shape, dtype=dtype)
             )
