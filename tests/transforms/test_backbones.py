@@ -356,3 +356,20 @@ def test_record_features_is_the_pipelines_path_offline():
     bad = codecs.frame_record("s", 9, 9, codecs.features_content_type(4), vecs[0, :4].tobytes())
     with pytest.raises(ValueError):
         record_features(cfg.build(), cfg, [bad])
+
+
+@pytest.mark.parametrize("backbone", ["resnet18_small", "logmel"])
+def test_features_do_not_depend_on_how_frames_are_batched(backbone):
+    """Streaming batches group frames by arrival; `costream score` must see the same features."""
+    from costream.transforms.backbones import BackboneConfig, _features
+
+    cfg = BackboneConfig(backbone, **({"weights": "random"} if backbone != "logmel" else {}))
+    net, rng = cfg.build(), np.random.default_rng(0)
+    if backbone == "logmel":
+        inputs = [rng.standard_normal(cfg.chunk_samples).astype(np.float32) for _ in range(9)]
+    else:
+        inputs = [rng.integers(0, 255, (*cfg.image_size, 3), dtype=np.uint8) for _ in range(9)]
+    batched = _features(net, inputs)
+    for i in (0, 4, 8):
+        np.testing.assert_array_equal(_features(net, [inputs[i]])[0], batched[i])
+    np.testing.assert_array_equal(_features(net, inputs[3:5])[1], batched[4])
