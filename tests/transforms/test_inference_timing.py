@@ -1,7 +1,5 @@
 """The per-frame time split of continual inference (issue 6): stepper timings and Beam metrics."""
 
-from typing import NamedTuple
-
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -11,20 +9,11 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from costream.models.zoo import get_model, save_model
 from costream.transforms.inference import ContinualInference, StreamStepper
 
+from .test_inference import Rec
+
 D_IN, N = 6, 4
 LABELS = ["bg", "a", "b"]
 TIMINGS = ("state_read_us", "serde_us", "model_us", "state_write_us", "frame_us")
-
-
-class Rec(NamedTuple):
-    stream_id: str
-    frame_index: int
-    ts_ms: int
-    features: np.ndarray
-    arrival_ms: float
-    key: bytes
-    value: bytes
-    headers: list
 
 
 @pytest.fixture(scope="module")
