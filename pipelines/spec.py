@@ -148,6 +148,14 @@ def _check_config(cls: Callable[..., Any], config: dict[str, Any], label: str) -
         raise SpecError(f"{label}: missing required config key(s) {', '.join(missing)}.")
 
 
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _convert_numbers(cls: Callable[..., Any], config: dict[str, Any], label: str) -> None:
     """Text values of int/float-typed constructor parameters (``${VAR}`` expansions) -> numbers."""
     params = inspect.signature(cls).parameters
@@ -163,14 +171,11 @@ def _convert_numbers(cls: Callable[..., Any], config: dict[str, Any], label: str
             continue
         if "int" in types and re.fullmatch(r"[-+]?[0-9]+", text):
             config[key] = int(text)
-            continue
-        try:
-            if "float" not in types:
-                raise ValueError(text)
+        elif "float" in types and _is_float(text):
             config[key] = float(text)
-        except ValueError:
+        else:
             kind = "a number" if "float" in types else "a whole number"
-            raise SpecError(f"{label}: {key!r} must be {kind}, got {value!r}.") from None
+            raise SpecError(f"{label}: {key!r} must be {kind}, got {value!r}.")
 
 
 def build_pipeline(

@@ -403,7 +403,7 @@ class ContinualInferenceFn(beam.DoFn):
         if blob is not None:
             t2 = time.perf_counter_ns()
             stream.write(blob)
-            self.write_us.update(round((time.perf_counter_ns() - t2) / 1e3))
+            self.write_us.update(round(_us(t2)))
             self.model_us.update(round(result.model_us))
             self.state_size.update(result.state_bytes)
         if self.idle_timer and self.idle_timeout_s is not None:
@@ -412,14 +412,14 @@ class ContinualInferenceFn(beam.DoFn):
         self.serde_us.update(round(result.decode_us + result.encode_us))
         det = result.detection
         if det is None:
-            self.frame_us.update(round((time.perf_counter_ns() - t0) / 1e3))
+            self.frame_us.update(round(_us(t0)))
             return
         if not det.warm:
             self.warmup.inc()
         self.detections.inc()
         self.latency.update(int(det.latency_ms))
         out = codecs.detection_record(det)
-        self.frame_us.update(round((time.perf_counter_ns() - t0) / 1e3))
+        self.frame_us.update(round(_us(t0)))
         yield out
 
     @on_timer(IDLE)
