@@ -41,3 +41,78 @@ def test_bad_binary_and_port():
         EmbeddedBroker(binary="/nonexistent/tansu").start()
     with pytest.raises(BrokerError, match="not running"):
         _ = EmbeddedBroker().bootstrap
+
+
+def _connected_then_stopped(broker):
+    """Leave the broker's port in TIME_WAIT: a client talks to it, then the broker stops first."""
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+    c.topics()
+    port = broker.port
+    broker.stop()
+    c.close()
+    return port
+
+
+def test_a_just_freed_port_is_reused_at_once():
+    broker = EmbeddedBroker().start()
+    port = _connected_then_stopped(broker)
+    with EmbeddedBroker(port) as again:  # used to be refused for about a minute (TIME_WAIT)
+        assert again.bootstrap == f"127.0.0.1:{port}"
+
+
+def test_kafka_broker_keeps_its_data_across_a_restart_on_the_same_dir(tmp_path):
+    from costream.connectors.broker import KafkaBroker, kafka_classpath
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    try:
+        kafka_classpath()
+    except BrokerError as err:
+        pytest.skip(str(err))
+    broker = KafkaBroker(data_dir=tmp_path / "kafka").start()
+    try:
+        broker.create_topics(["frames"], partitions=2)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        for i in range(6):
+            producer.send("frames", key=b"k", value=b"v%d" % i, partition=i % 2)
+        producer.flush()
+        producer.close()
+        c = KafkaConsumer(
+            bootstrap_servers=broker.bootstrap, group_id="g", enable_auto_commit=False
+        )
+        c.commit({TopicPartition("frames", 0): OffsetAndMetadata(2, "", -1)})
+        c.close()
+        pid, port = broker.pid, _connected_then_stopped(broker)
+        assert not broker.running
+
+        broker.start()  # same dir, same port (just freed): the data and the offsets are there
+        assert broker.pid != pid and broker.port == port
+        assert "frames" in broker.admin().list_topics()
+        c = KafkaConsumer(
+            bootstrap_servers=broker.bootstrap, group_id="g", enable_auto_commit=False
+        )
+        tps = [TopicPartition("frames", p) for p in (0, 1)]
+        assert c.committed(tps[0]) == 2
+        assert c.end_offsets(tps) == {tps[0]: 3, tps[1]: 3}
+        c.close()
+        broker.kill()  # a crash, then a restart: still there
+        broker.start()
+        c = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+        assert c.end_offsets(tps) == {tps[0]: 3, tps[1]: 3}
+        c.close()
+    finally:
+        broker.stop()
+    assert (tmp_path / "kafka" / "log" / "meta.properties").exists()  # a given dir is kept
+
+
+def test_make_broker_refuses_unknown_kinds_and_tansu_data_dirs():
+    from costream.connectors.broker import make_broker
+
+    with pytest.raises(
+        ValueError, match="Unknown broker kind 'redpanda'; use one of 'tansu', 'kafka'"
+    ):
+        make_broker("redpanda")
+    with pytest.raises(ValueError, match="data_dir is for kind 'kafka'"):
+        make_broker("tansu", data_dir="/tmp/x")

@@ -543,7 +543,8 @@ def test_near_limit_input_is_dead_lettered_by_extract_features_and_truncated(
 def test_too_large_output_is_a_clear_error_and_max_request_size_raises_the_limit(
     kafka_broker, kafka_topics
 ):
-    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    # Kafka's own limit is 1 MiB: the topic's max.message.bytes lets the 2 MiB record in
+    bs, topic = kafka_broker.bootstrap, kafka_topics(config={"max.message.bytes": str(4 << 20)})
     big = near_limit_dead_letter()
     with pytest.raises(kafka_io.RecordTooLargeError, match=(
         rf"a record for topic '{topic}' \(key b'mic'\) is {kafka_io.record_size(big)} bytes "
