@@ -57,6 +57,7 @@ __all__ = [
     "OutgoingRecord",
     "ReadFromKafka",
     "RecordTooLargeError",
+    "COMPRESSION_TYPES",
     "START_POSITIONS",
     "WriteDeadLetters",
     "WriteToKafka",
@@ -274,7 +275,29 @@ _WRITE_RESERVED = {
     "sized against it before they are sent).",
     "key_serializer": "keys must already be bytes.",
     "value_serializer": "values must already be bytes.",
+    "compression_type": "pass compression_type as the compression_type argument.",
 }
+
+COMPRESSION_TYPES = ("gzip", "snappy", "lz4", "zstd")
+"""Record batch codecs; all four are read, and WriteToKafka writes any of them."""
+
+
+def _check_codec(compression_type: str | None) -> None:
+    if compression_type is None:
+        return
+    if compression_type not in COMPRESSION_TYPES:
+        raise ValueError(
+            f"compression_type={compression_type!r} is not valid; use None or one of "
+            f"{', '.join(map(repr, COMPRESSION_TYPES))}."
+        )
+    from kafka import codec
+
+    packages = {"snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard"}
+    if not getattr(codec, f"has_{compression_type}")():
+        raise ValueError(
+            f"compression_type={compression_type!r} needs the {packages[compression_type]!r} "
+            "package, which is not installed."
+        )
 
 
 class _ReadConfig(NamedTuple):
@@ -912,6 +935,7 @@ class _WriteConfig(NamedTuple):
     max_request_size: int
     oversize: Oversize
     client_config: dict[str, Any]
+    compression_type: str | None = None
 
 
 class _WriteFn(beam.DoFn):
@@ -932,6 +956,7 @@ class _WriteFn(beam.DoFn):
             acks=cfg.acks,
             retries=cfg.retries,
             max_request_size=cfg.max_request_size,
+            compression_type=cfg.compression_type,
             client_id=f"costream-write-{cfg.topic}",
             **resolve_client_config(cfg.client_config),
         )
@@ -1042,6 +1067,8 @@ class WriteToKafka(beam.PTransform):
             default 1 MiB). Keep it at or below the broker's ``message.max.bytes`` (Kafka's
             default is 1 MiB + 12 bytes) and the topic's ``max.message.bytes``.
         oversize: ``"error"`` or ``"truncate"``: what a record above ``max_request_size`` gets.
+        compression_type: ``None`` (uncompressed) or one of ``COMPRESSION_TYPES``: the codec of
+            the record batches written. Sizes are checked uncompressed (an upper bound).
         client_config: extra kafka-python ``KafkaProducer`` settings, merged last;
             ``{"from_env": "NAME"}`` values are read from the worker's environment.
     """
@@ -1056,6 +1083,7 @@ class WriteToKafka(beam.PTransform):
         flush_timeout_s: float = 60.0,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
         oversize: Oversize = "error",
+        compression_type: str | None = None,
         client_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -1072,10 +1100,11 @@ class WriteToKafka(beam.PTransform):
             raise ValueError(
                 f"oversize={oversize!r} is not valid; use {' or '.join(map(repr, OVERSIZE_POLICIES))}."
             )
+        _check_codec(compression_type)
         cfg = _check_client_config(client_config, _producer_config(), _WRITE_RESERVED)
         self._fn = _WriteFn(
             _WriteConfig(servers, topic, acks, retries, float(flush_timeout_s), max_request_size,
-                         oversize, cfg)
+                         oversize, cfg, compression_type)
         )  # fmt: skip
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:  # noqa: D102
@@ -1110,10 +1139,11 @@ class WriteDeadLetters(WriteToKafka):
         retries: int = 5,
         flush_timeout_s: float = 60.0,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+        compression_type: str | None = None,
         client_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             bootstrap_servers, topic, acks=acks, retries=retries,
             flush_timeout_s=flush_timeout_s, max_request_size=max_request_size,
-            oversize="truncate", client_config=client_config,
+            oversize="truncate", compression_type=compression_type, client_config=client_config,
         )  # fmt: skip

@@ -643,3 +643,36 @@ def test_record_coders_roundtrip_and_are_registered():
         )
         == out
     )
+
+
+# --- compression ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", kafka_io.COMPRESSION_TYPES)
+def test_compressed_topics_are_read_and_written(kafka_broker, kafka_topics, tmp_path, codec):
+    bs, t_in, t_out = kafka_broker.bootstrap, kafka_topics(), kafka_topics()
+    recs = stream_records("z", 30, 1_700_000_000_000, payload_size=400)
+    producer = KafkaProducer(bootstrap_servers=bs, compression_type=codec, linger_ms=20)
+    for rec in recs:
+        producer.send(t_in, key=rec.key, value=rec.value, headers=rec.headers)
+    producer.flush()
+    producer.close()
+
+    out = run_read(
+        ReadFromKafka(bs, t_in, max_records=30),
+        tmp_path / "o.jsonl",
+        then=beam.Map(lambda r: OutgoingRecord(r.key, r.value, r.headers))
+        | WriteToKafka(bs, t_out, compression_type=codec),
+    )
+    assert [o["sha"] for o in out] == [hashlib.sha1(r.value).hexdigest() for r in recs]
+    got = read_topic(bs, t_out, 30)
+    assert [(r.key, r.value, list(r.headers)) for r in got] == [
+        (r.key, r.value, r.headers) for r in recs
+    ]
+
+
+def test_compression_type_is_validated():
+    with pytest.raises(ValueError, match="compression_type='brotli' is not valid; use None or one"):
+        WriteToKafka("h:1", "t", compression_type="brotli")
+    with pytest.raises(ValueError, match="pass compression_type as the compression_type argument"):
+        WriteToKafka("h:1", "t", client_config={"compression_type": "lz4"})
