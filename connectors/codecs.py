@@ -57,7 +57,7 @@ CT_JSON = "application/json"
 AUDIO_L16 = "audio/L16"
 FEATURES = "application/x-costream-features"
 
-STAGES = ("decode", "features", "inference")
+STAGES = ("read", "decode", "features", "inference", "write")
 """Valid values of the ``costream.stage`` dead-letter header."""
 
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import struct
@@ -61,6 +62,9 @@ __all__ = [
     "START_POSITIONS",
     "WriteDeadLetters",
     "WriteToKafka",
+    "BrokerUnavailableError",
+    "PartitionResetError",
+    "fit_dead_letter",
     "fit_record",
     "record_size",
 ]
@@ -73,8 +77,8 @@ START_POSITIONS = ("earliest", "latest", "committed")
 UNBOUNDED = sys.maxsize
 DEFAULT_MAX_REQUEST_SIZE = 1 << 20
 """kafka-python's default largest request, and about Kafka's default ``message.max.bytes``."""
-Oversize = Literal["error", "truncate"]
-OVERSIZE_POLICIES = ("error", "truncate")
+Oversize = Literal["error", "truncate", "dead_letter"]
+OVERSIZE_POLICIES = ("error", "truncate", "dead_letter")
 _METRICS_NS = "costream.kafka"
 
 
@@ -248,6 +252,17 @@ def resolve_client_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _producer_settings(client_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The connection settings (security, SASL, SSL...) of a reader's config a producer takes."""
+    known = _producer_config()
+    skip = {"client_id", *_WRITE_RESERVED}
+    return {
+        k: v
+        for k, v in resolve_client_config(client_config).items()
+        if k in known and k not in skip
+    }
+
+
 def _consumer_config() -> dict[str, Any]:
     from kafka import KafkaConsumer
 
@@ -313,6 +328,9 @@ class _ReadConfig(NamedTuple):
     max_bundle_s: float
     poll_timeout_ms: int
     client_config: dict[str, Any]
+    dead_letter_topic: str | None = None
+    dead_letter_max_bytes: int = DEFAULT_MAX_REQUEST_SIZE
+    broker_timeout_s: float = 60.0
 
 
 class _PartitionDescriptor(NamedTuple):
@@ -325,6 +343,33 @@ class _PartitionDescriptor(NamedTuple):
 
 
 # --- the private worker: one consumer for one partition ------------------------------------
+
+
+class _Fetched(NamedTuple):
+    """A record as the reader got it; ``error`` is set when it cannot become a KafkaRecord."""
+
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    error: str | None
+
+
+class BrokerUnavailableError(RuntimeError):
+    """No broker answered within the configured deadline."""
+
+
+class PartitionResetError(RuntimeError):
+    """A partition's log no longer holds the reader's position (topic recreated or truncated)."""
+
+
+HEADER_SOURCE = "costream.source"
+"""Dead letters written by the reader: where the record was, ``topic/partition/offset``."""
+HEADER_DROPPED_HEADERS = "costream.dropped_headers"
+HEADER_ORIGINAL_KEY_SIZE = "costream.original_key_size"
+HEADER_ORIGINAL_KEY_SHA256 = "costream.original_key_sha256"
+_MAX_EVENT_MS = MAX_TIMESTAMP.micros // 1000 - 1
 
 
 FETCH_MAX_WAIT_MS = 20
@@ -361,17 +406,76 @@ class _PartitionReader:
         self._consumer.assign([self.tp])
         self.position: int | None = None
         self.committed: int | None = None
+        self.last_contact = time.monotonic()
+        self.last_check = time.monotonic()
+        self._checked_end: tuple[int, int] | None = None
 
-    def read(self, start: int, max_records: int, timeout_ms: int) -> list[Any]:
-        """Records from ``start`` on (at most ``max_records``), waiting up to ``timeout_ms``."""
+    def read(self, start: int, max_records: int, timeout_ms: int) -> list[_Fetched]:
+        """Records from ``start`` on (at most ``max_records``), waiting up to ``timeout_ms``.
+
+        A batch kafka-python cannot parse (a non-UTF-8 header name) is fetched raw and read
+        here: its good records come back as usual, the bad ones with ``error`` set.
+        """
+        from costream.connectors.kafka_raw import fetch_lenient
+        from kafka.errors import CorruptRecordError
+
         if self.position != start:
             self._consumer.seek(self.tp, start)
             self.position = start
-        batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except CorruptRecordError as err:
+            at = self._consumer.position(self.tp)
+            raw, after = fetch_lenient(self._consumer, self.tp, at, 64 << 20, 10_000)
+            if not raw or after is None:
+                raise RuntimeError(
+                    f"{self!r}: kafka-python cannot parse the record batch at offset {at} ({err}) "
+                    "and fetching it raw returned no whole batch."
+                ) from err
+            _LOG.warning("ReadFromKafka: %r: batch at offset %d is unparseable (%s); read it raw.",
+                         self, at, err)  # fmt: skip
+            self._consumer.seek(self.tp, after)
+            self.position = after
+            return [_Fetched(r.offset, r.timestamp, r.key, r.value,
+                             [(k.decode("utf-8", "backslashreplace"), v or b"") for k, v in r.headers],
+                             r.error) for r in raw]  # fmt: skip
         records = batch.get(self.tp, [])
         if records:
             self.position = records[-1].offset + 1
-        return records
+            self.last_contact = time.monotonic()
+        return [_Fetched(r.offset, r.timestamp, r.key, r.value,
+                         [(k, bytes(v or b"")) for k, v in r.headers], None) for r in records]  # fmt: skip
+
+    def connected(self) -> bool:
+        """Whether the consumer holds a live connection to a broker (updates ``last_contact``)."""
+        client = self._consumer._client  # noqa: SLF001 - no public "am I connected" in kafka-python
+        if any(client.connected(b.node_id) for b in client.cluster.brokers()):
+            self.last_contact = time.monotonic()
+            return True
+        return False
+
+    def lost_position(self, position: int, end: int) -> bool:
+        """Whether the record before ``position`` is gone, now that the log reports ``end``.
+
+        The check behind a low end offset: tansu 0.6 reports the base offset of the last batch
+        + 1, so only a raw fetch of ``position - 1`` tells a recreated log from a batched one.
+        """
+        from costream.connectors.kafka_raw import fetch_lenient
+
+        if self._checked_end == (position, end):
+            return False
+        try:
+            raw, _ = fetch_lenient(self._consumer, self.tp, position - 1, 1 << 20, 10_000)
+        except Exception:  # noqa: BLE001 - OffsetOutOfRange: the record is gone
+            return True
+        if any(r.offset == position - 1 for r in raw):
+            self._checked_end = (position, end)
+            return False
+        return True
+
+    def end_offset(self) -> int:
+        """The partition's end offset now (raises the client's error when no broker answers)."""
+        return int(self._consumer.end_offsets([self.tp])[self.tp])
 
     def commit(self, next_offset: int) -> None:
         """Commit ``next_offset`` (the offset of the next record to read) for ``group_id``."""
@@ -611,11 +715,78 @@ class _ReadPartitionFn(beam.DoFn):
         self._bytes = Metrics.counter(_METRICS_NS, "bytes_read")
         self._commits = Metrics.counter(_METRICS_NS, "offset_commits")
         self._commit_failures = Metrics.counter(_METRICS_NS, "offset_commit_failures")
+        self._dead_lettered = Metrics.counter(_METRICS_NS, "records_dead_lettered")
+        self._skipped = Metrics.counter(_METRICS_NS, "records_skipped")
+        self._dlq_producer: Any = None
 
     def setup(self) -> None:  # noqa: D102
         self._readers = {}
+        self._dlq_producer = None
+
+    def _dead_letter(self, desc: _PartitionDescriptor, f: _Fetched, reason: str) -> None:
+        """Publish ``f`` as a dead letter (stage ``read``) and wait for it; else count a skip."""
+        cfg = self._cfg
+        where = f"{desc.topic}/{desc.partition}/{f.offset}"
+        rec = codecs.dead_letter_record(
+            f.key, f.value, [*f.headers, (HEADER_SOURCE, where.encode())], reason, "read"
+        )
+        if cfg.dead_letter_topic is None:
+            self._skipped.inc()
+            _LOG.error("ReadFromKafka: skipped the record at %s (no dead_letter_topic): %s",
+                       where, reason)  # fmt: skip
+            return
+        try:
+            rec = fit_dead_letter(rec, cfg.dead_letter_max_bytes)
+        except RecordTooLargeError as err:
+            self._skipped.inc()
+            _LOG.error("ReadFromKafka: skipped the record at %s: %s; its dead letter does not "
+                       "fit either: %s", where, reason, err)  # fmt: skip
+            return
+        if self._dlq_producer is None:
+            from kafka import KafkaProducer
+
+            self._dlq_producer = KafkaProducer(
+                bootstrap_servers=cfg.bootstrap_servers, acks="all",
+                max_request_size=cfg.dead_letter_max_bytes, client_id="costream-read-dlq",
+                **_producer_settings(cfg.client_config),
+            )  # fmt: skip
+        self._dlq_producer.send(
+            cfg.dead_letter_topic, key=rec.key, value=rec.value, headers=rec.headers
+        ).get(timeout=cfg.broker_timeout_s)
+        self._dead_lettered.inc()
+        _LOG.warning("ReadFromKafka: dead-lettered the record at %s to %r: %s", where,
+                     cfg.dead_letter_topic, reason)  # fmt: skip
+
+    def _check_broker(self, reader: _PartitionReader, position: int) -> None:
+        """After an empty poll: fail when no broker answered for too long, or the log moved."""
+        cfg, now = self._cfg, time.monotonic()
+        if reader.connected() and now - reader.last_check < 1.0:
+            return
+        if now - reader.last_contact > cfg.broker_timeout_s:
+            raise BrokerUnavailableError(
+                f"ReadFromKafka: no broker of {','.join(cfg.bootstrap_servers)} answered for "
+                f"{now - reader.last_contact:.0f} s (broker_timeout_s={cfg.broker_timeout_s:g}) "
+                f"while {reader!r} waited for records at offset {position}."
+            )
+        if not reader.connected():
+            return
+        reader.last_check = now
+        try:
+            end = reader.end_offset()
+        except Exception:  # noqa: BLE001 - a broker between restarts; the deadline above decides
+            return
+        if end < position and reader.lost_position(position, end):
+            raise PartitionResetError(
+                f"ReadFromKafka: {reader!r} is at offset {position} but the partition now ends at "
+                f"offset {end}: the topic was deleted and recreated, or its log truncated. Records "
+                "were lost or would be skipped; reset the group's offsets (or read from "
+                "'earliest') once you know which."
+            )
 
     def teardown(self) -> None:  # noqa: D102
+        if self._dlq_producer is not None:
+            self._dlq_producer.close(timeout=5)
+            self._dlq_producer = None
         for reader in self._readers.values():
             try:
                 reader.close()
@@ -663,6 +834,8 @@ class _ReadPartitionFn(beam.DoFn):
             start = rng.start if last_offset is None else last_offset + 1
             records = reader.read(start, cfg.max_records_per_bundle - emitted, timeout)
             if not records:
+                if emitted == 0:
+                    self._check_broker(reader, start)
                 break
             if records[0].offset < start:
                 # The consumer fell back to auto_offset_reset: ``start`` is out of range.
@@ -675,6 +848,17 @@ class _ReadPartitionFn(beam.DoFn):
                 if not tracker.try_claim(r.offset):
                     finished = True  # past the end of a bounded range (max_records)
                     break
+                error = r.error
+                if error is None and r.timestamp is not None and r.timestamp > _MAX_EVENT_MS:
+                    error = (
+                        f"record timestamp {r.timestamp} ms is beyond the largest event time "
+                        f"({_MAX_EVENT_MS} ms)"
+                    )
+                if error is not None:
+                    self._dead_letter(desc, r, error)
+                    emitted += 1
+                    last_offset = r.offset
+                    continue
                 ts_ms = (
                     r.timestamp
                     if r.timestamp is not None and r.timestamp >= 0
@@ -683,16 +867,11 @@ class _ReadPartitionFn(beam.DoFn):
                 event_time = Timestamp(micros=ts_ms * 1000)
                 yield TimestampedValue(
                     KafkaRecord(
-                        r.key,
-                        r.value or b"",
-                        [(k, bytes(v or b"")) for k, v in r.headers],
-                        desc.topic,
-                        desc.partition,
-                        r.offset,
+                        r.key, r.value or b"", r.headers, desc.topic, desc.partition, r.offset,
                         ts_ms,
                     ),
                     event_time,
-                )
+                )  # fmt: skip
                 watermark.record_seen(event_time, time.time())
                 emitted += 1
                 last_offset = r.offset
@@ -754,9 +933,24 @@ class ReadFromKafka(beam.PTransform):
             module docstring).
         max_bundle_s: wall-clock seconds a bundle may spend on one partition.
         poll_timeout_ms: how long one poll waits for data on a quiet partition.
+        dead_letter_topic: where records that cannot become a ``KafkaRecord`` go, as dead
+            letters with stage ``read``, the reason and ``costream.source`` =
+            ``topic/partition/offset``: a batch kafka-python cannot parse (a header name that
+            is not UTF-8: the batch is fetched raw, its good records are read as usual) or a
+            timestamp beyond the largest event time. The reader waits for the broker's
+            acknowledgement before it moves on. Without it (or when even the cut-to-fit dead
+            letter cannot be written) such a record is skipped, logged and counted
+            (``records_skipped``). Either way the offset advances, and is committed.
+        dead_letter_max_bytes: largest dead letter the reader writes (see :func:`fit_dead_letter`).
+        broker_timeout_s: a partition that got no answer from any broker for this long fails
+            the read with :class:`BrokerUnavailableError` naming the servers and the position;
+            shorter outages (a broker restart) are waited out. On every quiet poll (at most once
+            a second) the reader also checks that the partition still reaches its position:
+            when the log now ends below it (topic recreated, log truncated) the read fails with
+            :class:`PartitionResetError` instead of skipping the new records.
         client_config: extra kafka-python ``KafkaConsumer`` settings, merged last (SASL, SSL,
             fetch sizes...). A value ``{"from_env": "NAME"}`` is read from the environment on
-            the worker.
+            the worker. The reader's dead-letter producer gets the connection settings.
 
     Unless ``max_records`` or ``stop_after_idle_s`` ends every partition, the read never ends.
     """
@@ -775,10 +969,21 @@ class ReadFromKafka(beam.PTransform):
         max_records_per_bundle: int = 500,
         max_bundle_s: float = 1.0,
         poll_timeout_ms: int = 100,
+        dead_letter_topic: str | None = None,
+        dead_letter_max_bytes: int = DEFAULT_MAX_REQUEST_SIZE,
+        broker_timeout_s: float = 60.0,
         client_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         servers = _bootstrap_list(bootstrap_servers)
+        if dead_letter_topic is not None and (
+            not isinstance(dead_letter_topic, str) or not dead_letter_topic
+        ):
+            raise ValueError(
+                f"dead_letter_topic must be a topic name or None, got {dead_letter_topic!r}."
+            )
+        _positive("dead_letter_max_bytes", dead_letter_max_bytes, integer=True, optional=False)
+        _positive("broker_timeout_s", broker_timeout_s, optional=False)
         topic_list = [topics] if isinstance(topics, str) else list(topics)
         if not topic_list or not all(isinstance(t, str) and t for t in topic_list):
             raise ValueError(
@@ -818,6 +1023,7 @@ class ReadFromKafka(beam.PTransform):
             None if stop_after_idle_s is None else float(stop_after_idle_s),
             None if idle_partition_s is None else float(idle_partition_s),
             max_records_per_bundle, float(max_bundle_s), poll_timeout_ms, cfg,
+            dead_letter_topic, dead_letter_max_bytes, float(broker_timeout_s),
         )  # fmt: skip
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:  # noqa: D102
@@ -922,6 +1128,47 @@ def fit_record(record: OutgoingRecord, max_request_size: int) -> OutgoingRecord:
         keep = max(0, keep - over)
 
 
+def fit_dead_letter(record: OutgoingRecord, max_request_size: int) -> OutgoingRecord:
+    """A dead letter cut to fit ``max_request_size``, saying what was cut.
+
+    First the value (:func:`fit_record`); when the key and headers alone are too large, the
+    original headers are dropped (``costream.dropped_headers`` says how many and how many
+    bytes; ``costream.error`` is kept, cut to 1,000 bytes, with ``costream.stage`` and
+    ``costream.source``); when the key alone is still too large, it is cut too
+    (``costream.original_key_size`` and ``costream.original_key_sha256``).
+
+    Raises:
+        RecordTooLargeError: not even an empty dead letter fits (a tiny ``max_request_size``).
+    """
+    try:
+        return fit_record(record, max_request_size)
+    except RecordTooLargeError:
+        pass
+    keep = (codecs.HEADER_ERROR, codecs.HEADER_STAGE, HEADER_SOURCE)
+    dropped = [(k, v) for k, v in record.headers if k not in keep]
+    size = sum(len(k.encode()) + len(v) for k, v in dropped)
+    headers = [
+        (k, v[:1000] if k == codecs.HEADER_ERROR else v) for k, v in record.headers if k in keep
+    ]
+    headers.append((HEADER_DROPPED_HEADERS, f"{len(dropped)} headers, {size} bytes".encode()))
+    try:
+        return fit_record(OutgoingRecord(record.key, record.value, headers), max_request_size)
+    except RecordTooLargeError:
+        pass
+    key = record.key or b""
+    headers += [
+        (HEADER_ORIGINAL_KEY_SIZE, str(len(key)).encode()),
+        (HEADER_ORIGINAL_KEY_SHA256, hashlib.sha256(key).hexdigest().encode()),
+    ]
+    empty = codecs.truncated_record(OutgoingRecord(b"", record.value, headers), 0)
+    room = max_request_size - record_size(empty) - 8  # the key's length varint grows with it
+    if room < 0:
+        raise RecordTooLargeError(
+            f"Not even an empty dead letter fits max_request_size={max_request_size}."
+        )
+    return fit_record(OutgoingRecord(key[:room], record.value, headers), max_request_size)
+
+
 def _show_key(key: bytes | None) -> str:
     return "None" if key is None else repr(key[:64]) + ("..." if len(key) > 64 else "")
 
@@ -936,105 +1183,195 @@ class _WriteConfig(NamedTuple):
     oversize: Oversize
     client_config: dict[str, Any]
     compression_type: str | None = None
+    dead_letter_topic: str | None = None
+
+
+_RESEND_ROUNDS = 3
+"""Times finish_bundle recreates the producer and resends what was not acknowledged."""
 
 
 class _WriteFn(beam.DoFn):
     def __init__(self, cfg: _WriteConfig) -> None:
         self._cfg = cfg
         self._producer: Any = None
-        self._pending: list[Any] = []
+        self._pending: list[tuple[Any, str, OutgoingRecord, int | None]] = []
         self._written = Metrics.counter(_METRICS_NS, "records_written")
         self._truncated = Metrics.counter(_METRICS_NS, "records_truncated")
         self._truncated_bytes = Metrics.counter(_METRICS_NS, "bytes_truncated")
+        self._dead_lettered = Metrics.counter(_METRICS_NS, "records_dead_lettered")
+        self._skipped = Metrics.counter(_METRICS_NS, "records_skipped")
+        self._resent = Metrics.counter(_METRICS_NS, "records_resent")
+        self._producers_recreated = Metrics.counter(_METRICS_NS, "producers_recreated")
 
-    def setup(self) -> None:  # noqa: D102
+    def _new_producer(self) -> Any:
         from kafka import KafkaProducer
 
         cfg = self._cfg
-        self._producer = KafkaProducer(
+        return KafkaProducer(
             bootstrap_servers=cfg.servers,
             acks=cfg.acks,
             retries=cfg.retries,
             max_request_size=cfg.max_request_size,
             compression_type=cfg.compression_type,
             client_id=f"costream-write-{cfg.topic}",
-            **resolve_client_config(cfg.client_config),
-        )
+            # send() blocks for metadata at most this long (kafka-python's default is 60 s)
+            **{"max_block_ms": int(cfg.flush_timeout_s * 1000),
+               **resolve_client_config(cfg.client_config)},
+        )  # fmt: skip
+
+    def setup(self) -> None:  # noqa: D102
+        self._producer = self._new_producer()
 
     def start_bundle(self) -> None:  # noqa: D102
         self._pending = []
 
-    def _sized(self, rec: OutgoingRecord) -> OutgoingRecord:
-        """``rec``, or its truncated form (``oversize="truncate"``); raises when it cannot fit."""
+    def _too_large(self, rec: OutgoingRecord, size: int) -> str:
+        return (
+            f"WriteToKafka: a record for topic {self._cfg.topic!r} (key {_show_key(rec.key)}) is "
+            f"{size} bytes serialized, above max_request_size={self._cfg.max_request_size}."
+        )
+
+    def _sized(self, rec: OutgoingRecord) -> OutgoingRecord | None:
+        """``rec``, its truncated form, or ``None`` once it went to the dead-letter topic."""
         cfg = self._cfg
         size = record_size(rec)
         if size <= cfg.max_request_size:
             return rec
+        if cfg.oversize == "dead_letter":
+            self._to_dead_letters(rec, self._too_large(rec, size), cfg.max_request_size)
+            return None
         if cfg.oversize == "error":
             raise RecordTooLargeError(
-                f"WriteToKafka: a record for topic {cfg.topic!r} (key {_show_key(rec.key)}) is "
-                f"{size} bytes serialized, above max_request_size={cfg.max_request_size}. Raise "
-                "max_request_size together with the broker's message.max.bytes (or the topic's "
-                "max.message.bytes), or make the record smaller; WriteDeadLetters truncates "
+                f"{self._too_large(rec, size)} Raise max_request_size together with the "
+                "broker's message.max.bytes (or the topic's max.message.bytes), or make the "
+                "record smaller, or give a dead_letter_topic; WriteDeadLetters truncates "
                 "oversized dead letters instead."
             )
         try:
-            cut = fit_record(rec, cfg.max_request_size)
+            cut = fit_dead_letter(rec, cfg.max_request_size)
         except RecordTooLargeError as err:
-            raise RecordTooLargeError(
-                f"WriteToKafka: cannot publish the record for topic {cfg.topic!r} (key "
-                f"{_show_key(rec.key)}), not even truncated: {err}"
-            ) from None
+            self._skipped.inc()
+            _LOG.error("WriteToKafka: skipped the record for topic %r (key %s): it cannot be "
+                       "cut to fit: %s", cfg.topic, _show_key(rec.key), err)  # fmt: skip
+            return None
         self._truncated.inc()
         self._truncated_bytes.inc(len(rec.value) - len(cut.value))
         _LOG.warning(
             "WriteToKafka: the record for topic %r (key %s) is %d bytes serialized, above "
-            "max_request_size=%d; its value was cut from %d to %d bytes (headers %s, %s, %s).",
+            "max_request_size=%d; it was cut to fit (value %d -> %d bytes, headers %s, %s, %s).",
             cfg.topic, _show_key(rec.key), size, cfg.max_request_size, len(rec.value),
             len(cut.value), codecs.HEADER_TRUNCATED, codecs.HEADER_ORIGINAL_SIZE,
             codecs.HEADER_ORIGINAL_SHA256,
         )  # fmt: skip
         return cut
 
+    def _to_dead_letters(self, rec: OutgoingRecord, reason: str, limit: int) -> None:
+        """Queue ``rec`` as a dead letter (stage ``write``) cut to ``limit``, or count a skip."""
+        cfg = self._cfg
+        assert cfg.dead_letter_topic is not None
+        try:
+            dead = fit_dead_letter(
+                codecs.dead_letter_record(rec.key, rec.value, rec.headers, reason, "write"), limit
+            )
+        except RecordTooLargeError as err:
+            self._skipped.inc()
+            _LOG.error("WriteToKafka: skipped a record for %r (%s); its dead letter does not fit "
+                       "either: %s", cfg.topic, reason, err)  # fmt: skip
+            return
+        self._dead_lettered.inc()
+        _LOG.warning("WriteToKafka: %s It went to the dead-letter topic %r.", reason,
+                     cfg.dead_letter_topic)  # fmt: skip
+        self._send(cfg.dead_letter_topic, dead, None)
+
+    def _send(self, topic: str, rec: OutgoingRecord, ts_ms: int | None) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            future = self._producer.send(
+                topic, value=rec.value, key=rec.key, headers=rec.headers, timestamp_ms=ts_ms
+            )
+        except KafkaTimeoutError as err:
+            raise BrokerUnavailableError(
+                f"WriteToKafka: no broker of {','.join(self._cfg.servers)} gave the metadata of "
+                f"topic {topic!r} within {self._cfg.flush_timeout_s:g} s (flush_timeout_s): {err}"
+            ) from err
+        self._pending.append((future, topic, rec, ts_ms))
+
     def process(self, element: Any, ts: Timestamp = beam.DoFn.TimestampParam) -> None:  # noqa: D102
         rec = self._sized(as_outgoing(element))
+        if rec is None:
+            return
         if isinstance(element, KafkaRecord):
             ts_ms: int | None = element.timestamp_ms
         elif MIN_TIMESTAMP < ts < MAX_TIMESTAMP and ts.micros >= 0:
             ts_ms = ts.micros // 1000  # keep the event time of what we write (e.g. capture time)
         else:
             ts_ms = None
-        topic = self._cfg.topic
-        self._pending.append(
-            self._producer.send(
-                topic, value=rec.value, key=rec.key, headers=rec.headers, timestamp_ms=ts_ms
-            )
-        )
+        self._send(self._cfg.topic, rec, ts_ms)
 
     def finish_bundle(self) -> None:  # noqa: D102
         from kafka.errors import MessageSizeTooLargeError
 
-        # The bundle succeeds only if every record was acknowledged; otherwise raise, so the
-        # runner retries the bundle (and upstream offsets are not committed).
+        # The bundle succeeds only if every record was acknowledged. What the broker refused as
+        # too large goes to the dead-letter topic when there is one; what failed otherwise (a
+        # broker restart: disconnects, UnknownProducerId, timeouts) is resent with a new
+        # producer, a few rounds; then raise, so the runner retries the bundle (and upstream
+        # offsets are not committed). A resent record may be a duplicate (counted).
         cfg = self._cfg
-        self._producer.flush(timeout=cfg.flush_timeout_s)
-        failed = [f for f in self._pending if not f.is_done or f.failed()]
-        n = len(self._pending)
-        self._pending = []
-        if failed:
-            first = failed[0].exception if failed[0].is_done else "not acknowledged in time"
-            hint = (
-                " The broker refused a record as too large: its limit (message.max.bytes, or the "
-                f"topic's max.message.bytes) is below max_request_size={cfg.max_request_size}; "
-                "set max_request_size to the broker's limit."
-                if isinstance(first, MessageSizeTooLargeError)
-                else ""
+        total = 0
+        for round_ in range(_RESEND_ROUNDS + 1):
+            self._producer.flush(timeout=cfg.flush_timeout_s)
+            pending, self._pending = self._pending, []
+            failed = [p for p in pending if not p[0].is_done or p[0].failed()]
+            total += len(pending) - len(failed)
+            too_large = [p for p in failed
+                         if p[0].is_done and isinstance(p[0].exception, MessageSizeTooLargeError)]  # fmt: skip
+            if too_large and cfg.dead_letter_topic is not None:
+                for _, topic, rec, _ in too_large:
+                    reason = (f"WriteToKafka: the broker refused a record of {record_size(rec)} "
+                              f"bytes for topic {topic!r} as too large.")  # fmt: skip
+                    self._to_dead_letters(rec, reason, record_size(rec) // 2)
+                failed = [p for p in failed if p not in too_large]
+            if not failed and not self._pending:
+                break
+            if not failed:
+                continue  # flush the dead letters just queued
+            first = failed[0][0].exception if failed[0][0].is_done else None
+            if isinstance(first, MessageSizeTooLargeError) or round_ == _RESEND_ROUNDS:
+                self._pending = []
+                raise self._failure(len(failed), len(pending), first)
+            _LOG.warning("WriteToKafka: %d of %d records to %r were not acknowledged (%s); "
+                         "resending them with a new producer.", len(failed), len(pending),
+                         cfg.topic, first or "timed out")  # fmt: skip
+            self._producer.close(timeout=1)
+            self._producer = self._new_producer()
+            self._producers_recreated.inc()
+            self._resent.inc(len(failed))
+            for _, topic, rec, ts_ms in failed:
+                self._send(topic, rec, ts_ms)
+        self._written.inc(total)
+
+    def _failure(self, failed: int, n: int, first: Any) -> Exception:
+        from kafka.errors import MessageSizeTooLargeError
+
+        cfg = self._cfg
+        if first is None:
+            return BrokerUnavailableError(
+                f"WriteToKafka: no broker of {','.join(cfg.servers)} acknowledged {failed} of {n} "
+                f"records to topic {cfg.topic!r} within flush_timeout_s={cfg.flush_timeout_s:g} "
+                f"s ({_RESEND_ROUNDS} resends with a new producer included)."
             )
-            raise RuntimeError(
-                f"WriteToKafka: {len(failed)} of {n} records to topic {cfg.topic!r} were not "
-                f"acknowledged (first error: {first}).{hint}"
-            )
-        self._written.inc(n)
+        hint = (
+            " The broker refused a record as too large: its limit (message.max.bytes, or the "
+            f"topic's max.message.bytes) is below max_request_size={cfg.max_request_size}; "
+            "set max_request_size to the broker's limit, or give a dead_letter_topic."
+            if isinstance(first, MessageSizeTooLargeError)
+            else ""
+        )
+        return RuntimeError(
+            f"WriteToKafka: {failed} of {n} records to topic {cfg.topic!r} were not "
+            f"acknowledged (first error: {first}).{hint}"
+        )
 
     def teardown(self) -> None:  # noqa: D102
         if self._producer is not None:
@@ -1066,7 +1403,14 @@ class WriteToKafka(beam.PTransform):
         max_request_size: largest serialized record in bytes (kafka-python's producer setting,
             default 1 MiB). Keep it at or below the broker's ``message.max.bytes`` (Kafka's
             default is 1 MiB + 12 bytes) and the topic's ``max.message.bytes``.
-        oversize: ``"error"`` or ``"truncate"``: what a record above ``max_request_size`` gets.
+        oversize: what a record above ``max_request_size`` gets: ``"error"`` (the default
+            without a dead-letter topic), ``"truncate"``, or ``"dead_letter"`` (the default
+            with one).
+        dead_letter_topic: where a record that cannot be published goes, as a dead letter
+            (stage ``write``, cut to fit with :func:`fit_dead_letter`): one above
+            ``max_request_size``, or one the broker refused as too large (then cut to half its
+            size). A dead letter that cannot be cut to fit is skipped, logged and counted
+            (``records_skipped``).
         compression_type: ``None`` (uncompressed) or one of ``COMPRESSION_TYPES``: the codec of
             the record batches written. Sizes are checked uncompressed (an upper bound).
         client_config: extra kafka-python ``KafkaProducer`` settings, merged last;
@@ -1082,11 +1426,16 @@ class WriteToKafka(beam.PTransform):
         retries: int = 5,
         flush_timeout_s: float = 60.0,
         max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
-        oversize: Oversize = "error",
+        oversize: Oversize | None = None,
         compression_type: str | None = None,
+        dead_letter_topic: str | None = None,
         client_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if oversize is None:
+            oversize = "error" if dead_letter_topic is None else "dead_letter"
+        if oversize == "dead_letter" and not dead_letter_topic:
+            raise ValueError("oversize='dead_letter' needs a dead_letter_topic.")
         servers = _bootstrap_list(bootstrap_servers)
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"topic must be a non-empty string, got {topic!r}.")
@@ -1104,7 +1453,7 @@ class WriteToKafka(beam.PTransform):
         cfg = _check_client_config(client_config, _producer_config(), _WRITE_RESERVED)
         self._fn = _WriteFn(
             _WriteConfig(servers, topic, acks, retries, float(flush_timeout_s), max_request_size,
-                         oversize, cfg, compression_type)
+                         oversize, cfg, compression_type, dead_letter_topic)
         )  # fmt: skip
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:  # noqa: D102

@@ -608,7 +608,7 @@ def test_bad_arguments_in_general():
         WriteToKafka("h:1", "t", acks=2)
     with pytest.raises(ValueError, match="pass acks as the acks argument"):
         WriteToKafka("h:1", "t", client_config={"acks": 1})
-    with pytest.raises(ValueError, match="oversize='drop' is not valid; use 'error' or 'truncate'"):
+    with pytest.raises(ValueError, match="oversize='drop' is not valid; use 'error' or 'truncate' or 'dead_letter'"):
         WriteToKafka("h:1", "t", oversize="drop")
     with pytest.raises(ValueError, match="max_request_size must be a positive integer"):
         WriteToKafka("h:1", "t", max_request_size=0)
