@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -371,11 +371,15 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
             )
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}.")
-        super().__init__(
-            min_batch_size=min_batch_size,
-            max_batch_size=max_batch_size,
-            max_batch_duration_secs=max_batch_duration_secs,
-        )
+        super().__init__()
+        # BatchElements options via batch_elements_kwargs (Beam 2.62's ModelHandler takes no
+        # constructor arguments)
+        self._batching: dict[str, Any] = {
+            "min_batch_size": min_batch_size,
+            "max_batch_size": max_batch_size,
+        }
+        if max_batch_duration_secs is not None:
+            self._batching["max_batch_duration_secs"] = max_batch_duration_secs
         self.config = config
         self._num_threads = num_threads
         self._share = share_across_processes
@@ -388,6 +392,9 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
 
     def share_model_across_processes(self) -> bool:
         return self._share
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return dict(self._batching)
 
     def get_metrics_namespace(self) -> str:
         return _METRICS_NS
