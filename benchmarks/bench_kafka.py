@@ -1,14 +1,13 @@
 """Kafka throughput: produce, a plain kafka-python consumer loop, and ReadFromKafka on Beam.
 
-All three run in one process against one broker (the embedded tansu unless --bootstrap is given)
-on the same 640x480 JPEG frames, so the ReadFromKafka / plain-consumer ratio is side by side.
+One run starts each broker kind in turn (tansu, then Apache Kafka; or uses --bootstrap) and, on
+each, publishes the same 640x480 JPEG frames uncompressed and lz4-compressed, then reads them
+back with a plain consumer loop and with ReadFromKafka, so brokers and codecs sit side by side.
 The Beam number is given twice: end to end (``p.run()`` wall time, pipeline start-up included)
 and steady state (first to last record seen by the DoFn after the reader).
 
-    .venv/bin/python benchmarks/bench_kafka.py [--frames 3000] [--partitions 1]
-
-"vs plain" is frames/s relative to the best of two plain-consumer runs (one before, one after
-the Beam run); the second "plain" row shows the first run's rate and the second run's seconds.
+    .venv/bin/python benchmarks/bench_kafka.py [--frames 1500] [--brokers tansu,kafka]
+        [--codecs none,lz4] [--partitions 1]
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from costream.connectors import codecs
-from costream.connectors.broker import EmbeddedBroker
+from costream.connectors.broker import make_broker
 from costream.connectors.kafka_io import ReadFromKafka
 from costream.connectors.synthetic import iter_synthetic_video
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -72,10 +71,10 @@ def make_frames(n_distinct: int, noise: float) -> list[bytes]:
 
 
 def produce(
-    bootstrap: str, topic: str, payloads: list[bytes], n: int, partitions: int
+    bootstrap: str, topic: str, payloads: list[bytes], n: int, partitions: int, codec: str | None
 ) -> tuple[float, int]:
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=1 << 20,
-                             max_request_size=8 << 20)  # fmt: skip
+                             max_request_size=8 << 20, compression_type=codec)  # fmt: skip
     start_ms = int(time.time() * 1000)
     nbytes = 0
     t0 = time.perf_counter()
@@ -130,10 +129,29 @@ def beam_consume(
     return total, last - first, count
 
 
+def run_case(
+    bootstrap: str, payloads: list[bytes], n: int, args: argparse.Namespace, codec: str | None
+) -> tuple[float, float, float, float, int]:
+    """Produce (with ``codec``), read with the plain loop and with ReadFromKafka; seconds."""
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=args.partitions, replication_factor=1)])
+    try:
+        t_prod, nbytes = produce(bootstrap, topic, payloads, n, args.partitions, codec)
+        t_plain = plain_consume(bootstrap, topic, n, args.partitions)
+        t_beam, t_steady, got = beam_consume(bootstrap, topic, n, args.partitions, args.per_bundle)
+    finally:
+        admin.delete_topics([topic])
+        admin.close()
+    if got != n:
+        raise SystemExit(f"ReadFromKafka delivered {got} of {n} records")
+    return t_prod, t_plain, t_beam, t_steady, nbytes
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--frames", type=int, default=3000, help="frames to publish and read (default 3000)"
+        "--frames", type=int, default=1500, help="frames to publish and read (default 1500)"
     )
     ap.add_argument("--partitions", type=int, default=1, help="topic partitions (default 1)")
     ap.add_argument("--distinct", type=int, default=100, help="distinct frames to encode (cycled)")
@@ -143,56 +161,40 @@ def main() -> int:
     ap.add_argument(
         "--per-bundle", type=int, default=500, help="ReadFromKafka max_records_per_bundle"
     )
-    ap.add_argument("--bootstrap", default=None, help="use this broker instead of the embedded one")
+    ap.add_argument("--brokers", default="tansu,kafka", help="broker kinds to start, in order")
+    ap.add_argument("--codecs", default="none,lz4", help="producer compression types")
+    ap.add_argument("--bootstrap", default=None, help="use this broker instead of starting any")
     args = ap.parse_args()
     n = args.frames - args.frames % args.partitions
+    codecs_ = [None if c == "none" else c for c in args.codecs.split(",")]
+    payloads = make_frames(args.distinct, args.noise)
+    mean_kb = np.mean([len(p) for p in payloads]) / 1024
 
-    broker = None
-    if args.bootstrap is None:
-        broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap
-    else:
-        bootstrap = args.bootstrap
-    topic = f"bench-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=args.partitions, replication_factor=1)])
-    try:
-        payloads = make_frames(args.distinct, args.noise)
-        mean_kb = np.mean([len(p) for p in payloads]) / 1024
-        t_prod, nbytes = produce(bootstrap, topic, payloads, n, args.partitions)
-        # The plain loop runs before and after Beam and the best counts: the ratio must not
-        # favour whichever path happened to run while the machine was less busy.
-        t_plain_1 = plain_consume(bootstrap, topic, n, args.partitions)
-        t_beam, t_beam_steady, got = beam_consume(
-            bootstrap, topic, n, args.partitions, args.per_bundle
-        )
-        t_plain_2 = plain_consume(bootstrap, topic, n, args.partitions)
-        t_plain = min(t_plain_1, t_plain_2)
-    finally:
-        admin.delete_topics([topic])
-        admin.close()
-        if broker is not None:
-            broker.stop()
-    if got != n:
-        print(f"ReadFromKafka delivered {got} of {n} records", file=sys.stderr)
-        return 1
+    results = []
+    kinds = [args.bootstrap] if args.bootstrap else args.brokers.split(",")
+    for kind in kinds:
+        broker = None if args.bootstrap else make_broker(kind).start()
+        bootstrap = args.bootstrap or broker.bootstrap
+        try:
+            for codec in codecs_:
+                print(f"broker {kind}, compression {codec}", file=sys.stderr, flush=True)
+                results.append(
+                    (kind, codec or "none", *run_case(bootstrap, payloads, n, args, codec))
+                )
+        finally:
+            if broker is not None:
+                broker.stop()
 
-    mb = nbytes / 1e6
-    rows = [
-        ("produce (acks=all, flushed)", t_prod, n / t_prod, mb / t_prod, ""),
-        ("plain KafkaConsumer loop, best", t_plain, n / t_plain, mb / t_plain, "1.00"),
-        ("  (runs before / after Beam)", t_plain_1, n / t_plain_1, mb / t_plain_1, f"{t_plain_2:.2f} s"),
-        ("ReadFromKafka, end to end", t_beam, n / t_beam, mb / t_beam, f"{t_plain / t_beam:.2f}"),
-        ("ReadFromKafka, steady state", t_beam_steady, n / t_beam_steady, mb / t_beam_steady,
-         f"{t_plain / t_beam_steady:.2f}"),
-    ]  # fmt: skip
     print()
     print(f"{n} frames, 640x480 JPEG q90 (mean {mean_kb:.0f} KiB), {args.partitions} partition(s), "
-          f"broker {'embedded tansu' if broker else bootstrap}, max_records_per_bundle={args.per_bundle}")  # fmt: skip
-    print(f"{'path':<32} {'seconds':>8} {'frames/s':>10} {'MB/s':>8} {'vs plain':>9}")
-    print("-" * 71)
-    for name, sec, fps, mbs, ratio in rows:
-        print(f"{name:<32} {sec:>8.2f} {fps:>10.0f} {mbs:>8.1f} {ratio:>9}")
+          f"max_records_per_bundle={args.per_bundle}; frames/s (MB/s of payload)")  # fmt: skip
+    print(f"{'broker':<8} {'codec':<6} {'produce':>16} {'plain consumer':>16} "
+          f"{'ReadFromKafka e2e':>18} {'ReadFromKafka steady':>21}")  # fmt: skip
+    print("-" * 90)
+    for kind, codec, t_prod, t_plain, t_beam, t_steady, nbytes in results:
+        mb = nbytes / 1e6
+        cells = [f"{n / t:>7.0f} ({mb / t:>5.1f})" for t in (t_prod, t_plain, t_beam, t_steady)]
+        print(f"{kind:<8} {codec:<6} {cells[0]:>16} {cells[1]:>16} {cells[2]:>18} {cells[3]:>21}")
     return 0
 
 
