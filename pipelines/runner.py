@@ -9,13 +9,82 @@ from typing import Any
 
 from .spec import build_pipeline, load_spec
 
-__all__ = ["EMBEDDED_RUNNERS", "make_options", "run_spec"]
+__all__ = ["EMBEDDED_RUNNERS", "flink_args", "make_options", "run_spec"]
 
 log = logging.getLogger(__name__)
 
 # Runners that execute in this process. Beam's "DirectRunner" would first try to download the
 # Prism binary (unavailable offline) and then fall back to the FnApiRunner; we pin the latter.
 EMBEDDED_RUNNERS = ("DirectRunner", "FnApiRunner")
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value of ``--name=V`` / ``--name V`` in ``args`` (``""`` for a bare flag)."""
+    for i, a in enumerate(args):
+        if a == f"--{name}":
+            nxt = args[i + 1] if i + 1 < len(args) else ""
+            return "" if nxt.startswith("--") else nxt
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _with_defaults(args: list[str], defaults: dict[str, str | None]) -> list[str]:
+    out = list(args)
+    for name, value in defaults.items():
+        if _option(out, name) is None:
+            out.append(f"--{name}" if value is None else f"--{name}={value}")
+    return out
+
+
+def flink_args(extra: Sequence[str], until_idle_s: float | None = None) -> tuple[str, list[str]]:
+    """``(runner, args)`` for ``--runner FlinkRunner``: the tested versions, checkpoints on.
+
+    When ``--flink_master`` names the cluster that ``costream flink up`` started, the pipeline
+    goes to that cluster's job server and SDK worker pool (PortableRunner); otherwise Beam's
+    FlinkRunner starts the fetched job server itself (``[local]``: an in-process MiniCluster with
+    LOOPBACK workers).
+    """
+    from costream.pipelines import flink
+
+    args = list(extra)
+    master = _option(args, "flink_master")
+    cluster = flink.FlinkCluster.attach(flink.default_work_dir(), missing_ok=True)
+    runner = "FlinkRunner"
+    if (
+        cluster is not None
+        and master in (cluster.flink_master, f"localhost:{cluster.ports.rest}")
+        and {"job_server", "worker_pool"} <= set(cluster.running_roles())
+    ):
+        runner = "PortableRunner"
+        args = [a for a in args if not a.startswith("--flink_master")]
+        args = _with_defaults(
+            args,
+            {
+                "job_endpoint": cluster.job_endpoint,
+                "environment_type": "EXTERNAL",
+                "environment_config": cluster.worker_pool_endpoint,
+            },
+        )
+    else:
+        args = _with_defaults(
+            args,
+            {
+                "flink_job_server_jar": str(flink.job_server_jar()),
+                "flink_version": flink.FLINK_MINOR,
+            },
+        )
+    defaults: dict[str, str | None] = {
+        "checkpointing_interval": "5000",
+        "parallelism": "2",
+        # Beam would otherwise override the cluster's retention and delete them on cancel
+        "retain_externalized_checkpoints_on_cancellation": None,
+    }
+    if until_idle_s is not None:
+        # Beam's streaming Impulse stays up forever when checkpointing is on, so a job whose
+        # reads all ended would never finish
+        defaults["shutdown_sources_after_idle_ms"] = "1000"
+    return runner, _with_defaults(args, defaults)
 
 
 def make_options(runner: str, extra: Sequence[str]) -> Any:
@@ -47,12 +116,16 @@ def run_spec(
         overrides["ReadFromKafka"] = {"stop_after_idle_s": until_idle_s}
     defaults: dict[str, dict[str, Any]] = {}
     in_process = runner in EMBEDDED_RUNNERS or "--job_endpoint=embed" in extra
-    if in_process:
-        # the in-process FnApiRunner (also behind PortableRunner's "embed" endpoint) fires
-        # processing-time timers right after their bundle and refuses to finish with one pending:
-        # use the TTL check instead of the idle timer
+    if in_process or until_idle_s is not None:
+        # The in-process FnApiRunner (also behind PortableRunner's "embed" endpoint) fires
+        # processing-time timers right after their bundle and refuses to finish with one pending;
+        # Beam's Flink operator never finishes while one is pending (it spins in flushData once
+        # its input ended). So the embedded runner, and any run meant to end (--until-idle), use
+        # the TTL check instead of the idle timer; a streaming job on Flink uses the real timer.
         defaults["ContinualInference"] = {"idle_timer": False}
     spec = load_spec(spec_path, overrides=overrides, defaults=defaults)
+    if runner == "FlinkRunner":
+        runner, extra = flink_args(extra, until_idle_s)
     options = make_options(runner, extra)
     if runner in EMBEDDED_RUNNERS:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner

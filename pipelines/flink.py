@@ -1,0 +1,559 @@
+"""A local Flink session cluster for costream, on loopback, without Docker.
+
+The same topology as ``docker-compose.yml``: a JobManager and a TaskManager as separate JVMs (a
+Flink distribution from PyPI), Beam's Flink job server (jars from Maven Central) and a Python SDK
+worker pool with costream installed (``--environment_type=EXTERNAL``). ``scripts/fetch_jars.sh``
+puts the Java side in ``$COSTREAM_CACHE`` (``~/.cache/costream``).
+
+The versions are tied: Beam's Python SDK (pyproject.toml), the job server and the Flink minor
+must match. Beam 2.62.0 is the newest Beam whose Flink runner resolves with all its dependencies
+from the Maven mirror this project builds with (the shaded ``*-job-server`` jars are not served
+at any version; ``fetch_jars.sh`` rebuilds one as a classpath plus a launcher jar).
+
+Example:
+    >>> cluster = FlinkCluster(Path("/tmp/costream-flink")).up()  # doctest: +SKIP
+    >>> cluster.pipeline_args()  # doctest: +SKIP
+    ['--runner=PortableRunner', '--job_endpoint=127.0.0.1:8099', ...]
+    >>> cluster.down()  # doctest: +SKIP
+
+Every process is started in its own session and stopped by its pid; ``cluster.json`` in the work
+folder records roles, pids and ports so ``costream flink status`` / ``down`` can find them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BEAM_VERSION",
+    "FLINK_MINOR",
+    "FLINK_VERSION",
+    "FlinkCluster",
+    "FlinkError",
+    "cache_dir",
+    "default_work_dir",
+    "flink_home",
+    "job_server_jar",
+]
+
+BEAM_VERSION = "2.62.0"
+FLINK_VERSION = "1.19.3"
+FLINK_MINOR = "1.19"
+HOST = "127.0.0.1"
+
+
+class FlinkError(RuntimeError):
+    """The local Flink cluster is not set up, did not start, or a REST call failed."""
+
+
+def cache_dir() -> Path:
+    """Where ``scripts/fetch_jars.sh`` puts jars and the Flink distribution."""
+    return Path(os.environ.get("COSTREAM_CACHE", Path.home() / ".cache" / "costream"))
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FlinkError(
+            f"{what} is missing at {path}. Run ./scripts/fetch_jars.sh (or ./scripts/setup.sh) "
+            "to fetch it (Maven Central and PyPI)."
+        )
+    return path
+
+
+def default_work_dir() -> Path:
+    """The cluster's work folder: ``$COSTREAM_FLINK_DIR`` or ``$COSTREAM_CACHE/flink-cluster``."""
+    return Path(os.environ.get("COSTREAM_FLINK_DIR", cache_dir() / "flink-cluster"))
+
+
+def flink_home() -> Path:
+    """``FLINK_HOME`` of the Flink distribution (``$FLINK_HOME`` wins when set)."""
+    if os.environ.get("FLINK_HOME"):
+        return Path(os.environ["FLINK_HOME"])
+    return _need(cache_dir() / f"flink-{FLINK_VERSION}" / "pyflink", f"Flink {FLINK_VERSION}")
+
+
+def job_server_jar() -> Path:
+    """The job-server launcher jar (``java -jar`` runs ``FlinkJobServerDriver``)."""
+    name = f"beam-runners-flink-{FLINK_MINOR}-job-server-{BEAM_VERSION}.jar"
+    return _need(cache_dir() / f"flink-job-server-{BEAM_VERSION}" / name, "Beam's Flink job server")
+
+
+def free_port(host: str = HOST) -> int:
+    """A port nobody listens on right now (the OS's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def stop_pid(pid: int, timeout_s: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    """Signal ``pid``, wait up to ``timeout_s`` for it to exit, then SIGKILL it."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    while _alive(pid) and time.monotonic() < deadline + 5:
+        time.sleep(0.1)
+
+
+@dataclass
+class Ports:
+    """Loopback ports of one cluster (``0`` = pick a free one at ``up``)."""
+
+    rest: int = 8081
+    rpc: int = 6123
+    job: int = 8099
+    artifact: int = 8098
+    expansion: int = 8097
+    worker_pool: int = 50000
+
+    def resolved(self) -> Ports:
+        taken: set[int] = set()
+
+        def pick(p: int) -> int:
+            while p == 0 or p in taken:
+                p = free_port()
+            taken.add(p)
+            return p
+
+        return Ports(**{k: pick(v) for k, v in asdict(self).items()})
+
+
+@dataclass
+class FlinkCluster:
+    """One local session cluster, its configuration and its processes.
+
+    Args:
+        work_dir: holds ``conf/``, ``log/``, ``checkpoints/``, ``savepoints/``, the job
+            server's artifacts and ``cluster.json``; checkpoints outlive ``down``.
+        ports: loopback ports; ``Ports(0, 0, 0, 0, 0, 0)`` picks free ones (tests).
+        slots: task slots of the TaskManager (parallelism 2 needs 2; more leave headroom).
+        state_backend: ``rocksdb`` (Flink's default for large keyed state; incremental
+            checkpoints) or ``hashmap``.
+        state_cache_mb: the SDK harnesses' state cache (Beam's is off unless set).
+        python: interpreter of the worker pool (must have costream installed).
+        cwd: working directory of the worker pool (relative paths in specs resolve there).
+    """
+
+    work_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    slots: int = 4
+    state_backend: str = "rocksdb"
+    state_cache_mb: int = 256
+    taskmanager_memory: str = "2048m"
+    python: str = sys.executable
+    cwd: Path = field(default_factory=Path.cwd)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    # --- configuration ---------------------------------------------------------------------
+
+    @property
+    def conf_dir(self) -> Path:
+        return self.work_dir / "conf"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.work_dir / "checkpoints"
+
+    @property
+    def savepoint_dir(self) -> Path:
+        return self.work_dir / "savepoints"
+
+    @property
+    def flink_master(self) -> str:
+        return f"{HOST}:{self.ports.rest}"
+
+    @property
+    def job_endpoint(self) -> str:
+        return f"{HOST}:{self.ports.job}"
+
+    @property
+    def worker_pool_endpoint(self) -> str:
+        return f"{HOST}:{self.ports.worker_pool}"
+
+    def flink_config(self) -> dict[str, Any]:
+        """Flink's ``config.yaml`` for this cluster (flat keys)."""
+        java_opts = _default_java_opts()
+        return {
+            # loopback only: RPC, REST, blob server, data exchange
+            "jobmanager.rpc.address": HOST,
+            "jobmanager.rpc.port": self.ports.rpc,
+            "jobmanager.bind-host": HOST,
+            "taskmanager.host": HOST,
+            "taskmanager.bind-host": HOST,
+            "rest.address": HOST,
+            "rest.bind-address": HOST,
+            "rest.port": self.ports.rest,
+            "jobmanager.memory.process.size": "1024m",
+            "taskmanager.memory.process.size": self.taskmanager_memory,
+            "taskmanager.numberOfTaskSlots": self.slots,
+            "parallelism.default": 2,
+            # keyed state and checkpoints
+            "state.backend.type": self.state_backend,
+            "state.backend.incremental": self.state_backend == "rocksdb",
+            "state.checkpoints.dir": self.checkpoint_dir.resolve().as_uri(),
+            "state.savepoints.dir": self.savepoint_dir.resolve().as_uri(),
+            "state.checkpoints.num-retained": 3,
+            "execution.checkpointing.externalized-checkpoint-retention": (
+                "RETAIN_ON_CANCELLATION"
+            ),
+            # a lost TaskManager is noticed in seconds, not the default 50 s
+            "heartbeat.interval": 2000,
+            "heartbeat.timeout": 10000,
+            "restart-strategy.type": "fixed-delay",
+            "restart-strategy.fixed-delay.attempts": 100,
+            "restart-strategy.fixed-delay.delay": "2 s",
+            "web.submit.enable": False,
+            "env.java.opts.all": java_opts,
+        }
+
+    def _write_conf(self) -> None:
+        import yaml
+
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        for d in ("log", "checkpoints", "savepoints", "artifacts"):
+            (self.work_dir / d).mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(self.flink_config(), sort_keys=False, width=10_000)
+        (self.conf_dir / "config.yaml").write_text(text)
+        src = flink_home() / "conf"
+        for name in ("log4j-console.properties", "log4j.properties", "logback-console.xml"):
+            if (src / name).exists():
+                (self.conf_dir / name).write_text((src / name).read_text())
+
+    # --- processes -------------------------------------------------------------------------
+
+    def _spawn(self, role: str, cmd: Sequence[str], env: dict[str, str] | None = None) -> int:
+        log_dir = self.work_dir / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(log_dir / f"{role}.out", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=str(self.cwd),
+            start_new_session=True,
+        )
+        out.close()
+        self.pids[role] = proc.pid
+        self._save()
+        return proc.pid
+
+    def _flink_env(self) -> dict[str, str]:
+        return {
+            "FLINK_HOME": str(flink_home()),
+            "FLINK_CONF_DIR": str(self.conf_dir.resolve()),
+            "FLINK_LOG_DIR": str((self.work_dir / "log").resolve()),
+        }
+
+    def start_jobmanager(self) -> int:
+        script = flink_home() / "bin" / "jobmanager.sh"
+        return self._spawn("jobmanager", ["bash", str(script), "start-foreground"], self._flink_env())
+
+    def start_taskmanager(self, timeout_s: float = 90.0) -> int:
+        """Start a TaskManager JVM and wait until its slots are registered."""
+        before = {tm["id"] for tm in self._taskmanagers()}
+        script = flink_home() / "bin" / "taskmanager.sh"
+        pid = self._spawn("taskmanager", ["bash", str(script), "start-foreground"], self._flink_env())
+        self._wait(
+            lambda: any(tm["id"] not in before for tm in self._taskmanagers()),
+            timeout_s,
+            "the TaskManager to register with the JobManager",
+            "taskmanager",
+        )
+        return pid
+
+    def kill_taskmanager(self) -> None:
+        """``kill -9`` the TaskManager (failover tests)."""
+        pid = self.pids.pop("taskmanager")
+        stop_pid(pid, timeout_s=10, sig=signal.SIGKILL)
+        self._save()
+
+    def start_job_server(self) -> int:
+        cmd = [
+            "java",
+            "-Xmx768m",
+            "-jar",
+            str(job_server_jar()),
+            f"--flink-master={self.flink_master}",
+            f"--flink-conf-dir={self.conf_dir.resolve()}",
+            f"--job-host={HOST}",
+            f"--job-port={self.ports.job}",
+            f"--artifact-port={self.ports.artifact}",
+            f"--expansion-port={self.ports.expansion}",
+            f"--artifacts-dir={(self.work_dir / 'artifacts').resolve()}",
+        ]
+        return self._spawn("job_server", cmd)
+
+    def start_worker_pool(self) -> int:
+        cmd = [
+            self.python,
+            "-m",
+            "costream.pipelines.worker_pool",
+            f"--host={HOST}",
+            f"--port={self.ports.worker_pool}",
+            f"--state-cache-mb={self.state_cache_mb}",
+        ]
+        return self._spawn("worker_pool", cmd)
+
+    def up(self, timeout_s: float = 180.0) -> FlinkCluster:
+        """Start every process and return once each answers (or raise, stopping what started)."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        existing = self.attach(self.work_dir, missing_ok=True)
+        if existing is not None and existing.running_roles():
+            raise FlinkError(
+                f"a cluster from {self.work_dir} is already running "
+                f"({', '.join(existing.running_roles())}); stop it with 'costream flink down'."
+            )
+        self.ports = self.ports.resolved()
+        self.pids = {}
+        self._write_conf()
+        try:
+            self.start_jobmanager()
+            self._wait(self._rest_up, timeout_s, "the JobManager's REST API", "jobmanager")
+            self.start_taskmanager(timeout_s)
+            self.start_job_server()
+            self.start_worker_pool()
+            self._wait(
+                lambda: _listening(self.ports.job), timeout_s, "the job server", "job_server"
+            )
+            self._wait(
+                lambda: _listening(self.ports.worker_pool),
+                timeout_s,
+                "the SDK worker pool",
+                "worker_pool",
+            )
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """Stop every process by pid (the worker pool first, the JobManager last)."""
+        for role in ("worker_pool", "job_server", "taskmanager", "jobmanager"):
+            pid = self.pids.pop(role, None)
+            if pid is not None:
+                stop_pid(pid)
+        state = self.work_dir / "cluster.json"
+        if state.exists():
+            state.unlink()
+
+    def running_roles(self) -> list[str]:
+        return [role for role, pid in self.pids.items() if _alive(pid)]
+
+    def status(self) -> dict[str, Any]:
+        """Each process with its role, pid and whether it is alive, plus the endpoints."""
+        return {
+            "work_dir": str(self.work_dir),
+            "flink_master": self.flink_master,
+            "job_endpoint": self.job_endpoint,
+            "worker_pool": self.worker_pool_endpoint,
+            "processes": [
+                {"role": role, "pid": pid, "alive": _alive(pid)} for role, pid in self.pids.items()
+            ],
+        }
+
+    def _wait(self, ready: Any, timeout_s: float, what: str, role: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pid = self.pids.get(role)
+            if pid is not None and not _alive(pid):
+                raise FlinkError(f"{role} exited while waiting for {what}:\n{self.log_tail(role)}")
+            try:
+                if ready():
+                    return
+            except (OSError, FlinkError):
+                pass
+            time.sleep(0.3)
+        raise FlinkError(f"timed out after {timeout_s:.0f} s waiting for {what}:\n{self.log_tail(role)}")
+
+    def log_tail(self, role: str, lines: int = 30) -> str:
+        path = self.work_dir / "log" / f"{role}.out"
+        if not path.exists():
+            return f"(no {path})"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def _save(self) -> None:
+        data = {
+            "ports": asdict(self.ports),
+            "pids": self.pids,
+            "slots": self.slots,
+            "state_backend": self.state_backend,
+            "python": self.python,
+            "cwd": str(self.cwd),
+        }
+        (self.work_dir / "cluster.json").write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def attach(cls, work_dir: Path, missing_ok: bool = False) -> FlinkCluster | None:
+        """The cluster recorded in ``work_dir/cluster.json`` (``None`` when there is none)."""
+        path = Path(work_dir) / "cluster.json"
+        if not path.exists():
+            if missing_ok:
+                return None
+            raise FlinkError(f"no cluster recorded in {work_dir} (start one: costream flink up).")
+        data = json.loads(path.read_text())
+        return cls(
+            Path(work_dir),
+            ports=Ports(**data["ports"]),
+            slots=data["slots"],
+            state_backend=data["state_backend"],
+            python=data["python"],
+            cwd=Path(data["cwd"]),
+            pids={k: int(v) for k, v in data["pids"].items()},
+        )
+
+    # --- REST ------------------------------------------------------------------------------
+
+    def rest(self, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
+        """Call the JobManager's REST API; returns the decoded JSON answer."""
+        url = f"http://{self.flink_master}{path}"
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            url, data=data, method=method or ("POST" if body is not None else "GET")
+        )
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as err:
+            raise FlinkError(f"{req.method} {url}: HTTP {err.code}: {err.read()[:500]!r}") from err
+        except urllib.error.URLError as err:
+            raise FlinkError(f"{req.method} {url}: {err.reason}") from err
+        return json.loads(raw) if raw else None
+
+    def _rest_up(self) -> bool:
+        return "taskmanagers" in self.rest("/overview")
+
+    def _taskmanagers(self) -> list[dict[str, Any]]:
+        try:
+            return list(self.rest("/taskmanagers")["taskmanagers"])
+        except FlinkError:
+            return []
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """``[{id, status}]`` of every job the cluster knows."""
+        return list(self.rest("/jobs")["jobs"])
+
+    def running_job(self, timeout_s: float = 120.0) -> str:
+        """The id of the one RUNNING job (waits for it)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            running = [j["id"] for j in self.jobs() if j["status"] == "RUNNING"]
+            if running:
+                return running[0]
+            time.sleep(0.5)
+        raise FlinkError(f"no job reached RUNNING within {timeout_s:.0f} s: {self.jobs()}")
+
+    def checkpoints(self, job_id: str) -> dict[str, Any]:
+        return dict(self.rest(f"/jobs/{job_id}/checkpoints"))
+
+    def wait_for_checkpoints(self, job_id: str, count: int, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Wait until ``count`` checkpoints completed; returns the latest completed one."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            cp = self.checkpoints(job_id)
+            if cp["counts"]["completed"] >= count and cp["latest"]["completed"]:
+                return dict(cp["latest"]["completed"])
+            time.sleep(0.5)
+        raise FlinkError(f"job {job_id}: fewer than {count} checkpoints in {timeout_s:.0f} s")
+
+    def stop_with_savepoint(self, job_id: str, timeout_s: float = 120.0) -> str:
+        """Stop ``job_id`` with a savepoint; returns the savepoint's path."""
+        target = str(self.savepoint_dir.resolve())
+        trigger = self.rest(f"/jobs/{job_id}/stop", {"targetDirectory": target, "drain": False})
+        tid = trigger["request-id"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ans = self.rest(f"/jobs/{job_id}/savepoints/{tid}")
+            if ans["status"]["id"] == "COMPLETED":
+                op = ans["operation"]
+                if "failure-cause" in op:
+                    raise FlinkError(f"stop-with-savepoint of {job_id} failed: {op['failure-cause']}")
+                return str(op["location"])
+            time.sleep(0.5)
+        raise FlinkError(f"stop-with-savepoint of {job_id} did not finish in {timeout_s:.0f} s")
+
+    def user_metrics(self, job_id: str) -> dict[str, float]:
+        """costream's Beam counters of a running job, summed over subtasks (from REST)."""
+        out: dict[str, float] = {}
+        job = self.rest(f"/jobs/{job_id}")
+        for vertex in job["vertices"]:
+            vid = vertex["id"]
+            names = [m["id"] for m in self.rest(f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics")]
+            wanted = [n for n in names if ".costream" in n or n.startswith("costream")]
+            if not wanted:
+                continue
+            for chunk in range(0, len(wanted), 20):
+                part = ",".join(wanted[chunk : chunk + 20])
+                for m in self.rest(f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics?get={part}"):
+                    out[m["id"]] = out.get(m["id"], 0.0) + float(m.get("sum", 0.0))
+        return out
+
+    # --- running pipelines -----------------------------------------------------------------
+
+    def pipeline_args(self, checkpoint_interval_ms: int = 5000, parallelism: int = 2) -> list[str]:
+        """Beam options that run a pipeline on this cluster through its job server."""
+        return [
+            "--runner=PortableRunner",
+            f"--job_endpoint={self.job_endpoint}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config={self.worker_pool_endpoint}",
+            f"--checkpointing_interval={checkpoint_interval_ms}",
+            f"--parallelism={parallelism}",
+        ]
+
+
+def _default_java_opts() -> str:
+    """The ``--add-opens`` flags Flink's own config.yaml sets for Java 17."""
+    import yaml
+
+    conf = flink_home() / "conf" / "config.yaml"
+    try:
+        data = yaml.safe_load(conf.read_text()) or {}
+        return str(data["env"]["java"]["opts"]["all"])
+    except (OSError, KeyError, TypeError):
+        return ""
