@@ -4,7 +4,7 @@
 #                SDK harnesses to the Flink taskmanager on port 50000 (EXTERNAL environment);
 #   submitter:   entrypoint "costream", building the pipeline from a spec and submitting it.
 # Build: docker build -t costream:latest .
-FROM apache/beam_python3.11_sdk:2.77.0
+FROM apache/beam_python3.11_sdk:2.62.0
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -24,7 +24,7 @@ COPY transforms ./transforms
 COPY pipelines ./pipelines
 RUN pip install . \
     && python -c "import apache_beam, torch, costream.transforms.backbones as b; \
-assert apache_beam.__version__ == '2.77.0', apache_beam.__version__; \
+assert apache_beam.__version__ == '2.62.0', apache_beam.__version__; \
 assert not torch.cuda.is_available() and torch.version.cuda is None; print('costream ok', torch.__version__)"
 
 # Specs and assets are read from the source tree by relative path (costream run pipelines/specs/...).

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ __all__ = [
     "FLINK_VERSION",
     "FlinkCluster",
     "FlinkError",
+    "FlinkRest",
     "cache_dir",
     "default_work_dir",
     "flink_home",
@@ -244,6 +246,8 @@ class FlinkCluster:
             "restart-strategy.fixed-delay.attempts": 100,
             "restart-strategy.fixed-delay.delay": "2 s",
             "web.submit.enable": False,
+            # REST metrics (costream's counters, read by --until-idle) at most 1 s old
+            "metrics.fetcher.update-interval": 1000,
             "env.java.opts.all": java_opts,
         }
 
@@ -448,9 +452,61 @@ class FlinkCluster:
 
     # --- REST ------------------------------------------------------------------------------
 
+    @property
+    def api(self) -> FlinkRest:
+        return FlinkRest(self.flink_master)
+
+    def rest(self, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
+        return self.api.rest(path, body, method)
+
+    def _rest_up(self) -> bool:
+        return "taskmanagers" in self.rest("/overview")
+
+    def _taskmanagers(self) -> list[dict[str, Any]]:
+        try:
+            return list(self.rest("/taskmanagers")["taskmanagers"])
+        except FlinkError:
+            return []
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self.api.jobs()
+
+    def checkpoints(self, job_id: str) -> dict[str, Any]:
+        return self.api.checkpoints(job_id)
+
+    def wait_for_checkpoints(self, job_id: str, count: int, timeout_s: float = 120.0) -> dict[str, Any]:
+        return self.api.wait_for_checkpoints(job_id, count, timeout_s)
+
+    def stop_with_savepoint(self, job_id: str, timeout_s: float = 120.0) -> str:
+        return self.api.stop_with_savepoint(job_id, str(self.savepoint_dir.resolve()), timeout_s)
+
+    def user_metrics(self, job_id: str) -> dict[str, float]:
+        return self.api.user_metrics(job_id)
+
+    # --- running pipelines -----------------------------------------------------------------
+
+    def pipeline_args(self, checkpoint_interval_ms: int = 5000, parallelism: int = 2) -> list[str]:
+        """Beam options that run a pipeline on this cluster through its job server."""
+        return [
+            "--runner=PortableRunner",
+            f"--job_endpoint={self.job_endpoint}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config={self.worker_pool_endpoint}",
+            f"--checkpointing_interval={checkpoint_interval_ms}",
+            f"--parallelism={parallelism}",
+        ]
+
+
+
+class FlinkRest:
+    """The few calls of Flink's REST API that costream uses (``master`` = ``host:port``)."""
+
+    def __init__(self, master: str) -> None:
+        self.master = master
+
     def rest(self, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
         """Call the JobManager's REST API; returns the decoded JSON answer."""
-        url = f"http://{self.flink_master}{path}"
+        url = f"http://{self.master}{path}"
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             url, data=data, method=method or ("POST" if body is not None else "GET")
@@ -465,28 +521,25 @@ class FlinkCluster:
             raise FlinkError(f"{req.method} {url}: {err.reason}") from err
         return json.loads(raw) if raw else None
 
-    def _rest_up(self) -> bool:
-        return "taskmanagers" in self.rest("/overview")
-
-    def _taskmanagers(self) -> list[dict[str, Any]]:
-        try:
-            return list(self.rest("/taskmanagers")["taskmanagers"])
-        except FlinkError:
-            return []
-
     def jobs(self) -> list[dict[str, Any]]:
-        """``[{id, status}]`` of every job the cluster knows."""
-        return list(self.rest("/jobs")["jobs"])
+        """``[{jid, name, state, ...}]`` of every job the cluster knows (``/jobs/overview``)."""
+        return [
+            {"id": j["jid"], "status": j["state"], "name": j["name"]}
+            for j in self.rest("/jobs/overview")["jobs"]
+        ]
 
-    def running_job(self, timeout_s: float = 120.0) -> str:
-        """The id of the one RUNNING job (waits for it)."""
+    def job_named(self, name: str, timeout_s: float = 300.0) -> str:
+        """The id of the job called ``name`` (waits for it to be submitted)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            running = [j["id"] for j in self.jobs() if j["status"] == "RUNNING"]
-            if running:
-                return running[0]
+            for j in self.jobs():
+                if j["name"] == name:
+                    return str(j["id"])
             time.sleep(0.5)
-        raise FlinkError(f"no job reached RUNNING within {timeout_s:.0f} s: {self.jobs()}")
+        raise FlinkError(f"no job named {name!r} on {self.master} within {timeout_s:.0f} s")
+
+    def state(self, job_id: str) -> str:
+        return str(self.rest(f"/jobs/{job_id}")["state"])
 
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         return dict(self.rest(f"/jobs/{job_id}/checkpoints"))
@@ -501,50 +554,46 @@ class FlinkCluster:
             time.sleep(0.5)
         raise FlinkError(f"job {job_id}: fewer than {count} checkpoints in {timeout_s:.0f} s")
 
-    def stop_with_savepoint(self, job_id: str, timeout_s: float = 120.0) -> str:
-        """Stop ``job_id`` with a savepoint; returns the savepoint's path."""
-        target = str(self.savepoint_dir.resolve())
-        trigger = self.rest(f"/jobs/{job_id}/stop", {"targetDirectory": target, "drain": False})
-        tid = trigger["request-id"]
+    def stop_with_savepoint(
+        self, job_id: str, target: str | None = None, timeout_s: float = 120.0
+    ) -> str:
+        """Stop ``job_id`` with a savepoint (in ``target``, or the cluster's default folder)."""
+        body: dict[str, Any] = {"drain": False}
+        if target:
+            body["targetDirectory"] = target
+        tid = self.rest(f"/jobs/{job_id}/stop", body)["request-id"]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             ans = self.rest(f"/jobs/{job_id}/savepoints/{tid}")
             if ans["status"]["id"] == "COMPLETED":
                 op = ans["operation"]
                 if "failure-cause" in op:
-                    raise FlinkError(f"stop-with-savepoint of {job_id} failed: {op['failure-cause']}")
+                    cause = op["failure-cause"].get("stack-trace", op["failure-cause"])
+                    raise FlinkError(f"stop-with-savepoint of {job_id} failed: {str(cause)[:2000]}")
                 return str(op["location"])
             time.sleep(0.5)
         raise FlinkError(f"stop-with-savepoint of {job_id} did not finish in {timeout_s:.0f} s")
 
     def user_metrics(self, job_id: str) -> dict[str, float]:
-        """costream's Beam counters of a running job, summed over subtasks (from REST)."""
+        """costream's Beam counters and distributions of a job, summed over subtasks.
+
+        Beam reports user metrics as Flink task metrics named ``<stage>.<namespace>_<name>``
+        (``costream.kafka`` -> ``costream_kafka_records_read``); keys here are
+        ``<namespace>_<name>`` summed over stages and subtasks.
+        """
         out: dict[str, float] = {}
         job = self.rest(f"/jobs/{job_id}")
         for vertex in job["vertices"]:
             vid = vertex["id"]
             names = [m["id"] for m in self.rest(f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics")]
-            wanted = [n for n in names if ".costream" in n or n.startswith("costream")]
-            if not wanted:
-                continue
+            wanted = [n for n in names if ".costream_" in n]
             for chunk in range(0, len(wanted), 20):
-                part = ",".join(wanted[chunk : chunk + 20])
-                for m in self.rest(f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics?get={part}"):
-                    out[m["id"]] = out.get(m["id"], 0.0) + float(m.get("sum", 0.0))
+                part = ",".join(urllib.parse.quote(n, safe="") for n in wanted[chunk : chunk + 20])
+                url = f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics?get={part}&agg=sum"
+                for m in self.rest(url):
+                    name = m["id"].rsplit(".", 1)[-1]
+                    out[name] = out.get(name, 0.0) + float(m.get("sum", 0.0))
         return out
-
-    # --- running pipelines -----------------------------------------------------------------
-
-    def pipeline_args(self, checkpoint_interval_ms: int = 5000, parallelism: int = 2) -> list[str]:
-        """Beam options that run a pipeline on this cluster through its job server."""
-        return [
-            "--runner=PortableRunner",
-            f"--job_endpoint={self.job_endpoint}",
-            "--environment_type=EXTERNAL",
-            f"--environment_config={self.worker_pool_endpoint}",
-            f"--checkpointing_interval={checkpoint_interval_ms}",
-            f"--parallelism={parallelism}",
-        ]
 
 
 def _default_java_opts() -> str:

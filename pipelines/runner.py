@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,10 +82,6 @@ def flink_args(extra: Sequence[str], until_idle_s: float | None = None) -> tuple
         # Beam would otherwise override the cluster's retention and delete them on cancel
         "retain_externalized_checkpoints_on_cancellation": None,
     }
-    if until_idle_s is not None:
-        # Beam's streaming Impulse stays up forever when checkpointing is on, so a job whose
-        # reads all ended would never finish
-        defaults["shutdown_sources_after_idle_ms"] = "1000"
     return runner, _with_defaults(args, defaults)
 
 
@@ -112,7 +110,8 @@ def run_spec(
     import apache_beam as beam
 
     overrides: dict[str, dict[str, Any]] = {}
-    if until_idle_s is not None:
+    on_flink = runner == "FlinkRunner"
+    if until_idle_s is not None and not on_flink:
         overrides["ReadFromKafka"] = {"stop_after_idle_s": until_idle_s}
     defaults: dict[str, dict[str, Any]] = {}
     in_process = runner in EMBEDDED_RUNNERS or "--job_endpoint=embed" in extra
@@ -123,9 +122,15 @@ def run_spec(
         # its input ended). So the embedded runner, and any run meant to end (--until-idle), use
         # the TTL check instead of the idle timer; a streaming job on Flink uses the real timer.
         defaults["ContinualInference"] = {"idle_timer": False}
+
     spec = load_spec(spec_path, overrides=overrides, defaults=defaults)
-    if runner == "FlinkRunner":
+    master = _option(extra, "flink_master")
+    job_name = _option(extra, "job_name")
+    if on_flink:
         runner, extra = flink_args(extra, until_idle_s)
+        if until_idle_s is not None and job_name is None:
+            job_name = f"costream-{Path(spec_path).stem}-{uuid.uuid4().hex[:8]}"
+            extra = [*extra, f"--job_name={job_name}"]
     options = make_options(runner, extra)
     if runner in EMBEDDED_RUNNERS:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -135,5 +140,45 @@ def run_spec(
         pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, spec)
     result = pipeline.run()
+    if on_flink and until_idle_s is not None and master and not master.startswith("["):
+        savepoint = stop_when_idle(master, job_name or "", until_idle_s, result)
+        print(f"savepoint={savepoint}", flush=True)
     result.wait_until_finish()
     return result
+
+
+def stop_when_idle(master: str, job_name: str, idle_s: float, result: Any) -> str:
+    """Stop the Flink job ``job_name`` with a savepoint once its counters sat still ``idle_s``.
+
+    On Flink a job never ends by itself (Beam keeps the streaming Impulse source up while
+    checkpointing is on, and letting it end stalls checkpoints), so ``--until-idle`` watches
+    costream's counters through Flink's REST API instead: once records read, frames, detections
+    and dead letters stop changing for ``idle_s`` seconds (not counting restarts), the job stops
+    with a savepoint, whose path is returned: resume from it with ``--savepoint_path``.
+    """
+    from costream.pipelines.flink import FlinkError, FlinkRest
+
+    api = FlinkRest(master)
+    job = api.job_named(job_name)
+    log.info("Flink job %s (%s): stopping after %.0f s without progress", job_name, job, idle_s)
+    last: dict[str, float] | None = None
+    changed = time.monotonic()
+    while True:
+        info = api.rest(f"/jobs/{job}")
+        state = info["state"]
+        if state in ("FINISHED", "CANCELED", "FAILED"):
+            raise FlinkError(f"Flink job {job} ended by itself ({state}) before going idle.")
+        running = state == "RUNNING" and all(v["status"] == "RUNNING" for v in info["vertices"])
+        try:
+            now = api.user_metrics(job) if running else None
+        except FlinkError:
+            now = None
+        counters = None if now is None else {k: v for k, v in now.items() if not k.endswith("_us")}
+        # before the first counter shows up, the SDK workers may still be starting: wait for
+        # them at least a minute (a job that never sees a record still stops after that)
+        patience = idle_s if counters else max(idle_s, 60.0)
+        if counters is None or counters != last:
+            last, changed = counters, time.monotonic()
+        elif time.monotonic() - changed >= patience:
+            return api.stop_with_savepoint(job)
+        time.sleep(1.0)

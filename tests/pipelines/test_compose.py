@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # Java FlinkPipelineOptions (runners/flink/.../FlinkPipelineOptions.java), in Beam's snake_case.
 FLINK_JOB_SERVER_OPTIONS = {
     "checkpointing_interval",
-    "state_backend",
-    "state_backend_storage_path",
     "externalized_checkpoints_enabled",
+    "retain_externalized_checkpoints_on_cancellation",
+    "savepoint_path",
 }
-SERVICES = {"kafka", "kafka-init", "jobmanager", "taskmanager", "worker-pool", "jobserver", "submitter"}  # fmt: skip
+SERVICES = {"volume-init", "kafka", "kafka-init", "jobmanager", "taskmanager", "worker-pool", "jobserver", "submitter"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,13 @@ def test_services_and_images(services):
     assert m, flink
     flink_minor = m.group(1)
     assert flink_minor in FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
+    # the versions `costream flink up` runs and tests/pipelines/test_flink.py tests
+    from costream.connectors.broker import KAFKA_VERSION
+    from costream.pipelines import flink as local
+
+    assert flink_minor == local.FLINK_MINOR and beam_version == local.BEAM_VERSION
+    assert _version(services["kafka"]["image"]) == KAFKA_VERSION
+    assert _version(services["kafka-init"]["image"]) == KAFKA_VERSION
     assert (
         services["jobserver"]["image"]
         == f"apache/beam_flink{flink_minor}_job_server:{beam_version}"
@@ -139,12 +146,55 @@ def test_shared_volumes(services):
     artifacts = next(a.split("=", 1)[1] for a in job if a.startswith("--artifacts-dir="))
     assert mounts("jobserver")["beam-artifacts"] == artifacts
     assert mounts("taskmanager")["beam-artifacts"] == artifacts
-    storage = next(
-        a for a in _submitter_cmd(services) if a.startswith("--state_backend_storage_path=")
-    )
+    props = yaml.safe_load(_flink_properties(services))
     ckpt = mounts("taskmanager")["flink-checkpoints"]
     assert mounts("jobmanager")["flink-checkpoints"] == ckpt
-    assert storage.split("=", 1)[1].startswith(f"file://{ckpt}/")
+    assert props["state.checkpoints.dir"].startswith(f"file://{ckpt}/")
+    assert props["state.savepoints.dir"].startswith(f"file://{ckpt}/")
+
+
+def _flink_properties(services):
+    env = services["jobmanager"]["environment"]
+    assert services["taskmanager"]["environment"]["FLINK_PROPERTIES"] == env["FLINK_PROPERTIES"]
+    return env["FLINK_PROPERTIES"]
+
+
+def test_checkpoints_retained_rocksdb_and_restarts(services):
+    props = yaml.safe_load(_flink_properties(services))
+    assert props["state.backend.type"] == "rocksdb"
+    assert props["execution.checkpointing.externalized-checkpoint-retention"] == (
+        "RETAIN_ON_CANCELLATION"
+    )
+    assert props["taskmanager.numberOfTaskSlots"] > 1
+    # Beam overrides the cluster's retention unless the job asks to retain on cancel
+    assert "--retain_externalized_checkpoints_on_cancellation" in _submitter_cmd(services)
+
+
+def test_kafka_log_on_its_volume_and_volumes_owned_by_their_users(services):
+    kafka = services["kafka"]
+    mounts = dict(v.split(":")[:2] for v in kafka["volumes"])
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == mounts["kafka-data"]
+    init = services["volume-init"]
+    init_mounts = dict(v.split(":")[:2] for v in init["volumes"])
+    cmd = " ".join(init["command"])
+    # apache/kafka runs as uid 1000, flink as uid 9999: each named volume it writes is chowned
+    assert re.search(rf"chown -R 1000:1000 {init_mounts['kafka-data']}\b", cmd)
+    for vol in ("flink-checkpoints", "beam-artifacts"):
+        assert re.search(rf"chown -R 9999:9999 [^&]*{init_mounts[vol]}\b", cmd), vol
+    for name in ("kafka", "jobmanager"):
+        assert services[name]["depends_on"]["volume-init"]["condition"] == (
+            "service_completed_successfully"
+        )
+
+
+def test_consumer_group_and_payload_limits_are_one_chain(services):
+    env = services["submitter"]["environment"]
+    assert env["COSTREAM_GROUP_ID"] and env["COSTREAM_START"] == "committed"
+    broker = int(services["kafka"]["environment"]["KAFKA_MESSAGE_MAX_BYTES"])
+    topics = {int(x) for x in re.findall(r"max\.message\.bytes=(\d+)", services["kafka-init"]["command"][0])}
+    assert topics == {broker}
+    assert int(env["COSTREAM_MAX_REQUEST_SIZE"]) == broker
+    assert int(env["COSTREAM_MAX_PAYLOAD_BYTES"]) < broker
 
 
 def test_submitter_command_parses_with_cli_and_beam(services, monkeypatch):
@@ -176,7 +226,7 @@ def test_submitter_command_parses_with_cli_and_beam(services, monkeypatch):
     assert unknown <= FLINK_JOB_SERVER_OPTIONS, (
         f"unknown Beam options {unknown - FLINK_JOB_SERVER_OPTIONS}"
     )
-    assert {"checkpointing_interval", "state_backend"} <= unknown
+    assert {"checkpointing_interval", "retain_externalized_checkpoints_on_cancellation"} <= unknown
     portable = opts.view_as(PortableOptions)
     assert portable.job_endpoint == "jobserver:8099"
     assert portable.artifact_endpoint == "jobserver:8098"
@@ -185,7 +235,6 @@ def test_submitter_command_parses_with_cli_and_beam(services, monkeypatch):
     assert known["streaming"] is True
     assert opts.view_as(FlinkRunnerOptions).parallelism >= 1
     assert int(everything["checkpointing_interval"]) > 0
-    assert everything["state_backend"] == "rocksdb"
 
 
 def test_topics_created_match_the_submitter(services):

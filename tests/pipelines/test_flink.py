@@ -1,0 +1,342 @@
+"""The shipped specs on a real local Flink cluster: exactness, failover, savepoints, rescale, timers.
+
+One session cluster (``costream flink up`` topology: JobManager and TaskManager JVMs, Beam's job
+server, the loopback SDK worker pool) per module, on free loopback ports, stopped by pid. Jobs are
+submitted through the ``costream run`` CLI and stop by idle time (``--until-idle``) or by a
+savepoint. Kafka is the embedded broker.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from costream.connectors import codecs
+from costream.pipelines.offline import score_records
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+pytestmark = [pytest.mark.integration, pytest.mark.flink, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+FEATURES = ROOT / "pipelines" / "specs" / "features.yaml"
+VIDEO = ROOT / "pipelines" / "specs" / "video.yaml"
+WINDOW = 16  # the shipped demo_model's n
+DIM = 64
+
+
+@pytest.fixture(scope="module")
+def flink(tmp_path_factory):
+    from costream.pipelines.flink import FlinkCluster, FlinkError, Ports, job_server_jar
+
+    try:
+        job_server_jar()
+    except FlinkError as err:
+        pytest.skip(f"Flink is not set up: {err}")
+    cluster = FlinkCluster(tmp_path_factory.mktemp("flink"), ports=Ports(0, 0, 0, 0, 0, 0))
+    cluster.cwd = ROOT
+    cluster.up()
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+def features(stream: str, start: int, stop: int) -> list[codecs.OutgoingRecord]:
+    seed = sum(map(ord, stream))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((stop, DIM)).astype(np.float32)
+    out = []
+    for i in range(start, stop):
+        payload, ct = codecs.encode_features(x[i])
+        out.append(codecs.frame_record(stream, i, 1_000 + 40 * i, ct, payload))
+    return out
+
+
+def interleave(streams, start, stop):
+    per = [features(s, start, stop) for s in streams]
+    return [recs[i] for i in range(stop - start) for recs in per]
+
+
+def produce(bootstrap, topic, records, per_second: float | None = None):
+    """Publish ``records``; returns how many went to each partition."""
+    p = KafkaProducer(bootstrap_servers=bootstrap, max_request_size=4 << 20)
+    futures = []
+    for r in records:
+        futures.append(p.send(topic, key=r.key, value=r.value, headers=r.headers))
+        if per_second:
+            time.sleep(1.0 / per_second)
+    p.flush()
+    counts: dict[int, int] = {}
+    for f in futures:
+        part = f.get(timeout=30).partition
+        counts[part] = counts.get(part, 0) + 1
+    p.close()
+    return counts
+
+
+def consume_all(bootstrap, topic, partitions=1):
+    c = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=2000)
+    c.assign([TopicPartition(topic, p) for p in range(partitions)])
+    c.seek_to_beginning()
+    out = list(c)
+    c.close()
+    return out
+
+
+def env_for(flink, broker, topics, **extra):
+    t_in, t_out, t_dlq = topics
+    env = {
+        **os.environ,
+        "COSTREAM_FLINK_DIR": str(flink.work_dir),
+        "COSTREAM_BOOTSTRAP": broker.bootstrap,
+        "COSTREAM_INPUT_TOPIC": t_in,
+        "COSTREAM_OUTPUT_TOPIC": t_out,
+        "COSTREAM_DEAD_LETTER_TOPIC": t_dlq,
+        "COSTREAM_GROUP_ID": f"g-{t_in}",
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def submit(flink, spec, env, *args):
+    """Start ``costream run`` on the cluster; returns the process (its output in a log file)."""
+    path = flink.work_dir / "log" / f"run-{time.monotonic_ns()}.out"
+    cmd = [sys.executable, "-m", "costream.pipelines.cli", "run", str(spec)]
+    cmd += ["--runner", "FlinkRunner", f"--flink_master={flink.flink_master}", *args]
+    with open(path, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = path
+    return proc
+
+
+def finish(proc, timeout_s=300):
+    try:
+        rc = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert rc == 0, proc.log_path.read_text()[-3000:]
+
+
+def new_job(flink, before: set[str], timeout_s=120) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for j in flink.jobs():
+            if j["id"] not in before and j["status"] == "RUNNING":
+                return j["id"]
+        time.sleep(0.5)
+    raise AssertionError(f"no new RUNNING job in {timeout_s} s: {flink.jobs()}")
+
+
+def wait_for(cond, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def detections(broker, topic):
+    return [json.loads(m.value) for m in consume_all(broker.bootstrap, topic)]
+
+
+def key(d):
+    return (d["stream_id"], d["frame_index"])
+
+
+def strip(d):
+    d = dict(d)
+    d.pop("latency_ms")
+    return d
+
+
+def offline(spec, records, env):
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: v for k, v in env.items() if k.startswith("COSTREAM_")})
+    try:
+        out, dead = score_records(spec, records)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return {key(json.loads(r.value)): strip(json.loads(r.value)) for r in out}, dead
+
+
+def test_features_spec_on_flink_exact_ordered_and_accounted(flink, kafka_broker, kafka_topics):
+    topics = kafka_topics(4, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
+    streams = [f"s{i}" for i in range(6)]
+    good = interleave(streams, 0, 40)
+    bad, ct = codecs.encode_features(np.zeros(DIM - 1, np.float32))  # wrong dim for the model
+    records = list(good)
+    records.insert(50, codecs.frame_record("s-bad", 0, 1, ct, bad))
+    records.insert(90, codecs.OutgoingRecord(b"s-bad", b"\x00" * 8, []))  # no headers at all
+    per_partition = produce(kafka_broker.bootstrap, topics[0], records)
+    env = env_for(flink, kafka_broker, topics)
+
+    finish(submit(flink, FEATURES, env, "--until-idle", "8"))
+
+    out = detections(kafka_broker, topics[1])
+    dlq = consume_all(kafka_broker.bootstrap, topics[2])
+    # every good record exactly once, in frame order per stream; the bad ones dead-lettered
+    per_stream = {s: [d["frame_index"] for d in out if d["stream_id"] == s] for s in streams}
+    assert per_stream == {s: list(range(40)) for s in streams}
+    assert len(out) == len(good) and len(dlq) == 2
+    assert sorted(dict(m.headers)[codecs.HEADER_STAGE] for m in dlq) == [b"decode", b"features"]
+    # identical to `costream score` on the same frames
+    expected, _ = offline(FEATURES, good, env)
+    assert {key(d): strip(d) for d in out} == expected
+    # offsets were committed by bundle finalization (at checkpoints) up to the end of each
+    # partition (fresh topic: a partition's end offset is its record count)
+    c = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, group_id=env["COSTREAM_GROUP_ID"])
+    committed = {p: c.committed(TopicPartition(topics[0], p)) for p in range(4)}
+    c.close()
+    assert committed == {p: per_partition.get(p) for p in range(4)}
+
+
+def test_video_spec_on_flink_equals_costream_score(flink, kafka_broker, kafka_topics, tmp_path):
+    from costream.connectors.synthetic import synthetic_video
+    from costream.models.zoo import get_model, save_model
+
+    weights = tmp_path / "video.safetensors"
+    save_model(
+        get_model("oadtr_b1", d_in=128, d_model=32, window=8, heads=4, ffn=64, classes=5), weights
+    )
+    topics = kafka_topics(4, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
+    per = []
+    for s in range(3):
+        video = synthetic_video(num_frames=16, size=(96, 72), seed=s)
+        per.append(
+            [
+                codecs.frame_record(f"cam-{s}", i, 1_000 + 100 * i, codecs.CT_JPEG, codecs.encode_jpeg(f))
+                for i, f in enumerate(video.frames)
+            ]
+        )
+    good = [recs[i] for i in range(16) for recs in per]
+    corrupt = codecs.frame_record("cam-x", 0, 1, codecs.CT_JPEG, b"\xff\xd8\xff" + b"junk" * 9)
+    produce(kafka_broker.bootstrap, topics[0], [*good[:10], corrupt, *good[10:]])
+    env = env_for(flink, kafka_broker, topics, COSTREAM_WEIGHTS=weights)
+
+    finish(submit(flink, VIDEO, env, "--until-idle", "8"))
+
+    out = detections(kafka_broker, topics[1])
+    dlq = consume_all(kafka_broker.bootstrap, topics[2])
+    assert [m.value for m in dlq] == [corrupt.value]
+    for s in range(3):
+        assert [d["frame_index"] for d in out if d["stream_id"] == f"cam-{s}"] == list(range(16))
+    expected, _ = offline(VIDEO, good, env)
+    got = {key(d): strip(d) for d in out}
+    assert got.keys() == expected.keys()
+    for k in expected:  # float32 features through a CNN: compare scores to rounding
+        np.testing.assert_allclose(got[k].pop("scores"), expected[k].pop("scores"), atol=1e-5)
+        got[k]["top"].pop("score"), expected[k]["top"].pop("score")
+        assert got[k] == expected[k]
+
+
+def test_failover_restores_state_from_the_last_checkpoint(flink, kafka_broker, kafka_topics):
+    topics = kafka_topics(4, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
+    streams = [f"f{i}" for i in range(4)]
+    first, second = interleave(streams, 0, 40), interleave(streams, 40, 100)
+    produce(kafka_broker.bootstrap, topics[0], first)
+    env = env_for(flink, kafka_broker, topics)
+    before = {j["id"] for j in flink.jobs()}
+    proc = submit(flink, FEATURES, env, "--until-idle", "40", "--checkpointing_interval=2000")
+    job = new_job(flink, before)
+    t0 = time.monotonic()
+    flink.wait_for_checkpoints(job, 1)
+    feeder = threading.Thread(
+        target=produce, args=(kafka_broker.bootstrap, topics[0], second, 20.0)
+    )
+    feeder.start()  # 12 s of frames, while the TaskManager dies and comes back
+    wait_for(lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= len(first), 120, "phase 1")
+    print(f"phase 1 out after {time.monotonic() - t0:.1f} s")
+    flink.wait_for_checkpoints(job, flink.checkpoints(job)["counts"]["completed"] + 1)
+    flink.kill_taskmanager()  # kill -9 mid-stream
+    flink.start_taskmanager()
+    feeder.join()
+    finish(proc)
+
+    out = detections(kafka_broker, topics[1])
+    assert flink.checkpoints(job)["counts"]["restored"] >= 1
+    everything = first + second
+    expected, _ = offline(FEATURES, everything, env)
+    got: dict = {}
+    for d in out:
+        k = key(d)
+        # a duplicate (frames after the restored checkpoint) carries the very same detection
+        assert k not in got or got[k] == strip(d)
+        got[k] = strip(d)
+    assert got == expected  # nothing lost, state restored: identical to an uninterrupted run
+    cold = sorted(k for k, d in ((key(d), d) for d in out) if not d["warm"])
+    assert set(cold) == {(s, i) for s in streams for i in range(WINDOW - 1)}  # no new warm-up
+    dupes = len(out) - len(got)
+    print(f"failover: {len(out)} detections for {len(got)} frames, {dupes} duplicates")
+
+
+def test_stop_with_savepoint_resume_and_rescale(flink, kafka_broker, kafka_topics):
+    topics = kafka_topics(4, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
+    streams = [f"r{i}" for i in range(8)]
+    phases = [interleave(streams, a, b) for a, b in ((0, 30), (30, 60), (60, 90))]
+    env = env_for(flink, kafka_broker, topics)
+    savepoint = None
+    seen = 0
+    for phase, parallelism in zip(phases, (2, 1, 2)):
+        produce(kafka_broker.bootstrap, topics[0], phase)
+        seen += len(phase)
+        args = ["--until-idle", "6", f"--parallelism={parallelism}"]
+        if savepoint:
+            args.append(f"--savepoint_path={savepoint}")
+        before = {j["id"] for j in flink.jobs()}
+        proc = submit(flink, FEATURES, env, *args)
+        job = new_job(flink, before)
+        wait_for(
+            lambda n=seen: len(consume_all(kafka_broker.bootstrap, topics[1])) >= n,
+            120,
+            f"{seen} detections",
+        )
+        metrics = flink.user_metrics(job)  # costream's counters, read while the job runs
+        assert metrics.get("costream_frames_in", 0) > 0 and "costream_detections_out" in metrics
+        finish(proc)  # idle for 6 s: `costream run` stops the job with a savepoint
+        (line,) = [x for x in proc.log_path.read_text().splitlines() if x.startswith("savepoint=")]
+        savepoint = line.split("=", 1)[1]
+        assert flink.api.state(job) == "FINISHED"
+
+    out = detections(kafka_broker, topics[1])
+    expected, _ = offline(FEATURES, [r for p in phases for r in p], env)
+    assert {key(d): strip(d) for d in out} == expected
+    assert len(out) == len(expected)  # a savepoint is a clean cut: no duplicates
+    cold = {key(d) for d in out if not d["warm"]}
+    assert cold == {(s, i) for s in streams for i in range(WINDOW - 1)}  # state followed its key
+
+
+def test_idle_timer_clears_an_idle_streams_state_on_flink(flink, kafka_broker, kafka_topics):
+    topics = kafka_topics(2, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
+    env = env_for(flink, kafka_broker, topics, COSTREAM_IDLE_TIMEOUT_S=4)
+    before = {j["id"] for j in flink.jobs()}
+    proc = submit(flink, FEATURES, env)  # a real streaming job: real processing-time timers
+    job = new_job(flink, before)
+
+    def cleared():
+        return sum(v for k, v in flink.user_metrics(job).items() if k.endswith("idle_cleared"))
+
+    try:
+        produce(kafka_broker.bootstrap, topics[0], features("idle", 0, 20))
+        wait_for(lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= 20, 120, "20")
+        wait_for(lambda: cleared() >= 1, 60, "the idle timer")
+        produce(kafka_broker.bootstrap, topics[0], features("idle", 20, 25))
+        wait_for(lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= 25, 60, "25")
+        wait_for(lambda: cleared() >= 2, 60, "the second idle timer")  # no timer left pending
+    finally:
+        flink.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
+        proc.wait(timeout=120)
+    out = detections(kafka_broker, topics[1])
+    warm = {d["frame_index"]: d["warm"] for d in out}
+    # the state was cleared while idle: frames 20.. start a new window (the idle gap resets it)
+    assert [warm[i] for i in range(25)] == [i >= WINDOW - 1 for i in range(20)] + [False] * 5
