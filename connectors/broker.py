@@ -56,6 +56,8 @@ __all__ = [
     "KafkaBroker",
     "kafka_classpath",
     "make_broker",
+    "sasl_plain_properties",
+    "ssl_pem_properties",
     "tansu_binary",
 ]
 
@@ -417,6 +419,19 @@ class KafkaBroker(_BrokerProcess):
 
     ``stop()`` sends SIGTERM (a clean shutdown, about a second) and SIGKILL after
     ``stop_timeout_s``; :meth:`kill` simulates a crash. The JVM heap is ``heap_mb``.
+
+    A secured broker: SASL/PLAIN users on one listener, TLS with a PEM certificate on another
+    (:func:`sasl_plain_properties`, :func:`ssl_pem_properties`); the PLAINTEXT listener stays
+    for the admin client and between broker and controller.
+
+    Example:
+        >>> broker = KafkaBroker(  # doctest: +SKIP
+        ...     listeners={"SASL": "SASL_PLAINTEXT", "TLS": "SSL"},
+        ...     properties={**sasl_plain_properties("SASL", {"alice": "alice-secret"}),
+        ...                 **ssl_pem_properties("TLS", cert_chain_pem, key_pem)},
+        ... ).start()
+        >>> broker.endpoint("TLS")  # doctest: +SKIP
+        '127.0.0.1:40125'
     """
 
     kind = "kafka"
@@ -494,7 +509,7 @@ class KafkaBroker(_BrokerProcess):
             "log.flush.interval.messages": "1",  # a killed broker loses nothing it acknowledged
             **self._properties,
         }
-        return "".join(f"{k}={v}\n" for k, v in props.items())
+        return "".join(f"{k}={_property_value(v)}\n" for k, v in props.items())
 
     def _launch(self, log: int) -> subprocess.Popen[bytes]:
         java, classpath = _java(), kafka_classpath()
@@ -565,6 +580,79 @@ class KafkaBroker(_BrokerProcess):
         if self._given_dir is None and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
+
+
+def _property_value(value: str) -> str:
+    # java.util.Properties syntax: a backslash escapes, a line break ends the value. PEM text
+    # (ssl_pem_properties) spans lines, so write them as \n escapes.
+    return str(value).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _listener_prefix(listener: str) -> str:
+    if not re.fullmatch(r"[A-Z][A-Z0-9_]*", listener) or listener in ("PLAINTEXT", "CONTROLLER"):
+        raise ValueError(
+            f"listener name {listener!r} must be upper case and not PLAINTEXT or CONTROLLER."
+        )
+    return f"listener.name.{listener.lower()}."
+
+
+def sasl_plain_properties(listener: str, users: Mapping[str, str]) -> dict[str, str]:
+    """``server.properties`` lines that make ``listener`` accept SASL/PLAIN for ``users``.
+
+    ``users`` maps user names to passwords (``PlainLoginModule``'s ``user_<name>="<password>"``
+    entries in the listener's JAAS config). The listener's protocol must be ``SASL_PLAINTEXT``
+    or ``SASL_SSL`` (see :class:`KafkaBroker`'s ``listeners``).
+    """
+    prefix = _listener_prefix(listener)
+    if not users:
+        raise ValueError("sasl_plain_properties needs at least one user.")
+    for name, password in users.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]+", name):
+            raise ValueError(
+                f"SASL user name {name!r} must be letters, digits and _ . @ - only (it becomes "
+                "a JAAS option name)."
+            )
+        if any(c in password for c in '"\\\n;'):
+            raise ValueError(
+                f"the password of SASL user {name!r} holds a quote, backslash, semicolon or line "
+                "break, which the JAAS config cannot carry as written here."
+            )
+    entries = " ".join(f'user_{name}="{password}"' for name, password in users.items())
+    return {
+        f"{prefix}sasl.enabled.mechanisms": "PLAIN",
+        f"{prefix}plain.sasl.jaas.config": (
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {entries};"
+        ),
+    }
+
+
+def ssl_pem_properties(
+    listener: str, certificate_chain: str, private_key: str, *, key_password: str | None = None
+) -> dict[str, str]:
+    """``server.properties`` lines that give ``listener`` a PEM certificate and key (Kafka 2.7+).
+
+    ``certificate_chain`` is the broker's certificate then its intermediates, PEM text;
+    ``private_key`` its PKCS#8 key, PEM text (``-----BEGIN PRIVATE KEY-----``, or ``BEGIN
+    ENCRYPTED PRIVATE KEY`` with ``key_password``). Clients verify the chain against the CA that
+    signed it (kafka-python: ``ssl_cafile``), and the host name against its subject alternative
+    names. The listener's protocol must be ``SSL`` or ``SASL_SSL``.
+    """
+    prefix = _listener_prefix(listener)
+    if "-----BEGIN CERTIFICATE-----" not in certificate_chain:
+        raise ValueError("certificate_chain must be PEM text holding -----BEGIN CERTIFICATE-----.")
+    if not re.search(r"-----BEGIN (ENCRYPTED )?PRIVATE KEY-----", private_key):
+        raise ValueError(
+            "private_key must be a PKCS#8 key in PEM text (-----BEGIN PRIVATE KEY----- or "
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----); convert others with 'openssl pkcs8 -topk8'."
+        )
+    props = {
+        f"{prefix}ssl.keystore.type": "PEM",
+        f"{prefix}ssl.keystore.certificate.chain": certificate_chain.strip(),
+        f"{prefix}ssl.keystore.key": private_key.strip(),
+    }
+    if key_password is not None:
+        props[f"{prefix}ssl.key.password"] = key_password
+    return props
 
 
 def make_broker(
