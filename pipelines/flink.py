@@ -236,9 +236,7 @@ class FlinkCluster:
             "state.checkpoints.dir": self.checkpoint_dir.resolve().as_uri(),
             "state.savepoints.dir": self.savepoint_dir.resolve().as_uri(),
             "state.checkpoints.num-retained": 3,
-            "execution.checkpointing.externalized-checkpoint-retention": (
-                "RETAIN_ON_CANCELLATION"
-            ),
+            "execution.checkpointing.externalized-checkpoint-retention": ("RETAIN_ON_CANCELLATION"),
             # a lost TaskManager is noticed in seconds, not the default 50 s
             "heartbeat.interval": 2000,
             "heartbeat.timeout": 10000,
@@ -293,13 +291,17 @@ class FlinkCluster:
 
     def start_jobmanager(self) -> int:
         script = flink_home() / "bin" / "jobmanager.sh"
-        return self._spawn("jobmanager", ["bash", str(script), "start-foreground"], self._flink_env())
+        return self._spawn(
+            "jobmanager", ["bash", str(script), "start-foreground"], self._flink_env()
+        )
 
     def start_taskmanager(self, timeout_s: float = 90.0) -> int:
         """Start a TaskManager JVM and wait until its slots are registered."""
         before = {tm["id"] for tm in self._taskmanagers()}
         script = flink_home() / "bin" / "taskmanager.sh"
-        pid = self._spawn("taskmanager", ["bash", str(script), "start-foreground"], self._flink_env())
+        pid = self._spawn(
+            "taskmanager", ["bash", str(script), "start-foreground"], self._flink_env()
+        )
         self._wait(
             lambda: any(tm["id"] not in before for tm in self._taskmanagers()),
             timeout_s,
@@ -410,7 +412,9 @@ class FlinkCluster:
             except (OSError, FlinkError):
                 pass
             time.sleep(0.3)
-        raise FlinkError(f"timed out after {timeout_s:.0f} s waiting for {what}:\n{self.log_tail(role)}")
+        raise FlinkError(
+            f"timed out after {timeout_s:.0f} s waiting for {what}:\n{self.log_tail(role)}"
+        )
 
     def log_tail(self, role: str, lines: int = 30) -> str:
         path = self.work_dir / "log" / f"{role}.out"
@@ -474,7 +478,9 @@ class FlinkCluster:
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         return self.api.checkpoints(job_id)
 
-    def wait_for_checkpoints(self, job_id: str, count: int, timeout_s: float = 120.0) -> dict[str, Any]:
+    def wait_for_checkpoints(
+        self, job_id: str, count: int, timeout_s: float = 120.0
+    ) -> dict[str, Any]:
         return self.api.wait_for_checkpoints(job_id, count, timeout_s)
 
     def stop_with_savepoint(self, job_id: str, timeout_s: float = 120.0) -> str:
@@ -495,7 +501,6 @@ class FlinkCluster:
             f"--checkpointing_interval={checkpoint_interval_ms}",
             f"--parallelism={parallelism}",
         ]
-
 
 
 class FlinkRest:
@@ -544,7 +549,9 @@ class FlinkRest:
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         return dict(self.rest(f"/jobs/{job_id}/checkpoints"))
 
-    def wait_for_checkpoints(self, job_id: str, count: int, timeout_s: float = 120.0) -> dict[str, Any]:
+    def wait_for_checkpoints(
+        self, job_id: str, count: int, timeout_s: float = 120.0
+    ) -> dict[str, Any]:
         """Wait until ``count`` checkpoints completed; returns the latest completed one."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -575,7 +582,7 @@ class FlinkRest:
         raise FlinkError(f"stop-with-savepoint of {job_id} did not finish in {timeout_s:.0f} s")
 
     def user_metrics(self, job_id: str) -> dict[str, float]:
-        """costream's Beam counters and distributions of a job, summed over subtasks.
+        """Costream's Beam counters and distributions of a job, summed over subtasks.
 
         Beam reports user metrics as Flink task metrics named ``<stage>.<namespace>_<name>``
         (``costream.kafka`` -> ``costream_kafka_records_read``); keys here are

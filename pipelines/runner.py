@@ -81,6 +81,9 @@ def flink_args(extra: Sequence[str], until_idle_s: float | None = None) -> tuple
         "parallelism": "2",
         # Beam would otherwise override the cluster's retention and delete them on cancel
         "retain_externalized_checkpoints_on_cancellation": None,
+        # Beam's time-based bundle finishing did not always fire here (a stage held its first
+        # elements until the job ended); finishing bundles at each checkpoint bounds that
+        "finish_bundle_before_checkpointing": None,
     }
     return runner, _with_defaults(args, defaults)
 

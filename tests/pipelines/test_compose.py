@@ -191,7 +191,10 @@ def test_consumer_group_and_payload_limits_are_one_chain(services):
     env = services["submitter"]["environment"]
     assert env["COSTREAM_GROUP_ID"] and env["COSTREAM_START"] == "committed"
     broker = int(services["kafka"]["environment"]["KAFKA_MESSAGE_MAX_BYTES"])
-    topics = {int(x) for x in re.findall(r"max\.message\.bytes=(\d+)", services["kafka-init"]["command"][0])}
+    topics = {
+        int(x)
+        for x in re.findall(r"max\.message\.bytes=(\d+)", services["kafka-init"]["command"][0])
+    }
     assert topics == {broker}
     assert int(env["COSTREAM_MAX_REQUEST_SIZE"]) == broker
     assert int(env["COSTREAM_MAX_PAYLOAD_BYTES"]) < broker

