@@ -84,6 +84,10 @@ def flink_args(extra: Sequence[str], until_idle_s: float | None = None) -> tuple
         # Beam's time-based bundle finishing did not always fire here (a stage held its first
         # elements until the job ended); finishing bundles at each checkpoint bounds that
         "finish_bundle_before_checkpointing": None,
+        # (a bare flag turns Beam's default-true option off) Flink derives operator ids from the
+        # chaining, which depends on the parallelism: without chaining a savepoint or checkpoint
+        # maps onto the job at any --parallelism (rescaling)
+        "operator_chaining": None,
     }
     return runner, _with_defaults(args, defaults)
 
@@ -116,6 +120,12 @@ def run_spec(
     on_flink = runner == "FlinkRunner"
     if until_idle_s is not None and not on_flink:
         overrides["ReadFromKafka"] = {"stop_after_idle_s": until_idle_s}
+    if on_flink:
+        # Beam's stateful BatchElements keys its buffer by a key drawn per DoFn instance: after a
+        # restore the old key's restored buffer is flushed later than newly read frames, which
+        # reorders a stream (the continual state then sees "duplicates" and gaps). On Flink the
+        # backbone batches within a bundle, which keeps each stream's order.
+        overrides["ExtractFeatures"] = {"max_batch_duration_secs": None}
     defaults: dict[str, dict[str, Any]] = {}
     in_process = runner in EMBEDDED_RUNNERS or "--job_endpoint=embed" in extra
     if in_process or until_idle_s is not None:

@@ -277,7 +277,13 @@ def test_failover_restores_state_from_the_last_checkpoint(flink, kafka_broker, k
         # a duplicate (frames after the restored checkpoint) carries the very same detection
         assert k not in got or got[k] == strip(d)
         got[k] = strip(d)
-    assert got == expected  # nothing lost, state restored: identical to an uninterrupted run
+    assert got.keys() == expected.keys()  # nothing lost
+    diffs = {
+        k: {f: (got[k][f], expected[k][f]) for f in expected[k] if got[k][f] != expected[k][f]}
+        for k in expected
+        if got[k] != expected[k]
+    }
+    assert not diffs, dict(list(diffs.items())[:3])  # state restored: as if uninterrupted
     cold = sorted(k for k, d in ((key(d), d) for d in out) if not d["warm"])
     assert set(cold) == {(s, i) for s in streams for i in range(WINDOW - 1)}  # no new warm-up
     dupes = len(out) - len(got)
