@@ -348,3 +348,28 @@ def test_idle_timer_clears_an_idle_streams_state_on_flink(flink, kafka_broker, k
     warm = {d["frame_index"]: d["warm"] for d in out}
     # the state was cleared while idle: frames 20.. start a new window (the idle gap resets it)
     assert [warm[i] for i in range(25)] == [i >= WINDOW - 1 for i in range(20)] + [False] * 5
+
+
+def test_without_checkpointing_no_offsets_are_committed(flink, kafka_broker, kafka_topics):
+    # the reader commits from bundle finalization, which Flink runs when a checkpoint completes
+    topics = kafka_topics(2, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
+    env = env_for(flink, kafka_broker, topics, COSTREAM_IDLE_TIMEOUT_S=3)
+    before = {j["id"] for j in flink.jobs()}
+    proc = submit(flink, FEATURES, env, "--checkpointing_interval=-1")
+    job = new_job(flink, before)
+    try:
+        produce(kafka_broker.bootstrap, topics[0], features("nc", 0, 20))
+        wait_for(lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= 20, 120, "20")
+        wait_for(
+            lambda: flink.user_metrics(job).get("costream_idle_cleared", 0) >= 1, 60, "idle timer"
+        )  # no timer left pending, so the job cancels cleanly
+        assert flink.checkpoints(job)["counts"]["completed"] == 0
+        c = KafkaConsumer(
+            bootstrap_servers=kafka_broker.bootstrap, group_id=env["COSTREAM_GROUP_ID"]
+        )
+        committed = {p: c.committed(TopicPartition(topics[0], p)) for p in range(2)}
+        c.close()
+        assert committed == {0: None, 1: None}
+    finally:
+        flink.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
+        proc.wait(timeout=120)
