@@ -4,7 +4,8 @@ For each stream count S (default 8 and 32) and each runner, a fresh 4-partition 
 synthetic feature streams at ``--fps`` frames/s each for ``--seconds`` seconds (paced, real
 time), while the spec runs; then the job stops by idle time. Reported per run:
 
-* frames/s: detections over the span from the first to the last detection record;
+* frames/s: distinct frames over the span from the first to the last model step (a frame's
+  capture time plus its latency); with ``--fps`` above what a runner sustains, its capacity;
 * latency p50 / p99: the detection's ``latency_ms`` (Kafka append to the model step);
 * Flink only: the last completed checkpoint's duration and size, and its size per stream.
 
@@ -67,8 +68,9 @@ def read_detections(bootstrap: str, topic: str) -> list[tuple[int, dict]]:
     return out
 
 
-def one_run(broker, cluster, runner: str, streams: int, fps: float, seconds: float) -> dict:
-    t_in, t_out, t_dlq = (f"bench-{p}-{uuid.uuid4().hex[:8]}" for p in ("in", "out", "dlq"))
+def topics_and_env(broker, cluster, prefix: str) -> tuple[str, str, dict[str, str]]:
+    """Fresh input (4 partitions), output and dead-letter topics, and the spec's environment."""
+    t_in, t_out, t_dlq = (f"{prefix}-{p}-{uuid.uuid4().hex[:8]}" for p in ("in", "out", "dlq"))
     broker.create_topics([t_in], partitions=4)
     broker.create_topics([t_out, t_dlq], partitions=1)
     env = {
@@ -80,6 +82,11 @@ def one_run(broker, cluster, runner: str, streams: int, fps: float, seconds: flo
         "COSTREAM_GROUP_ID": f"g-{t_in}",
         "COSTREAM_FLINK_DIR": str(cluster.work_dir),
     }
+    return t_in, t_out, env
+
+
+def one_run(broker, cluster, runner: str, streams: int, fps: float, seconds: float) -> dict:
+    t_in, t_out, env = topics_and_env(broker, cluster, "bench")
     cmd = [sys.executable, "-m", "costream.pipelines.cli", "run", str(SPEC), "--until-idle", "10"]
     if runner == "flink":
         cmd += ["--runner", "FlinkRunner", f"--flink_master={cluster.flink_master}"]
@@ -105,9 +112,10 @@ def one_run(broker, cluster, runner: str, streams: int, fps: float, seconds: flo
     log.close()
     dets = read_detections(broker.bootstrap, t_out)
     unique = {(d["stream_id"], d["frame_index"]) for _, d in dets}
-    ts = np.array([t for t, _ in dets], dtype=float)
     lat = np.array([d["latency_ms"] for _, d in dets])
-    span = (ts.max() - ts.min()) / 1000 if len(ts) > 1 else float("nan")
+    # when each frame was stepped: its capture time (= produce time here) + its latency
+    done = np.array([d["ts_ms"] + d["latency_ms"] for _, d in dets], dtype=float)
+    span = (done.max() - done.min()) / 1000 if len(done) > 1 else float("nan")
     return {
         "runner": runner,
         "streams": streams,
@@ -124,18 +132,7 @@ def one_run(broker, cluster, runner: str, streams: int, fps: float, seconds: flo
 
 def long_run(broker, cluster, minutes: float, out: Path) -> list[tuple[float, int]]:
     """S=8 at 10 fps on Flink for ``minutes``; checkpoint size every 30 s."""
-    t_in, t_out, t_dlq = (f"long-{p}-{uuid.uuid4().hex[:8]}" for p in ("in", "out", "dlq"))
-    broker.create_topics([t_in], partitions=4)
-    broker.create_topics([t_out, t_dlq], partitions=1)
-    env = {
-        **os.environ,
-        "COSTREAM_BOOTSTRAP": broker.bootstrap,
-        "COSTREAM_INPUT_TOPIC": t_in,
-        "COSTREAM_OUTPUT_TOPIC": t_out,
-        "COSTREAM_DEAD_LETTER_TOPIC": t_dlq,
-        "COSTREAM_GROUP_ID": f"g-{t_in}",
-        "COSTREAM_FLINK_DIR": str(cluster.work_dir),
-    }
+    t_in, t_out, env = topics_and_env(broker, cluster, "long")
     cmd = [sys.executable, "-m", "costream.pipelines.cli", "run", str(SPEC), "--until-idle", "10"]
     cmd += ["--runner", "FlinkRunner", f"--flink_master={cluster.flink_master}"]
     before = {j["id"] for j in cluster.jobs()}

@@ -20,6 +20,8 @@ from costream.connectors import codecs
 from costream.pipelines.offline import score_records
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from tests.pipelines.test_e2e import consume_all
+
 pytestmark = [pytest.mark.integration, pytest.mark.flink, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,15 +79,6 @@ def produce(bootstrap, topic, records, per_second: float | None = None):
         counts[part] = counts.get(part, 0) + 1
     p.close()
     return counts
-
-
-def consume_all(bootstrap, topic, partitions=1):
-    c = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=2000)
-    c.assign([TopicPartition(topic, p) for p in range(partitions)])
-    c.seek_to_beginning()
-    out = list(c)
-    c.close()
-    return out
 
 
 def env_for(flink, broker, topics, **extra):
@@ -373,3 +366,35 @@ def test_without_checkpointing_no_offsets_are_committed(flink, kafka_broker, kaf
     finally:
         flink.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
         proc.wait(timeout=120)
+
+
+def test_flink_cli_up_status_down(tmp_path):
+    from costream.pipelines.flink import FlinkError, job_server_jar
+
+    try:
+        job_server_jar()
+    except FlinkError as err:
+        pytest.skip(f"Flink is not set up: {err}")
+    work = tmp_path / "cluster"
+    cli = [sys.executable, "-m", "costream.pipelines.cli", "flink"]
+    up = subprocess.run([*cli, "up", "--free-ports", "--work-dir", str(work)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stderr[-2000:]
+        lines = dict(x.split("=", 1) for x in up.stdout.splitlines() if "=" in x and " " not in x)
+        assert lines["flink_master"].startswith("127.0.0.1:")
+        assert lines["job_endpoint"].startswith("127.0.0.1:")
+        st = subprocess.run([*cli, "status", "--json", "--work-dir", str(work)], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert st.returncode == 0
+        status = json.loads(st.stdout)
+        roles = {p["role"]: p for p in status["processes"]}
+        assert set(roles) == {"jobmanager", "taskmanager", "job_server", "worker_pool"}
+        assert all(p["alive"] for p in roles.values())
+        assert status["flink_master"] == lines["flink_master"]
+    finally:
+        down = subprocess.run([*cli, "down", "--work-dir", str(work)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert down.returncode == 0
+    for p in roles.values():  # every process stopped by its pid (gone, or a zombie left to init)
+        stat = Path(f"/proc/{p['pid']}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", p
+    gone = subprocess.run([*cli, "status", "--work-dir", str(work)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert gone.returncode == 1 and "no cluster recorded" in gone.stdout
