@@ -518,12 +518,14 @@ class FlinkRest:
         )
         req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=30) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as err:
             raise FlinkError(f"{req.method} {url}: HTTP {err.code}: {err.read()[:500]!r}") from err
         except urllib.error.URLError as err:
             raise FlinkError(f"{req.method} {url}: {err.reason}") from err
+        except OSError as err:  # a read timeout while the JobManager is busy, a reset
+            raise FlinkError(f"{req.method} {url}: {err}") from err
         return json.loads(raw) if raw else None
 
     def jobs(self) -> list[dict[str, Any]]:
@@ -571,7 +573,11 @@ class FlinkRest:
         tid = self.rest(f"/jobs/{job_id}/stop", body)["request-id"]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            ans = self.rest(f"/jobs/{job_id}/savepoints/{tid}")
+            try:
+                ans = self.rest(f"/jobs/{job_id}/savepoints/{tid}")
+            except FlinkError:  # a busy JobManager: ask again
+                time.sleep(1.0)
+                continue
             if ans["status"]["id"] == "COMPLETED":
                 op = ans["operation"]
                 if "failure-cause" in op:

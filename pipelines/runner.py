@@ -177,7 +177,13 @@ def stop_when_idle(master: str, job_name: str, idle_s: float, result: Any) -> st
     last: dict[str, float] | None = None
     changed = time.monotonic()
     while True:
-        info = api.rest(f"/jobs/{job}")
+        try:
+            info = api.rest(f"/jobs/{job}")
+        except FlinkError as err:  # a busy JobManager: ask again, and do not count it as idle
+            log.warning("Flink REST: %s; retrying", err)
+            changed = time.monotonic()
+            time.sleep(1.0)
+            continue
         state = info["state"]
         if state in ("FINISHED", "CANCELED", "FAILED"):
             raise FlinkError(f"Flink job {job} ended by itself ({state}) before going idle.")

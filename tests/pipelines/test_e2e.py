@@ -67,7 +67,7 @@ def bad_records():
     }
 
 
-def consume_all(bootstrap, topic, partitions):
+def consume_all(bootstrap, topic, partitions=1):
     c = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=1500)
     c.assign([TopicPartition(topic, p) for p in range(partitions)])
     c.seek_to_beginning()

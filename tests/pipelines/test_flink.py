@@ -48,6 +48,18 @@ def flink(tmp_path_factory):
         cluster.down()
 
 
+@pytest.fixture(autouse=True)
+def _cancel_leftover_jobs(request):
+    """A failed test must not leave its job running (it would restart forever on deleted topics)."""
+    yield
+    if "flink" not in request.fixturenames:
+        return
+    cluster = request.getfixturevalue("flink")
+    for j in cluster.jobs():
+        if j["status"] not in ("FINISHED", "CANCELED", "FAILED"):
+            cluster.rest(f"/jobs/{j['id']}?mode=cancel", method="PATCH")
+
+
 def features(stream: str, start: int, stop: int) -> list[codecs.OutgoingRecord]:
     seed = sum(map(ord, stream))
     rng = np.random.default_rng(seed)
