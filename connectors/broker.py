@@ -530,7 +530,9 @@ class KafkaBroker(_BrokerProcess):
         jvm = [java, f"-Xmx{self.heap_mb}m", "-Xms64m", "-XX:+UseSerialGC",
                f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]  # fmt: skip
         if not os.path.exists(os.path.join(self.data_dir, "log", "meta.properties")):
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: "-..." reads as a flag
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
             fmt = subprocess.run(
                 [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", config],
                 stdin=subprocess.DEVNULL,
