@@ -99,9 +99,8 @@ def make_options(runner: str, extra: Sequence[str]) -> Any:
     args = list(extra)
     if runner not in EMBEDDED_RUNNERS:
         args = [f"--runner={runner}", *args]
-        if not any(a.startswith("--max_cache_memory_usage_mb") for a in args):
-            # portable SDK workers keep Beam's state cache off unless asked (docs: ~86x slower reads)
-            args.append("--max_cache_memory_usage_mb=256")
+        # portable SDK workers keep Beam's state cache off unless asked (docs: ~86x slower reads)
+        args = _with_defaults(args, {"max_cache_memory_usage_mb": "256"})
     opts = PipelineOptions(args)
     opts.view_as(StandardOptions).streaming = True
     return opts
