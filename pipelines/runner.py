@@ -111,9 +111,18 @@ def run_spec(
     runner: str = "DirectRunner",
     extra: Sequence[str] = (),
     until_idle_s: float | None = None,
+    status_every_s: float | None = None,
 ) -> Any:
-    """Validate and run a spec until its sources stop; returns the PipelineResult."""
+    """Validate and run a spec until its sources stop; returns the PipelineResult.
+
+    With ``status_every_s`` (``costream run``), a status line of costream's counters is logged
+    every that many seconds (0: none) and a summary from the result's Beam metrics at the end
+    (:mod:`costream.pipelines.status`; logger ``costream``, INFO). Live counts come from this
+    process on the embedded runner and from Flink's REST API with a ``--flink_master``; other
+    runners get the summary only.
+    """
     import apache_beam as beam
+    from costream.pipelines import status
 
     overrides: dict[str, dict[str, Any]] = {}
     on_flink = runner == "FlinkRunner"
@@ -138,9 +147,12 @@ def run_spec(
     spec = load_spec(spec_path, overrides=overrides, defaults=defaults)
     master = _option(extra, "flink_master")
     job_name = _option(extra, "job_name")
+    rest_master = master if on_flink and master and not master.startswith("[") else None
     if on_flink:
         runner, extra = flink_args(extra, until_idle_s)
-        if until_idle_s is not None and job_name is None:
+        # --until-idle and the status line find the job by its name on the REST API
+        wants_name = until_idle_s is not None or (rest_master and status_every_s)
+        if wants_name and job_name is None:
             job_name = f"costream-{Path(spec_path).stem}-{uuid.uuid4().hex[:8]}"
             extra = [*extra, f"--job_name={job_name}"]
     options = make_options(runner, extra)
@@ -151,11 +163,22 @@ def run_spec(
     else:
         pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, spec)
-    result = pipeline.run()
-    if on_flink and until_idle_s is not None and master and not master.startswith("["):
-        savepoint = stop_when_idle(master, job_name or "", until_idle_s, result)
-        print(f"savepoint={savepoint}", flush=True)
-    result.wait_until_finish()
+    source: status.CountSource | None = None
+    if status_every_s is not None:
+        if in_process:
+            source = status.LocalCounts()
+        elif rest_master and job_name:
+            source = status.FlinkCounts(rest_master, job_name)
+        elif status_every_s > 0:
+            log.info("status: no live counters on this runner; a summary comes at the end")
+    with status.StatusReporter(source, status_every_s or 0) as reporter:
+        result = pipeline.run()
+        if on_flink and until_idle_s is not None and rest_master:
+            savepoint = stop_when_idle(rest_master, job_name or "", until_idle_s, result)
+            print(f"savepoint={savepoint}", flush=True)
+        result.wait_until_finish()
+    if status_every_s is not None:
+        reporter.summary(result)
     return result
 
 

@@ -23,12 +23,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="stop once the Kafka sources saw no record for this long (replays, tests)",
     )
+    p.add_argument(
+        "--status-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="log a status line of costream's counters this often (default 10; 0: none); a "
+        "summary always comes at the end",
+    )
     p.epilog = "Other arguments go to Beam's PipelineOptions, e.g. --flink_master=host:8081 --parallelism=2."
 
 
 def run(args: Any, extra: list[str]) -> int:
     from costream.pipelines.runner import run_spec
+    from costream.pipelines.status import visible_on_stderr
 
-    result = run_spec(args.spec, args.runner, extra, args.until_idle)
+    if args.status_every < 0:
+        raise SystemExit(
+            f"--status-every must be 0 (no status lines) or more, got {args.status_every}."
+        )
+    with visible_on_stderr():
+        result = run_spec(args.spec, args.runner, extra, args.until_idle, args.status_every)
     print(f"pipeline finished: {result.state}")
     return 0
