@@ -60,6 +60,7 @@ __all__ = [
     "OutgoingRecord",
     "ReadFromKafka",
     "RecordTooLargeError",
+    "REPLAY_HEADER",
     "COMPRESSION_TYPES",
     "START_POSITIONS",
     "WriteDeadLetters",
@@ -80,6 +81,12 @@ START_POSITIONS = ("earliest", "latest", "committed")
 """Named start positions; an ``int`` start is a timestamp in ms since the epoch."""
 
 UNBOUNDED = sys.maxsize
+REPLAY_HEADER = "costream.replay"
+"""Header the reader puts on records it re-reads to rebuild state (``warm_restart_frames``).
+
+Downstream stages step their state with such records but emit nothing for them. The reader
+strips this header from every record it reads from the broker, so only its own marks count.
+"""
 DEFAULT_MAX_REQUEST_SIZE = 1 << 20
 """kafka-python's default largest request, and about Kafka's default ``message.max.bytes``."""
 Oversize = Literal["error", "truncate", "dead_letter"]
@@ -508,15 +515,22 @@ class _ReadConfig(NamedTuple):
     dead_letter_topic: str | None = None
     dead_letter_max_bytes: int = DEFAULT_MAX_REQUEST_SIZE
     broker_timeout_s: float = 60.0
+    warm_restart_frames: int = 0
+    warm_restart_max_records: int = 100_000
 
 
 class _PartitionDescriptor(NamedTuple):
-    """One SDF element: a topic partition and its offset range [start, stop)."""
+    """One SDF element: a topic partition and its offset range [start, stop).
+
+    Records below ``replay_until`` (the committed offset) are re-read to rebuild state: they are
+    emitted with :data:`REPLAY_HEADER` and never committed.
+    """
 
     topic: str
     partition: int
     start: int
     stop: int
+    replay_until: int = 0
 
 
 # --- the private worker: one consumer for one partition ------------------------------------
@@ -676,6 +690,48 @@ class _PartitionReader:
         )
 
 
+def _replay_start(
+    consumer: Any, tp: Any, earliest: int, committed: int, frames: int, max_records: int
+) -> int:
+    """Where to re-read from so each stream (record key) gets its last ``frames`` records back.
+
+    Scans backwards from ``committed`` in growing blocks, collecting the offsets of each key,
+    until every key seen has ``frames`` records, the partition starts, or ``max_records`` were
+    scanned; returns the smallest offset any key needs (``committed`` when nothing precedes it).
+    A stream whose older records lie beyond the scan comes back partly warm (logged).
+    """
+    offsets: dict[bytes | None, list[int]] = {}
+    hi, block, scanned = committed, max(1024, 4 * frames), 0
+    consumer.assign([tp])
+    while hi > earliest and scanned < max_records:
+        lo = max(earliest, hi - block, committed - max_records)
+        found: dict[bytes | None, list[int]] = {}
+        consumer.seek(tp, lo)
+        position = lo
+        while position < hi:
+            records = consumer.poll(timeout_ms=2000, max_records=2000).get(tp, [])
+            if not records:
+                break  # a compacted or truncated log: take what there is
+            for r in records:
+                if r.offset < hi:
+                    found.setdefault(r.key, []).append(int(r.offset))
+            position = records[-1].offset + 1
+        for key, offs in found.items():
+            offsets[key] = offs + offsets.get(key, [])
+        scanned += hi - lo
+        hi, block = lo, 2 * block
+        if all(len(v) >= frames for v in offsets.values()):
+            break
+    if not offsets:
+        return committed
+    short = [k for k, v in offsets.items() if len(v) < frames]
+    if short and hi > earliest:
+        _LOG.warning("ReadFromKafka: %s[%d]: %d stream(s) have fewer than %d records in the %d "
+                     "before offset %d; they restart partly cold.", tp.topic, tp.partition,
+                     len(short), frames, scanned, committed)  # fmt: skip
+    return min(v[-frames] if len(v) >= frames else v[0] for v in offsets.values())
+
+
 def _first_offset_at_or_after(consumer: Any, tp: Any, ts_ms: int) -> int:
     """The offset of the first record with timestamp >= ``ts_ms``, or the end if there is none.
 
@@ -728,11 +784,24 @@ class _ResolvePartitions(beam.DoFn):
                     )
                 tps = [TopicPartition(topic, p) for p in wanted]
                 starts = _start_offsets(consumer, tps, cfg)
+                earliest = consumer.beginning_offsets(tps) if cfg.warm_restart_frames else {}
                 for tp in tps:
                     start = starts[tp]
                     stop = UNBOUNDED if cfg.max_records is None else start + cfg.max_records
-                    _LOG.info("ReadFromKafka: %s[%d] from offset %d", topic, tp.partition, start)
-                    yield _PartitionDescriptor(topic, tp.partition, start, stop)
+                    replay = start
+                    if (
+                        cfg.start == "committed"
+                        and cfg.warm_restart_frames
+                        and start > earliest[tp]
+                    ):
+                        replay = _replay_start(
+                            consumer, tp, int(earliest[tp]), start, cfg.warm_restart_frames,
+                            cfg.warm_restart_max_records,
+                        )  # fmt: skip
+                    _LOG.info("ReadFromKafka: %s[%d] from offset %d%s", topic, tp.partition, start,
+                              f" (re-reading {start - replay} records from {replay} to rebuild "
+                              "state)" if replay < start else "")  # fmt: skip
+                    yield _PartitionDescriptor(topic, tp.partition, replay, stop, start)
         finally:
             consumer.close(autocommit=False)
 
@@ -898,6 +967,7 @@ class _ReadPartitionFn(beam.DoFn):
         self._commit_failures = Metrics.counter(_METRICS_NS, "offset_commit_failures")
         self._dead_lettered = Metrics.counter(_METRICS_NS, "records_dead_lettered")
         self._skipped = Metrics.counter(_METRICS_NS, "records_skipped")
+        self._replayed = Metrics.counter(_METRICS_NS, "records_replayed")
         self._dlq_producer: Any = None
 
     def setup(self) -> None:  # noqa: D102
@@ -1031,6 +1101,11 @@ class _ReadPartitionFn(beam.DoFn):
                 if not tracker.try_claim(r.offset):
                     finished = True  # past the end of a bounded range (max_records)
                     break
+                replay = r.offset < desc.replay_until
+                headers = [h for h in r.headers if h[0] != REPLAY_HEADER]
+                if replay:
+                    headers.append((REPLAY_HEADER, b"1"))
+                    self._replayed.inc()
                 error = r.error
                 if error is None and r.timestamp is not None and r.timestamp > _MAX_EVENT_MS:
                     error = (
@@ -1038,7 +1113,8 @@ class _ReadPartitionFn(beam.DoFn):
                         f"({_MAX_EVENT_MS} ms)"
                     )
                 if error is not None:
-                    self._dead_letter(desc, r, error)
+                    if not replay:  # a replayed record's dead letter was written before
+                        self._dead_letter(desc, r, error)
                     emitted += 1
                     last_offset = r.offset
                     continue
@@ -1050,7 +1126,7 @@ class _ReadPartitionFn(beam.DoFn):
                 event_time = Timestamp(micros=ts_ms * 1000)
                 yield TimestampedValue(
                     KafkaRecord(
-                        r.key, r.value or b"", r.headers, desc.topic, desc.partition, r.offset,
+                        r.key, r.value or b"", headers, desc.topic, desc.partition, r.offset,
                         ts_ms,
                     ),
                     event_time,
@@ -1065,7 +1141,7 @@ class _ReadPartitionFn(beam.DoFn):
                 break
         if emitted:
             self._records.inc(emitted)
-            if cfg.group_id is not None:
+            if cfg.group_id is not None and last_offset + 1 > desc.replay_until:
                 finalizer.register(functools.partial(self._commit, reader, last_offset + 1))
         if finished:
             return
@@ -1125,6 +1201,14 @@ class ReadFromKafka(beam.PTransform):
             letter cannot be written) such a record is skipped, logged and counted
             (``records_skipped``). Either way the offset advances, and is committed.
         dead_letter_max_bytes: largest dead letter the reader writes (see :func:`fit_dead_letter`).
+        warm_restart_frames: with ``start="committed"``, re-read the records just before each
+            partition's committed offset, enough for this many records of every stream (key)
+            found there, and mark them with :data:`REPLAY_HEADER`: stateful stages rebuild each
+            stream's state from them and emit nothing for them, so a restart without a
+            checkpoint (the embedded runner, a fresh Flink job) is invisible in the output. Use
+            the model's window n. 0 (the default) re-reads nothing. Replayed records are
+            counted (``records_replayed``) and never committed or dead-lettered again.
+        warm_restart_max_records: scan at most this many records back per partition.
         broker_timeout_s: a partition that got no answer from any broker for this long fails
             the read with :class:`BrokerUnavailableError` naming the servers and the position;
             shorter outages (a broker restart) are waited out. On every quiet poll (at most once
@@ -1159,9 +1243,20 @@ class ReadFromKafka(beam.PTransform):
         dead_letter_max_bytes: int = DEFAULT_MAX_REQUEST_SIZE,
         broker_timeout_s: float = 60.0,
         client_config: Mapping[str, Any] | None = None,
+        warm_restart_frames: int = 0,
+        warm_restart_max_records: int = 100_000,
     ) -> None:
         super().__init__()
         servers = _bootstrap_list(bootstrap_servers)
+        if isinstance(warm_restart_frames, bool) or not (
+            isinstance(warm_restart_frames, int) and warm_restart_frames >= 0
+        ):
+            raise ValueError(
+                f"warm_restart_frames must be a whole number of frames >= 0, got {warm_restart_frames!r}."
+            )
+        _positive(
+            "warm_restart_max_records", warm_restart_max_records, integer=True, optional=False
+        )
         if dead_letter_topic is not None and (
             not isinstance(dead_letter_topic, str) or not dead_letter_topic
         ):
@@ -1210,6 +1305,7 @@ class ReadFromKafka(beam.PTransform):
             None if idle_partition_s is None else float(idle_partition_s),
             max_records_per_bundle, float(max_bundle_s), poll_timeout_ms, cfg,
             dead_letter_topic, dead_letter_max_bytes, float(broker_timeout_s),
+            warm_restart_frames, warm_restart_max_records,
         )  # fmt: skip
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:  # noqa: D102
@@ -1388,6 +1484,7 @@ class _WriteFn(beam.DoFn):
         self._skipped = Metrics.counter(_METRICS_NS, "records_skipped")
         self._resent = Metrics.counter(_METRICS_NS, "records_resent")
         self._producers_recreated = Metrics.counter(_METRICS_NS, "producers_recreated")
+        self._replay_dropped = Metrics.counter(_METRICS_NS, "records_replay_dropped")
 
     def _new_producer(self) -> Any:
         from kafka import KafkaProducer
@@ -1485,7 +1582,12 @@ class _WriteFn(beam.DoFn):
         self._pending.append((future, topic, rec, ts_ms))
 
     def process(self, element: Any, ts: Timestamp = beam.DoFn.TimestampParam) -> None:  # noqa: D102
-        rec = self._sized(as_outgoing(element))
+        out = as_outgoing(element)
+        if any(k == REPLAY_HEADER for k, _ in out.headers):
+            # built from a record re-read to rebuild state: it was written before the restart
+            self._replay_dropped.inc()
+            return
+        rec = self._sized(out)
         if rec is None:
             return
         if isinstance(element, KafkaRecord):

@@ -62,5 +62,6 @@ class RecyclingPositionalEncoding(nn.Module):
         """A window (B, n, d) whose first token arrived at index ``start`` (int or (B,))."""
         B, n, _ = window.shape
         start = torch.as_tensor(start, device=window.device).reshape(-1, 1)  # (B or 1, 1)
+        start = start % self.num_embeddings  # first, so indices near 2**63 cannot overflow
         idx = (start + torch.arange(n, device=window.device)) % self.num_embeddings  # (B or 1, n)
         return window + self.table[idx].to(window.dtype)

@@ -223,8 +223,17 @@ class ContinualOnlineTransformer(nn.Module):
         return self.encoder.init_state(batch_size, dtype=dtype, device=device)
 
     @torch.no_grad()
-    def step(self, x: Tensor, state: StreamState) -> tuple[StepOutput, StreamState]:
+    def step(
+        self, x: Tensor, state: StreamState, index: Tensor | None = None
+    ) -> tuple[StepOutput, StreamState]:
         """One frame per stream: ``x`` (B, D_in) -> :class:`StepOutput` (scores (B, C), warm (B,)).
+
+        ``index`` (B,) int64: each frame's index in its stream, which sets its positional phase
+        (``index % pe_size``). Streams pass their frame indices, so a row's output depends only
+        on its frames and their indices, never on when the row was started or reset: once a row
+        is warm again after a reset it equals the uninterrupted row, and the regular oracle is
+        ``forward(window, start=index - n + 1)``. Without ``index`` the phase is the row's token
+        count since its start (``state.t``), i.e. a stream whose first frame has index 0.
 
         ``state`` is updated in place and returned. Row b's scores are exact (equal to the
         regular model on its last n frames) where ``warm[b]``; earlier rows are warm-up output.
@@ -235,8 +244,11 @@ class ContinualOnlineTransformer(nn.Module):
             raise ValueError(
                 f"step expects one frame per stream, (B, D_in) = ({B}, {self.config.d_in}); got {tuple(x.shape)}."
             )
-        index = state.t.clone()  # arrival index of this frame = its positional phase (§6.5)
-        z = self.pe.step(self.embed(x), index)  # (B, d)
+        if index is None:
+            index = state.t  # read before the step increments it
+        elif index.shape != (B,):
+            raise ValueError(f"index must have shape ({B},), got {tuple(index.shape)}.")
+        z = self.pe.step(self.embed(x), index)  # (B, d): phase = frame index mod pe_size
         y, state = self.encoder.step(z, state)  # (B, d)
         return StepOutput(self.head(self.norm(y)), state.warm.clone()), state
 

@@ -14,12 +14,31 @@ the model identity (``name@sha256[:12]``), the last frame index, the last-seen w
 the last features (for the ``fill`` gap policy) and the model's one-row state
 (``StreamState.to_bytes``: raw tensors, no pickle).
 
+Results depend only on the frames: each step's positional phase is the frame's own index
+(``frame_index % pe_size``), never a count of frames since the state was (re)started. So after
+any reset (a restart, a gap, an idle expiry, a reboot) a stream's detections equal those of an
+uninterrupted run as soon as it has seen n frames again.
+
+What a frame ``i`` does to a stream whose newest frame was ``last`` (index) at ``last_ts``:
+
+* ``i == last + 1``: one step.
+* ``i <= last`` and ``ts_ms <= last_ts``: a genuine repeat (a redelivery, a producer retry, a
+  replay of old records): dropped as a ``duplicate``, the state untouched.
+* ``i <= last`` and ``ts_ms > last_ts``: the source started counting again (a camera reboot): a new
+  **stream epoch**; the state resets and the frame is stepped.
+* ``i > last + max_jump``: an implausible forward jump (default 2**32 frames, over a year at
+  100 fps): also a new epoch. Either is counted (``stream_epochs``) and logged at most once per
+  10 s per kind.
+* ``last + 1 < i <= last + max_jump``: a gap, handled by the gap policy.
+
 Gap policies, when frame ``i`` follows ``last`` with ``i > last + 1``:
 
+* ``fill`` (the default): feed the last frame's features for each missing index
+  (sample-and-hold), then the new frame; a gap longer than ``max_fill`` frames (default
+  :data:`DEFAULT_MAX_FILL`) resets instead (filling a long outage would fabricate a whole
+  window). A frame that was dead-lettered (a corrupt JPEG, NaN features) leaves a one-frame gap,
+  so by default it costs no warm-up: its slot in the window holds the previous frame.
 * ``reset``: forget the stream's past; the next ``n - 1`` detections are warm-up again.
-* ``fill``: feed the last frame's features for each missing index (sample-and-hold), then the new
-  frame; a gap longer than ``max_fill`` frames resets instead (filling a long outage would
-  fabricate a whole window).
 """
 
 from __future__ import annotations
@@ -29,9 +48,11 @@ import logging
 import struct
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -42,14 +63,20 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 from costream.connectors import codecs
+from costream.connectors.kafka_io import REPLAY_HEADER
 from costream.models.state import StateFormatError, StreamState
+from costream.transforms import counters
 
 __all__ = [
+    "DEFAULT_GAP_POLICY",
+    "DEFAULT_MAX_FILL",
+    "DEFAULT_MAX_JUMP",
     "ContinualInference",
     "ContinualInferenceFn",
     "GapPolicy",
     "StepResult",
     "Stored",
+    "StreamRegistry",
     "StreamStepper",
     "iter_detections",
     "load_stepper",
@@ -59,6 +86,11 @@ log = logging.getLogger(__name__)
 
 GapPolicy = Literal["reset", "fill"]
 GAP_POLICIES = ("reset", "fill")
+DEFAULT_GAP_POLICY: GapPolicy = "fill"
+DEFAULT_MAX_FILL = 8
+"""Longest gap (frames) the ``fill`` policy bridges unless ``max_fill`` says otherwise."""
+DEFAULT_MAX_JUMP = 2**32
+"""A forward jump of more frames than this starts a new stream epoch instead of a gap."""
 
 
 def _check_gap_policy(gap_policy: str) -> None:
@@ -69,7 +101,7 @@ def _check_gap_policy(gap_policy: str) -> None:
 
 
 _MAGIC = b"CoSS"
-_VERSION = 1
+_VERSION = 2  # 2 added last_ts_ms; version 1 cells still load (last_ts_ms unknown)
 _PREFIX = struct.Struct("<4sHII")  # magic, version, meta length, features length
 
 
@@ -82,11 +114,17 @@ class Stored:
     last_seen_ms: int
     last_features: np.ndarray  # float32 (D_in,)
     state: bytes  # StreamState.to_bytes() of the stream's row
+    last_ts_ms: int | None = None  # capture time of the newest frame (None: a version-1 cell)
 
     def to_bytes(self) -> bytes:
         """Compact bytes: header, JSON meta, raw float32 features, the model state blob."""
         meta = json.dumps(
-            {"model": self.model, "last_index": self.last_index, "last_seen_ms": self.last_seen_ms},
+            {
+                "model": self.model,
+                "last_index": self.last_index,
+                "last_seen_ms": self.last_seen_ms,
+                "last_ts_ms": self.last_ts_ms,
+            },
             separators=(",", ":"),
         ).encode()
         feats = np.ascontiguousarray(self.last_features, dtype="<f4").tobytes()
@@ -100,7 +138,7 @@ class Stored:
         if len(blob) < _PREFIX.size:
             raise StateFormatError("Stored stream state is truncated.")
         magic, version, mlen, flen = _PREFIX.unpack_from(blob)
-        if magic != _MAGIC or version != _VERSION:
+        if magic != _MAGIC or version not in (1, _VERSION):
             raise StateFormatError(
                 f"Stored stream state has magic {magic!r} version {version}; expected {_MAGIC!r} {_VERSION}."
             )
@@ -117,6 +155,7 @@ class Stored:
             meta["last_seen_ms"],
             feats,
             bytes(blob[pos + flen :]),
+            meta.get("last_ts_ms"),
         )
 
 
@@ -134,7 +173,7 @@ class StepResult:
     detection: codecs.Detection | None
     events: list[str] = field(
         default_factory=list
-    )  # duplicate, gap, gap_reset, gap_fill, model_change, expired
+    )  # duplicate, gap, gap_reset, gap_fill, model_change, expired, reboot, jump
     state_bytes: int = 0
     decode_us: float = 0.0
     model_us: float = 0.0
@@ -145,14 +184,15 @@ class StreamStepper:
     """Per-frame update of one stream's continual state (plain logic, no Beam).
 
     Args:
-        model: a continual model with ``init_state(1)``, ``step(x (1, D_in), state) ->
-            (out with .scores (1, C) and .warm (1,), state)``, ``config.d_in`` and ``window``.
+        model: a continual model with ``init_state(1)``, ``step(x (1, D_in), state, index (1,))
+            -> (out with .scores (1, C) and .warm (1,), state)``, ``config.d_in`` and ``window``.
         model_id: ``name@sha256-prefix``; a stream whose stored state names another model is reset.
         labels: the C class names.
-        gap_policy: ``reset`` or ``fill`` (module docstring).
-        max_fill: longest gap ``fill`` bridges (default: the window n).
+        gap_policy: ``fill`` or ``reset`` (module docstring).
+        max_fill: longest gap ``fill`` bridges (default :data:`DEFAULT_MAX_FILL`, at most n).
         ttl_ms: state older than this (wall time since the stream's last frame) is treated as
             expired and reset; the embedded runner's replacement for the idle timer.
+        max_jump: a forward jump of more frames than this is a new stream epoch (module docstring).
     """
 
     def __init__(
@@ -160,15 +200,17 @@ class StreamStepper:
         model: Any,
         model_id: str,
         labels: Sequence[str],
-        gap_policy: GapPolicy = "reset",
+        gap_policy: GapPolicy = DEFAULT_GAP_POLICY,
         max_fill: int | None = None,
         ttl_ms: int | None = None,
+        max_jump: int = DEFAULT_MAX_JUMP,
     ) -> None:
         _check_gap_policy(gap_policy)
         self.model, self.model_id, self.labels = model, model_id, list(labels)
         self.gap_policy = gap_policy
-        self.max_fill = model.window if max_fill is None else int(max_fill)
+        self.max_fill = min(DEFAULT_MAX_FILL, model.window) if max_fill is None else int(max_fill)
         self.ttl_ms = ttl_ms
+        self.max_jump = int(max_jump)
         self.d_in = int(model.config.d_in)
 
     def process(
@@ -210,7 +252,13 @@ class StreamStepper:
             events.append("expired")
             prev = None
         if prev is not None and frame_index <= prev.last_index:
-            return None, StepResult(None, ["duplicate"], decode_us=_us(t0))
+            if prev.last_ts_ms is None or ts_ms <= prev.last_ts_ms:
+                return None, StepResult(None, ["duplicate"], decode_us=_us(t0))
+            events.append("reboot")  # counting from 0 again, with newer capture times
+            prev = None
+        elif prev is not None and frame_index - prev.last_index > self.max_jump:
+            events.append("jump")
+            prev = None
 
         state = self.model.init_state(1) if prev is None else StreamState.from_bytes(prev.state)
         t1 = time.perf_counter_ns()
@@ -220,13 +268,14 @@ class StreamStepper:
             if self.gap_policy == "fill" and missing <= self.max_fill:
                 events.append("gap_fill")
                 hold = torch.from_numpy(prev.last_features).unsqueeze(0)
-                for _ in range(missing):
-                    _, state = self.model.step(hold, state)
+                for i in range(prev.last_index + 1, frame_index):
+                    _, state = self.model.step(hold, state, torch.tensor([i]))
             else:
                 events.append("gap_reset")
                 state = self.model.init_state(1)
 
-        out, state = self.model.step(torch.from_numpy(x).unsqueeze(0), state)
+        index = torch.tensor([frame_index])  # the phase comes from the frame, not the state
+        out, state = self.model.step(torch.from_numpy(x).unsqueeze(0), state, index)
         probs = torch.softmax(out.scores[0].double(), dim=-1).tolist()
         t2 = time.perf_counter_ns()
         latency = 0.0 if arrival_ms is None else max(0.0, time.time() * 1000 - arrival_ms)
@@ -241,7 +290,8 @@ class StreamStepper:
             latency_ms=latency,
         )
         t3 = time.perf_counter_ns()
-        blob = Stored(self.model_id, frame_index, now_ms, x, state.to_bytes()).to_bytes()
+        last_ts = ts_ms if prev is None or prev.last_ts_ms is None else max(ts_ms, prev.last_ts_ms)
+        blob = Stored(self.model_id, frame_index, now_ms, x, state.to_bytes(), last_ts).to_bytes()
         return blob, StepResult(
             det,
             events,
@@ -286,12 +336,13 @@ _STEPPERS_LOCK = threading.Lock()
 
 def load_stepper(
     weights: str,
-    gap_policy: GapPolicy = "reset",
+    gap_policy: GapPolicy = DEFAULT_GAP_POLICY,
     max_fill: int | None = None,
     ttl_ms: int | None = None,
+    max_jump: int = DEFAULT_MAX_JUMP,
 ) -> StreamStepper:
     """The continual model of a weights file, wrapped in a stepper; loaded once per process."""
-    key = (str(weights), gap_policy, max_fill, ttl_ms)
+    key = (str(weights), gap_policy, max_fill, ttl_ms, max_jump)
     with _STEPPERS_LOCK:
         if key not in _STEPPERS:
             from costream.models.zoo import load_model
@@ -299,9 +350,125 @@ def load_stepper(
             model, card = load_model(weights, continual=True)
             model_id = f"{card['continual_name']}@{card['sha256'][:12]}"
             _STEPPERS[key] = StreamStepper(
-                model, model_id, card["classes"], gap_policy, max_fill, ttl_ms
+                model, model_id, card["classes"], gap_policy, max_fill, ttl_ms, max_jump
             )
         return _STEPPERS[key]
+
+
+class _Throttled:
+    """Log at most one line per ``period_s`` per kind, saying how many were held back."""
+
+    def __init__(self, period_s: float = 10.0) -> None:
+        self.period_s = period_s
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, kind: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now < self._next.get(kind, 0.0):
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return
+        held = self._held.pop(kind, 0)
+        if held:
+            msg += f" ({held} more like this in the last {self.period_s:g} s)"
+        log.warning(msg, *args)
+        self._next[kind] = now + self.period_s
+
+
+class _Expire(NamedTuple):
+    """Sweep token: clear this key's state if it is still idle (embedded runner only)."""
+
+    swept_ms: int
+
+
+class StreamRegistry:
+    """Streams whose state this process holds, oldest-seen first, for the idle sweep and gauges.
+
+    On a runner without usable timers (the embedded FnApiRunner fires every timer right after the
+    bundle that set it) an idle stream's state would otherwise stay until that stream's next frame.
+    The inference DoFn records each stream's last-seen time and state size here; the keying step
+    in front of it (same process) asks :meth:`expired` for streams idle longer than the TTL and
+    sends each a sweep token through the keyed input, so the state is cleared by the key's own
+    DoFn call, as Beam requires. One registry per :class:`ContinualInference` (by name).
+    """
+
+    _ALL: dict[str, StreamRegistry] = {}
+    _ALL_LOCK = threading.Lock()
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()  # id -> (last ms, bytes)
+        self._bytes = 0
+
+    @classmethod
+    def named(cls, name: str) -> StreamRegistry:
+        """The process's registry called ``name`` (created on first use; gauges registered)."""
+        with cls._ALL_LOCK:
+            reg = cls._ALL.get(name)
+            if reg is None:
+                reg = cls._ALL[name] = cls()
+                counters.register_gauge("streams_held", reg.__len__)
+                counters.register_gauge("state_bytes", lambda: reg.state_bytes)
+            return reg
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of state held, summed over streams (as last written)."""
+        return self._bytes
+
+    def seen(self, stream_id: str, now_ms: int, nbytes: int) -> None:
+        """The stream stepped at ``now_ms`` and now stores ``nbytes``."""
+        with self._lock:
+            old = self._seen.pop(stream_id, None)
+            self._bytes += nbytes - (0 if old is None else old[1])
+            self._seen[stream_id] = (now_ms, nbytes)
+
+    def forget(self, stream_id: str) -> None:
+        """The stream's state was cleared."""
+        with self._lock:
+            old = self._seen.pop(stream_id, None)
+            if old is not None:
+                self._bytes -= old[1]
+
+    def expired(self, now_ms: int, ttl_ms: int, limit: int) -> list[str]:
+        """Up to ``limit`` streams idle for more than ``ttl_ms``, oldest first; taken out."""
+        out: list[str] = []
+        with self._lock:
+            while self._seen and len(out) < limit:
+                stream_id, (last_ms, nbytes) = next(iter(self._seen.items()))
+                if now_ms - last_ms <= ttl_ms:
+                    break
+                del self._seen[stream_id]
+                self._bytes -= nbytes
+                out.append(stream_id)
+        return out
+
+
+class _KeyByStream(beam.DoFn):
+    """``record -> (stream_id, record)``; with a TTL, also the idle sweep's tokens (see registry)."""
+
+    def __init__(self, registry: str, ttl_ms: int | None, sweep_every_s: float = 1.0) -> None:
+        self.registry, self.ttl_ms, self.sweep_every_s = registry, ttl_ms, sweep_every_s
+
+    def setup(self) -> None:
+        self._next_sweep = time.monotonic() + self.sweep_every_s
+
+    def process(self, rec: Any) -> Iterator[tuple[str, Any]]:
+        yield rec.stream_id, rec
+        if self.ttl_ms is None or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.sweep_every_s
+        now_ms = int(time.time() * 1000)
+        token = _Expire(now_ms)
+        for stream_id in StreamRegistry.named(self.registry).expired(now_ms, self.ttl_ms, 10_000):
+            yield stream_id, token
+
+
+def _is_replay(headers: Sequence[tuple[str, bytes]]) -> bool:
+    return any(k == REPLAY_HEADER for k, _ in headers)
 
 
 class ContinualInferenceFn(beam.DoFn):
@@ -312,14 +479,19 @@ class ContinualInferenceFn(beam.DoFn):
     Main output: detection records (``OutgoingRecord``: key = stream id, DESIGN.md JSON value).
     Tagged output ``dead_letter``: the original record with ``costream.stage = inference``.
 
+    Replayed frames (header ``costream.replay``, set by ``ReadFromKafka(warm_restart_frames=...)``
+    on the records just before the committed offsets) step the state like any frame but emit
+    nothing: their detections and dead letters were written before the restart.
+
     ``idle_timeout_s``: on runners with real processing-time timers (Flink) an idle timer clears a
     stream's state after that long without frames (``idle_timer=True``). The embedded FnApiRunner
     fires processing-time timers right after the bundle that set them, which would wipe state
     every frame, so there ``idle_timer=False`` and the same timeout is enforced as a TTL checked
-    when the next frame arrives.
+    when the next frame arrives, plus a sweep (:class:`StreamRegistry`) that clears streams that
+    never send another frame.
 
     Per-frame time split (Beam distributions in namespace ``costream``, integer microseconds, one
-    update per frame that was not dead-lettered; issue 6): ``state_read_us`` (``stream.read()``),
+    update per frame that was not dead-lettered): ``state_read_us`` (``stream.read()``),
     ``serde_us`` (state bytes decoded and encoded, :class:`StepResult`), ``model_us`` (the step
     and softmax; frames that stepped), ``state_write_us`` (``stream.write()``; frames that
     stepped) and ``frame_us`` (the whole call up to the emitted record, so the remainder is
@@ -334,22 +506,28 @@ class ContinualInferenceFn(beam.DoFn):
     def __init__(
         self,
         weights: str,
-        gap_policy: GapPolicy = "reset",
+        gap_policy: GapPolicy = DEFAULT_GAP_POLICY,
         max_fill: int | None = None,
         idle_timeout_s: float | None = 600.0,
         idle_timer: bool = True,
+        max_jump: int = DEFAULT_MAX_JUMP,
+        registry: str = "",
     ) -> None:
         self.weights, self.gap_policy, self.max_fill = weights, gap_policy, max_fill
         self.idle_timeout_s, self.idle_timer = idle_timeout_s, idle_timer
+        self.max_jump, self.registry = max_jump, registry or uuid.uuid4().hex
         m = "costream"
-        self.frames_in = Metrics.counter(m, "frames_in")
-        self.detections = Metrics.counter(m, "detections_out")
-        self.warmup = Metrics.counter(m, "warmup_frames")
-        self.duplicates = Metrics.counter(m, "duplicates")
-        self.gaps = Metrics.counter(m, "gaps")
-        self.resets = Metrics.counter(m, "state_resets")
-        self.dead = Metrics.counter(m, "dead_letters")
-        self.idle_cleared = Metrics.counter(m, "idle_cleared")
+        self.frames_in = counters.Counter(m, "frames_in")
+        self.detections = counters.Counter(m, "detections_out")
+        self.warmup = counters.Counter(m, "warmup_frames")
+        self.duplicates = counters.Counter(m, "duplicates")
+        self.gaps = counters.Counter(m, "gaps")
+        self.filled = counters.Counter(m, "gap_filled")
+        self.resets = counters.Counter(m, "state_resets")
+        self.epochs = counters.Counter(m, "stream_epochs")
+        self.dead = counters.Counter(m, "dead_letters")
+        self.idle_cleared = counters.Counter(m, "idle_cleared")
+        self.replayed = counters.Counter(m, "replayed_frames")
         self.latency = Metrics.distribution(m, "latency_ms")
         self.state_size = Metrics.distribution(m, "state_bytes")
         self.read_us = Metrics.distribution(m, "state_read_us")
@@ -358,12 +536,54 @@ class ContinualInferenceFn(beam.DoFn):
         self.model_us = Metrics.distribution(m, "model_us")
         self.frame_us = Metrics.distribution(m, "frame_us")
 
+    @property
+    def ttl_ms(self) -> int | None:
+        """The idle timeout as a TTL (ms) where no idle timer runs, else ``None``."""
+        if self.idle_timeout_s is None or self.idle_timer:
+            return None
+        return int(self.idle_timeout_s * 1000)
+
     def setup(self) -> None:
         torch.set_num_threads(1)  # one step is small; thread wake-ups dominate (p99 1.7 s -> 31 ms)
-        ttl = None
-        if self.idle_timeout_s is not None and not self.idle_timer:
-            ttl = int(self.idle_timeout_s * 1000)
-        self.stepper = load_stepper(self.weights, self.gap_policy, self.max_fill, ttl)
+        self.stepper = load_stepper(
+            self.weights, self.gap_policy, self.max_fill, self.ttl_ms, self.max_jump
+        )
+        self._streams = StreamRegistry.named(self.registry) if self.ttl_ms is not None else None
+        self._log = _Throttled()
+
+    def _count(self, stream_id: str, rec: Any, events: list[str]) -> None:
+        for event in events:
+            if event == "duplicate":
+                self.duplicates.inc()
+            elif event == "gap":
+                self.gaps.inc()
+            elif event == "gap_fill":
+                self.filled.inc()
+            elif event in ("gap_reset", "model_change", "expired", "reboot", "jump"):
+                self.resets.inc()
+            if event in ("reboot", "jump"):
+                self.epochs.inc()
+                self._log.warning(
+                    event,
+                    "stream %s: frame %d starts a new stream epoch (%s): state reset",
+                    stream_id,
+                    rec.frame_index,
+                    "the frame index went back with a newer capture time"
+                    if event == "reboot"
+                    else "the frame index jumped forward by more than max_jump",
+                )
+
+    def _expire(self, stream_id: str, token: _Expire, stream: Any) -> None:
+        stored = stream.read()
+        if not stored:
+            return
+        ttl = self.ttl_ms
+        last_seen = Stored.from_bytes(stored).last_seen_ms
+        if ttl is not None and token.swept_ms - last_seen > ttl:
+            stream.clear()
+            self.idle_cleared.inc()
+        elif self._streams is not None:  # a frame came in since: still held
+            self._streams.seen(stream_id, last_seen, len(stored))
 
     def process(
         self,
@@ -372,7 +592,11 @@ class ContinualInferenceFn(beam.DoFn):
         idle=beam.DoFn.TimerParam(IDLE),
     ) -> Iterator[Any]:
         stream_id, rec = element
-        self.frames_in.inc()
+        if isinstance(rec, _Expire):
+            self._expire(stream_id, rec, stream)
+            return
+        replay = _is_replay(rec.headers)
+        (self.replayed if replay else self.frames_in).inc()
         t0 = time.perf_counter_ns()
         stored = stream.read()
         t1 = time.perf_counter_ns()
@@ -386,32 +610,37 @@ class ContinualInferenceFn(beam.DoFn):
                 arrival_ms=rec.arrival_ms,
             )
         except Exception as e:  # one bad frame must not stop the stream or the pipeline
+            if replay:  # its dead letter was written before the restart
+                return
             self.dead.inc()
-            log.warning("stream %s frame %s -> dead letter: %s", stream_id, rec.frame_index, e)
+            self._log.warning(
+                "dead_letter",
+                "stream %s frame %s -> dead letter: %s",
+                stream_id,
+                rec.frame_index,
+                e,
+            )
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER,
                 codecs.dead_letter_record(rec.key, rec.value, rec.headers, e, "inference"),
             )
             return
-        for event in result.events:
-            if event == "duplicate":
-                self.duplicates.inc()
-            elif event == "gap":
-                self.gaps.inc()
-            elif event in ("gap_reset", "model_change", "expired"):
-                self.resets.inc()
+        if not replay:
+            self._count(stream_id, rec, result.events)
         if blob is not None:
             t2 = time.perf_counter_ns()
             stream.write(blob)
             self.write_us.update(round(_us(t2)))
             self.model_us.update(round(result.model_us))
             self.state_size.update(result.state_bytes)
+            if self._streams is not None:
+                self._streams.seen(stream_id, int(time.time() * 1000), len(blob))
         if self.idle_timer and self.idle_timeout_s is not None:
             idle.set(Timestamp.now() + Duration(seconds=self.idle_timeout_s))
         self.read_us.update(round((t1 - t0) / 1e3))
         self.serde_us.update(round(result.decode_us + result.encode_us))
         det = result.detection
-        if det is None:
+        if det is None or replay:
             self.frame_us.update(round(_us(t0)))
             return
         if not det.warm:
@@ -438,16 +667,17 @@ class ContinualInference(beam.PTransform):
 
         - type: ContinualInference
           input: ExtractFeatures
-          config: {weights: pipelines/assets/demo_model.safetensors, gap_policy: reset}
+          config: {weights: pipelines/assets/demo_model.safetensors, gap_policy: fill}
     """
 
     def __init__(
         self,
         weights: str,
-        gap_policy: GapPolicy = "reset",
+        gap_policy: GapPolicy = DEFAULT_GAP_POLICY,
         max_fill: int | None = None,
         idle_timeout_s: float | None = 600.0,
         idle_timer: bool = True,
+        max_jump: int = DEFAULT_MAX_JUMP,
     ) -> None:
         super().__init__()
         _check_gap_policy(gap_policy)
@@ -455,10 +685,19 @@ class ContinualInference(beam.PTransform):
             raise ValueError(
                 f"idle_timeout_s must be positive seconds (or null to keep state forever), got {idle_timeout_s}."
             )
-        self.fn = ContinualInferenceFn(weights, gap_policy, max_fill, idle_timeout_s, idle_timer)
+        if max_fill is not None and max_fill < 0:
+            raise ValueError(f"max_fill must be >= 0 frames, got {max_fill}.")
+        if max_jump < 1:
+            raise ValueError(f"max_jump must be >= 1 frame, got {max_jump}.")
+        self.fn = ContinualInferenceFn(
+            weights, gap_policy, max_fill, idle_timeout_s, idle_timer, max_jump
+        )
+        self.sweep_every_s = 1.0  # seconds between idle sweeps where a TTL replaces the timer
 
     def expand(self, frames: beam.PCollection) -> dict[str, beam.PCollection]:
-        keyed = frames | "KeyByStream" >> beam.Map(lambda r: (r.stream_id, r)).with_output_types(
+        keyed = frames | "KeyByStream" >> beam.ParDo(
+            _KeyByStream(self.fn.registry, self.fn.ttl_ms, self.sweep_every_s)
+        ).with_output_types(
             beam.typehints.KV[str, beam.typehints.Any]  # deterministic key coder for state
         )
         out = keyed | "Step" >> beam.ParDo(self.fn).with_outputs(DEAD_LETTER, main=DETECTIONS)

@@ -212,3 +212,46 @@ def test_load_refuses_files_without_card_or_garbage(tmp_path):
     junk.write_bytes(b"not a safetensors file")
     with pytest.raises(WeightsError, match="Cannot read"):
         load_model(junk)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-11)])
+@pytest.mark.parametrize(
+    "name", ["co_oadtr_b1", "co_oadtr_b2", "co_audio_b2", "co_nystrom_oadtr_b1"]
+)
+def test_phase_comes_from_frame_index(name, dtype, tol):
+    """Rows stepped with their frame indices equal the regular model at ``start = index - n + 1``
+    whatever the first index (0, mid-stream, near 2**63), and a row reset mid-stream equals the
+    uninterrupted row again once it has seen n frames (the restart-invariance of issue 11)."""
+    torch.manual_seed(2)
+    co = _small(name).to(dtype)
+    n, D, M = co.window, co.config.d_in, co.config.pe_size
+    first = torch.tensor([0, 1_000_003, 2**63 - 1 - 5 * n])  # each row's first frame index
+    B, T = 3, 4 * n
+    X = torch.randn(B, T, D, dtype=dtype)
+    state, again = co.init_state(B), None
+    reset_at = n + 3  # row 1 restarts here (a crash, a gap reset, an idle expiry)
+    worst, checks = 0.0, 0
+    for s in range(T):
+        index = first + s
+        if s == reset_at:
+            again = state.clone()  # the uninterrupted twin continues from here
+            state.reset([1])
+        out, state = co.step(X[:, s], state, index)
+        if again is not None:
+            ref_out, again = co.step(X[:, s], again, index)
+            if s - reset_at + 1 >= n:  # row 1 warm again: equal to the uninterrupted row
+                assert bool(out.warm[1])
+                worst = max(worst, (out.scores[1] - ref_out.scores[1]).abs().max().item())
+        rows = [b for b in range(B) if bool(out.warm[b])]
+        if rows:
+            win = X[rows, s - n + 1 : s + 1]
+            ref = co(win, start=index[rows] - n + 1)
+            worst = max(worst, (out.scores[rows] - ref).abs().max().item())
+            checks += len(rows)
+    assert checks >= 3 * n and worst < tol
+    # the phase really is the index: a row one frame off gives different scores
+    a, _ = co.step(X[:, 0], co.init_state(B), first)
+    b, _ = co.step(X[:, 0], co.init_state(B), first + 1)
+    assert M > 1 and not torch.allclose(a.scores, b.scores)
+    with pytest.raises(ValueError, match="index"):
+        co.step(X[:, 0], co.init_state(B), first[:2])

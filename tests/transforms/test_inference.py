@@ -1,3 +1,5 @@
+import json
+import struct
 import time
 from typing import NamedTuple
 
@@ -15,6 +17,7 @@ from costream.transforms.inference import (
     ContinualInference,
     ContinualInferenceFn,
     Stored,
+    StreamRegistry,
     StreamStepper,
 )
 
@@ -53,11 +56,12 @@ def stepper(regular, **kw):
     return StreamStepper(regular.to_continual(), "m@1", ["bg", "a", "b"], **kw)
 
 
-def oracle_probs(regular, frames, t):
-    """Softmax scores of the regular model on the last N frames of a stream that has seen t tokens."""
+def oracle_probs(regular, frames, last_index):
+    """Softmax scores of the regular model on the last N frames, the newest with index
+    ``last_index``: the positional phase comes from the frame indices (issue 11)."""
     w = torch.from_numpy(np.stack(frames[-N:])).unsqueeze(0)
     with torch.no_grad():
-        return torch.softmax(regular(w, start=t - N)[0].double(), -1).numpy()
+        return torch.softmax(regular(w, start=last_index - N + 1)[0].double(), -1).numpy()
 
 
 def feats(T, seed):
@@ -85,7 +89,7 @@ def test_interleaved_streams_exact_against_regular_model(regular):
         assert res.detection.warm == (t >= N)
         if t >= N:
             np.testing.assert_allclose(
-                res.detection.scores, oracle_probs(regular, seen[k], t), atol=1e-5
+                res.detection.scores, oracle_probs(regular, seen[k], i), atol=1e-5
             )
             checked += 1
     assert checked == (3 * N - N + 1) + (3 * N - 3 - N + 1)  # a: frames 0..3N-1, b: 3..3N-1
@@ -117,13 +121,13 @@ def test_gap_policies(regular, policy):
             blob, res = s.process(blob, "a", i, i, X[i])
         assert res.detection.warm
         np.testing.assert_allclose(
-            res.detection.scores, oracle_probs(regular, X[8 : 8 + N], N), atol=1e-5
+            res.detection.scores, oracle_probs(regular, X[8 : 8 + N], 8 + N - 1), atol=1e-5
         )
     else:
         assert "gap_fill" in res.events and res.detection.warm
         filled = history + [X[5], X[5], X[8]]  # sample-and-hold for 6 and 7
         np.testing.assert_allclose(
-            res.detection.scores, oracle_probs(regular, filled, len(filled)), atol=1e-5
+            res.detection.scores, oracle_probs(regular, filled, 8), atol=1e-5
         )
         _, res = s.process(blob, "a", 8 + N + 2, 0, X[0])  # longer than max_fill = N: resets
         assert "gap_reset" in res.events
@@ -174,7 +178,7 @@ def test_pipeline_interleaved_streams_duplicates_and_poisoned_frame(regular, wei
     for k in ("a", "b"):
         for i in range(3 * N):
             t = i + 1
-            probs = oracle_probs(regular, X[k][: i + 1], t) if t >= N else None
+            probs = oracle_probs(regular, X[k][: i + 1], i) if t >= N else None
             expected.append((k, i, t >= N, probs))
 
     with TestPipeline(runner="BundleBasedDirectRunner") as p:
@@ -245,7 +249,7 @@ def _expected(regular, X, segments):
         for i in frames:
             seen.append(X[i])
             warm = len(seen) >= N
-            out.append((i, warm, oracle_probs(regular, seen, len(seen)) if warm else None))
+            out.append((i, warm, oracle_probs(regular, seen, i) if warm else None))
     return out
 
 
@@ -351,10 +355,155 @@ def test_dofn_model_change_resets_a_stream_state_written_by_another_model(
 
     dets = [step(old, i) for i in range(N)]
     assert dets[-1].warm and dets[-1].model == old.stepper.model_id
-    np.testing.assert_allclose(dets[-1].scores, oracle_probs(regular, X[:N], N), atol=1e-5)
+    np.testing.assert_allclose(dets[-1].scores, oracle_probs(regular, X[:N], N - 1), atol=1e-5)
     dets = [step(new, i) for i in range(N, 2 * N)]  # the stream restarts under the new model
     assert [d.warm for d in dets] == [j >= N - 1 for j in range(N)]
     assert {d.model for d in dets} == {new.stepper.model_id}
-    np.testing.assert_allclose(dets[-1].scores, oracle_probs(other, X[N : 2 * N], N), atol=1e-5)
+    np.testing.assert_allclose(
+        dets[-1].scores, oracle_probs(other, X[N : 2 * N], 2 * N - 1), atol=1e-5
+    )
     assert Stored.from_bytes(cell.value).model == new.stepper.model_id
     assert not step(old, 2 * N).warm  # and back: the old model does not trust the new one's state
+
+
+# --- issue 11: results depend only on the frames; stream epochs; bounded state ---------------
+
+
+def _run(s, frames, blob=None):
+    """Step (index, ts, features) frames through one stream; returns (blob, results)."""
+    out = []
+    for i, ts, x in frames:
+        new, res = s.process(blob, "a", i, ts, x)
+        blob = new if new is not None else blob
+        out.append(res)
+    return blob, out
+
+
+def test_restart_is_invisible_once_n_frames_arrived(regular):
+    """A stream whose state is lost at frame 20 (a restart, a gap reset, an idle expiry) equals
+    the uninterrupted stream from frame 20 + N - 1 on, at every frame, whatever 20 is mod pe_size.
+    (The stepper runs float32, as the pipeline does; float64 exactness: tests/models/test_zoo.py.)"""
+    s = stepper(regular)
+    X = feats(3 * N + 25, 12)
+    frames = [(i, 1000 + i, X[i]) for i in range(len(X))]
+    _, whole = _run(s, frames)
+    for cut in (20, 21, 23):
+        _, before = _run(s, frames[:cut])
+        _, after = _run(s, frames[cut:])  # no stored state: a cold restart at frame `cut`
+        assert [r.detection.warm for r in after] == [k >= N - 1 for k in range(len(after))]
+        for k, r in enumerate(after):
+            if k >= N - 1:
+                np.testing.assert_allclose(
+                    r.detection.scores, whole[cut + k].detection.scores, rtol=1e-5, atol=1e-6
+                )
+
+
+def test_camera_reboot_starts_a_new_epoch_not_duplicates(regular):
+    s = stepper(regular)
+    X = feats(3 * N + 10, 13)
+    blob, _ = _run(s, [(i, 1000 + i, X[i]) for i in range(10)])
+    # the camera reboots: counts from 0 again, capture times keep going forward
+    blob, res = _run(s, [(i, 5000 + i, X[10 + i]) for i in range(3 * N)], blob)
+    assert res[0].events == ["reboot"] and res[0].detection is not None
+    assert all(r.detection is not None for r in res)  # nothing dropped as a duplicate
+    assert [r.detection.warm for r in res] == [k >= N - 1 for k in range(3 * N)]
+    np.testing.assert_allclose(
+        res[-1].detection.scores, oracle_probs(regular, X[10 : 10 + 3 * N], 3 * N - 1), atol=1e-5
+    )
+    # a genuine repeat (same index, same capture time) is still a duplicate
+    _, again = _run(s, [(3 * N - 2, 5000 + 3 * N - 2, X[0])], blob)
+    assert again[0].events == ["duplicate"] and again[0].detection is None
+
+
+def test_implausible_forward_jump_starts_a_new_epoch(regular):
+    s = StreamStepper(regular.to_continual(), "m@1", ["bg", "a", "b"], max_jump=1000)
+    X = feats(10, 14)
+    blob, _ = _run(s, [(i, 1000 + i, X[i]) for i in range(5)])
+    blob, res = _run(s, [(5 + 1001, 1006, X[5])], blob)
+    assert res[0].events == ["jump"] and not res[0].detection.warm
+    blob, res = _run(s, [(5 + 1002, 1007, X[6])], blob)
+    assert res[0].events == []  # the stream goes on from its new position
+    big = 2**63 - 1  # the largest index the contract allows is still stepped
+    _, res = _run(s, [(big, 1008, X[7])], blob)
+    assert res[0].events == ["jump"] and res[0].detection.frame_index == big
+
+
+def test_one_dead_lettered_frame_costs_no_warm_frames_by_default(regular):
+    s = stepper(regular)  # defaults: gap_policy fill, max_fill min(8, n)
+    assert s.gap_policy == "fill" and s.max_fill == min(8, N)
+    X = feats(12, 15)
+    blob, _ = _run(s, [(i, 1000 + i, X[i]) for i in range(10)])
+    with pytest.raises(ValueError, match="NaN"):
+        s.process(blob, "a", 10, 1010, np.full(D_IN, np.nan, np.float32))
+    _, res = _run(s, [(11, 1011, X[11])], blob)
+    assert res[0].events == ["gap", "gap_fill"] and res[0].detection.warm
+    held = [X[i] for i in range(10)] + [X[9], X[11]]  # frame 10 holds frame 9's features
+    np.testing.assert_allclose(res[0].detection.scores, oracle_probs(regular, held, 11), atol=1e-5)
+
+
+def test_version_1_state_cells_still_load(regular):
+    s = stepper(regular)
+    blob, _ = _run(s, [(i, 1000 + i, x) for i, x in enumerate(feats(3, 16))])
+    st = Stored.from_bytes(blob)
+    assert st.last_ts_ms == 1002
+    meta = json.dumps(
+        {"model": st.model, "last_index": st.last_index, "last_seen_ms": st.last_seen_ms}
+    ).encode()
+    f = st.last_features.astype("<f4").tobytes()
+    v1 = struct.pack("<4sHII", b"CoSS", 1, len(meta), len(f)) + meta + f + st.state
+    old = Stored.from_bytes(v1)
+    assert old.last_ts_ms is None and old.last_index == 2
+    _, res = _run(s, [(1, 5000, feats(1, 17)[0])], v1)  # unknown capture time: a duplicate
+    assert res[0].events == ["duplicate"]
+
+
+def test_stream_registry_sweeps_oldest_first():
+    reg = StreamRegistry()
+    for k, t in [("a", 0), ("b", 10), ("c", 20)]:
+        reg.seen(k, t, 100)
+    reg.seen("a", 30, 150)  # a stepped again: now the newest
+    assert len(reg) == 3 and reg.state_bytes == 350
+    assert reg.expired(now_ms=40, ttl_ms=15, limit=10) == ["b", "c"]
+    assert len(reg) == 1 and reg.state_bytes == 150
+    assert reg.expired(now_ms=40, ttl_ms=15, limit=10) == []
+    reg.forget("a")
+    assert len(reg) == 0 and reg.state_bytes == 0
+
+
+def test_idle_streams_are_swept_on_the_embedded_runner(weights):
+    """Streams that never send another frame are cleared by the sweep (the FnApiRunner has no
+    usable timers, and the TTL check alone needs the stream's next frame)."""
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    X = feats(1, 18)[0]
+    streams = 60
+
+    def slow(r):
+        time.sleep(0.01)  # ~0.6 s of wall time across the run: several sweeps
+        return r
+
+    inf = ContinualInference(weights=weights, idle_timeout_s=0.05, idle_timer=False)
+    p = beam.Pipeline(runner=FnApiRunner())
+    _ = (
+        p
+        | beam.Create([rec(f"s{k}", 0, X) for k in range(streams)])
+        | beam.Map(slow)
+        | _sweeping(inf)
+    )
+    result = p.run()
+    result.wait_until_finish()
+    got = {
+        r.key.metric.name: r.committed
+        for r in result.metrics().query(MetricsFilter().with_namespace("costream"))["counters"]
+    }
+    assert got["frames_in"] == streams and got["detections_out"] == streams
+    assert got["idle_cleared"] >= streams // 2, got  # most streams were swept while it ran
+    reg = StreamRegistry.named(inf.fn.registry)
+    assert len(reg) <= streams - got["idle_cleared"]
+
+
+def _sweeping(inf):
+    """The transform with a fast sweep (the default sweeps once a second)."""
+    inf.sweep_every_s = 0.02
+    return inf
