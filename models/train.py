@@ -238,11 +238,14 @@ def _validate(model: nn.Module, ds: OadDataset) -> tuple[FrameMetrics, float]:
 
 # -- prediction ------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict_windows(model: nn.Module, ds: OadDataset, batch_size: int = 128) -> list[np.ndarray]:
+def predict_windows(
+    model: nn.Module, ds: OadDataset, batch_size: int = 128, first_index: int = 0
+) -> list[np.ndarray]:
     """Regular model over every full window: per video, logits (T - n + 1, C) for frames n-1 … T-1.
 
-    Window ending at frame t (0-based) starts at t - n + 1, which is also its positional phase:
-    what a continual stream started at frame 0 gives it.
+    Window ending at frame t (0-based) starts at t - n + 1; its positional phase is the frame
+    index of that first frame, ``first_index + t - n + 1``, where ``first_index`` is the index of
+    the video's first frame in its stream (what a continual stream gives it).
     """
     was_training = model.training
     model.eval()
@@ -259,7 +262,7 @@ def predict_windows(model: nn.Module, ds: OadDataset, batch_size: int = 128) -> 
         chunks = [
             model(
                 w[s : s + batch_size],
-                torch.arange(s, min(s + batch_size, T - n + 1), device=p.device),
+                first_index + torch.arange(s, min(s + batch_size, T - n + 1), device=p.device),
             )
             for s in range(0, T - n + 1, batch_size)
         ]
@@ -270,12 +273,17 @@ def predict_windows(model: nn.Module, ds: OadDataset, batch_size: int = 128) -> 
 
 @torch.no_grad()
 def predict_stream(
-    model: nn.Module, ds: OadDataset, max_streams: int = 64, progress: bool = False
+    model: nn.Module,
+    ds: OadDataset,
+    max_streams: int = 64,
+    progress: bool = False,
+    first_index: int = 0,
 ) -> list[np.ndarray]:
     """Continual model stepped frame by frame, one stream row per video (up to ``max_streams`` at once).
 
     Returns, per video, the logits of the warm steps: (T - n + 1, C) for frames n-1 … T-1 (the
-    same frames as :func:`predict_windows`).
+    same frames as :func:`predict_windows`). Frame t of each video has stream index
+    ``first_index + t``, which sets its positional phase.
     """
     from tqdm.auto import tqdm
 
@@ -298,7 +306,8 @@ def predict_stream(
                 ):  # finished rows step on zeros; their outputs are dropped
                     part = torch.from_numpy(v.features[t : t + chunk])
                     x[b, : len(part)] = part
-            o, state = model.step(x[:, t % chunk], state)
+            index = torch.full((B,), first_index + t, dtype=torch.int64)
+            o, state = model.step(x[:, t % chunk], state, index)
             scores.append(o.scores.float().cpu())
             warm.append(o.warm.cpu())
             bar.update(sum(1 for v in group if t < len(v)))
