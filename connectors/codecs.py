@@ -64,6 +64,14 @@ DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 8192 * 8192
 MAX_ERROR_CHARS = 1000
 
+MAX_FRAME_INDEX = 2**63 - 1
+"""Largest ``costream.frame_index``: detections carry it as a JSON number, which Java and Go
+consumers read as a signed 64-bit integer."""
+MAX_TS_MS = 253_402_300_799_999
+"""Largest ``costream.ts_ms``: 9999-12-31T23:59:59.999Z, the last millisecond that ISO-8601
+timestamps, Python's ``datetime`` and ``java.time`` formatting all hold (four-digit years); a
+capture time beyond it is a unit mistake (microseconds or nanoseconds), not a date."""
+
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DECIMAL = re.compile(rb"\A(?:0|[1-9][0-9]*)\Z")
@@ -114,6 +122,10 @@ class PayloadDecodeError(CodecError):
 
 class PayloadSizeError(CodecError):
     """The payload is too large, or its size does not match what the content type declares."""
+
+
+class ImageSizeError(PayloadSizeError):
+    """An image's header declares more pixels than the limit; it is refused before decoding."""
 
 
 class DetectionFormatError(CodecError):
@@ -193,13 +205,24 @@ def _required(headers: Headers, name: str) -> bytes:
     return value
 
 
-def _decimal_header(headers: Headers, name: str) -> int:
+def _decimal_header(headers: Headers, name: str, largest: int, why: str) -> int:
+    """A decimal ASCII header in ``0..largest``; ``why`` says where ``largest`` comes from."""
     raw = _required(headers, name)
     if not _DECIMAL.match(raw):
         raise MalformedHeaderError(
             f"Header {name!r} is {raw[:40]!r}; expected a non-negative decimal integer in ASCII."
         )
+    # compare digit counts first: int() of a 5000-digit header would itself raise ValueError
+    if len(raw) > len(str(largest)) or int(raw) > largest:
+        raise MalformedHeaderError(
+            f"Header {name!r} is {raw[:40].decode('ascii')}{'...' if len(raw) > 40 else ''}, "
+            f"above the largest allowed value {largest} ({why})."
+        )
     return int(raw)
+
+
+_INDEX_WHY = "2**63 - 1, the largest signed 64-bit integer"
+_TS_WHY = "9999-12-31T23:59:59.999Z in ms since the epoch"
 
 
 def decode_frame(
@@ -212,7 +235,9 @@ def decode_frame(
     """Validate one input record's key, headers and payload size; return a :class:`Frame`.
 
     The payload itself is not decoded (that is :func:`decode_payload`); its declared content type
-    must be one of the four the contract defines, with valid parameters.
+    must be one of the four the contract defines, with valid parameters. ``costream.frame_index``
+    must lie in ``0..MAX_FRAME_INDEX`` (2**63 - 1) and ``costream.ts_ms`` in ``0..MAX_TS_MS``
+    (the end of year 9999): see those constants for why.
 
     Raises:
         CodecError: a subclass naming the first problem found.
@@ -231,8 +256,8 @@ def decode_frame(
         raise PayloadSizeError(
             f"The payload is {len(value)} bytes, above the limit of {max_payload_bytes} bytes."
         )
-    frame_index = _decimal_header(headers, HEADER_FRAME_INDEX)
-    ts_ms = _decimal_header(headers, HEADER_TS_MS)
+    frame_index = _decimal_header(headers, HEADER_FRAME_INDEX, MAX_FRAME_INDEX, _INDEX_WHY)
+    ts_ms = _decimal_header(headers, HEADER_TS_MS, MAX_TS_MS, _TS_WHY)
     raw_ct = _required(headers, HEADER_CONTENT_TYPE)
     try:
         ct_text = raw_ct.decode("ascii")
@@ -289,8 +314,11 @@ def _check_content_type(ct: ContentType, text: str) -> None:
 def decode_image(frame: Frame, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode a JPEG/PNG frame to RGB ``uint8`` of shape (H, W, 3).
 
-    The payload must start with the signature of the declared format, and the decoded image may
-    hold at most ``max_pixels`` pixels.
+    The payload must start with the signature of the declared format. The image's size is read
+    from its header first (:func:`image_size`), and one declaring more than ``max_pixels`` pixels
+    is refused with :class:`ImageSizeError` before anything is decoded or allocated: a 1 kB JPEG
+    may declare 16000 x 16000 pixels, which the decoder would allocate (768 MB) before finding
+    that the data is missing.
     """
     media_type = frame.content_type.media_type
     if media_type not in (CT_JPEG, CT_PNG):
@@ -303,28 +331,158 @@ def decode_image(frame: Frame, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
             f"The payload does not start with the {media_type} signature "
             f"(first bytes {frame.payload[:8]!r})."
         )
-    size = _image_size(frame.payload, media_type)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise PayloadSizeError(
-            f"The image is {size[0]}x{size[1]} pixels, above the limit of {max_pixels} pixels."
-        )
+    check_image_size(frame.payload, max_pixels)
     buf = np.frombuffer(frame.payload, dtype=np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error as err:  # OpenCV's own limits (e.g. 2**30 pixels) raise
+        raise PayloadDecodeError(
+            f"OpenCV refused the {len(frame.payload)}-byte {media_type} payload: "
+            f"{' '.join(str(err).split())[-200:]}"
+        ) from None
     if bgr is None:
         raise PayloadDecodeError(
             f"OpenCV could not decode the {len(frame.payload)}-byte {media_type} payload."
         )
-    if bgr.shape[0] * bgr.shape[1] > max_pixels:
-        raise PayloadSizeError(
+    if bgr.shape[0] * bgr.shape[1] > max_pixels:  # the header said otherwise: refuse anyway
+        raise ImageSizeError(
             f"The image is {bgr.shape[1]}x{bgr.shape[0]} pixels, above the limit of {max_pixels} pixels."
         )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _image_size(payload: bytes, media_type: str) -> tuple[int, int] | None:
-    """(width, height) from a PNG IHDR chunk; None for JPEG (OpenCV checks it while decoding)."""
-    if media_type == CT_PNG and len(payload) >= 24:
-        return int.from_bytes(payload[16:20], "big"), int.from_bytes(payload[20:24], "big")
+# --- image headers: size before decoding ------------------------------------------------------
+
+IMAGE_FORMATS = ("jpeg", "png", "bmp", "webp")
+"""Formats whose size :func:`image_size` reads from the header."""
+
+_BMP_MAGIC = b"BM"
+# JPEG start-of-frame markers (ITU-T T.81 Table B.1): C4 (DHT), C8 (JPG) and CC (DAC) are not
+_JPEG_SOF = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RST0-7, SOI: no length field
+_NOT_FF = re.compile(rb"[^\xff]")
+
+
+def image_format(data: bytes) -> str | None:
+    """The format of an encoded image by its signature (one of :data:`IMAGE_FORMATS`), or None."""
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_BMP_MAGIC):
+        return "bmp"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) that an encoded JPEG, PNG, BMP or WebP image declares, from its header.
+
+    Nothing is decoded: only the header bytes are read (for JPEG, the segments before the first
+    start-of-frame marker, which is where libjpeg takes the size from). This is how
+    :func:`decode_image` refuses decompression bombs before the decoder allocates.
+
+    Raises:
+        PayloadDecodeError: the format is not one of :data:`IMAGE_FORMATS`, or its header is
+            truncated, malformed or declares an empty image.
+    """
+    fmt = image_format(data)
+    if fmt is None:
+        raise PayloadDecodeError(
+            f"The image is not JPEG, PNG, BMP or WebP (first bytes {bytes(data[:8])!r})."
+        )
+    size = {"jpeg": _jpeg_size, "png": _png_size, "bmp": _bmp_size, "webp": _webp_size}[fmt](data)
+    if size is None:
+        raise PayloadDecodeError(
+            f"The {fmt.upper()} header is truncated or malformed, so the image size is unknown."
+        )
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise PayloadDecodeError(f"The {fmt.upper()} header declares an empty {w}x{h} image.")
+    return w, h
+
+
+def check_image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """:func:`image_size`, refusing more than ``max_pixels`` pixels with :class:`ImageSizeError`."""
+    w, h = image_size(data)
+    if w * h > max_pixels:
+        fmt = (image_format(data) or "image").upper()
+        raise ImageSizeError(
+            f"The {fmt} header declares {w}x{h} pixels, above the limit of {max_pixels} pixels, "
+            f"so the image was not decoded."
+        )
+    return w, h
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk the marker segments after SOI (T.81 B.1.1) to the first SOFn; None if there is none.
+
+    Strict: each segment must follow the previous one directly (fill bytes 0xFF allowed). libjpeg
+    skips stray bytes between segments with a warning, so a stream this walk accepts reaches the
+    same SOFn in libjpeg; a stream it refuses is corrupt.
+    """
+    pos, n = 2, len(data)
+    while pos < n:
+        if data[pos] != 0xFF:
+            return None
+        m = _NOT_FF.search(data, pos)  # skip fill bytes (a C-speed scan, however long the run)
+        if m is None:
+            return None
+        marker, pos = data[m.start()], m.start() + 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0x00, 0xD9, 0xDA) or pos + 2 > n:  # stuffing, EOI, SOS before any SOFn
+            return None
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if length < 2:
+            return None
+        if marker in _JPEG_SOF:
+            if length < 8 or pos + 7 > n:
+                return None
+            # length (2), sample precision (1), number of lines (2), samples per line (2)
+            return int.from_bytes(data[pos + 5 : pos + 7], "big"), int.from_bytes(
+                data[pos + 3 : pos + 5], "big"
+            )
+        pos += length
+    return None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """From the IHDR chunk, which must come first (PNG spec 5.6)."""
+    if len(data) < 24 or data[8:16] != b"\x00\x00\x00\x0dIHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    """From the DIB header: 16-bit sizes in a BITMAPCOREHEADER, signed 32-bit in later ones."""
+    if len(data) < 26:
+        return None
+    header = int.from_bytes(data[14:18], "little")
+    if header == 12:
+        return int.from_bytes(data[18:20], "little"), int.from_bytes(data[20:22], "little")
+    if header < 40:
+        return None
+    w = int.from_bytes(data[18:22], "little", signed=True)
+    h = int.from_bytes(data[22:26], "little", signed=True)  # negative: rows stored top-down
+    return w, abs(h)
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """From the first chunk: VP8X (canvas), VP8L (lossless) or ``VP8 `` (lossy key frame)."""
+    fourcc, body = data[12:16], data[20:30]
+    if fourcc == b"VP8X" and len(body) >= 10:
+        w = int.from_bytes(body[4:7], "little") + 1
+        return w, int.from_bytes(body[7:10], "little") + 1
+    if fourcc == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+        bits = int.from_bytes(body[1:5], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if fourcc == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":
+        w = int.from_bytes(body[6:8], "little") & 0x3FFF
+        return w, int.from_bytes(body[8:10], "little") & 0x3FFF
     return None
 
 
@@ -423,11 +581,19 @@ def encode_features(vec: np.ndarray) -> tuple[bytes, str]:
 def frame_record(
     stream_id: str, frame_index: int, ts_ms: int, content_type: str, payload: bytes
 ) -> OutgoingRecord:
-    """Build an input-topic record with the contract's key and headers."""
+    """Build an input-topic record with the contract's key and headers.
+
+    ``frame_index`` must lie in ``0..MAX_FRAME_INDEX`` and ``ts_ms`` in ``0..MAX_TS_MS``, the
+    ranges :func:`decode_frame` accepts, so a record built here is never refused for them.
+    """
     if not stream_id:
         raise ValueError("stream_id must be a non-empty string.")
-    if frame_index < 0 or ts_ms < 0:
-        raise ValueError(f"frame_index and ts_ms must be >= 0, got {frame_index} and {ts_ms}.")
+    for name, v, largest in (
+        ("frame_index", frame_index, MAX_FRAME_INDEX),
+        ("ts_ms", ts_ms, MAX_TS_MS),
+    ):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or not 0 <= v <= largest:
+            raise ValueError(f"{name} must be a whole number in 0..{largest}, got {v!r}.")
     return OutgoingRecord(
         stream_id.encode("utf-8"),
         payload,
@@ -500,10 +666,10 @@ def _validate_detection(det: Detection) -> None:
 
     if not isinstance(det.stream_id, str) or not det.stream_id:
         raise bad("'stream_id' must be a non-empty string")
-    for name in ("frame_index", "ts_ms"):
+    for name, largest in (("frame_index", MAX_FRAME_INDEX), ("ts_ms", MAX_TS_MS)):
         v = getattr(det, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise bad(f"{name!r} must be a non-negative integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= largest:
+            raise bad(f"{name!r} must be a non-negative integer at most {largest}, got {v!r}")
     if len(det.scores) == 0 or len(det.scores) != len(det.labels):
         raise bad(
             f"'scores' and 'labels' must be non-empty and equally long ({len(det.scores)} vs {len(det.labels)})"

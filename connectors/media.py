@@ -19,6 +19,7 @@ from fractions import Fraction
 import av
 import cv2
 import numpy as np
+from costream.connectors import codecs
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -165,12 +166,33 @@ def list_images(folder: str | os.PathLike[str]) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def read_image(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read one image file as RGB ``uint8`` (H, W, 3), optionally resized to (width, height)."""
+def read_image(
+    path: str | os.PathLike[str],
+    size: tuple[int, int] | None = None,
+    *,
+    max_pixels: int = codecs.DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Read one image file as RGB ``uint8`` (H, W, 3), optionally resized to (width, height).
+
+    The file must be JPEG, PNG, BMP or WebP (:data:`costream.connectors.codecs.IMAGE_FORMATS`).
+    Its size is read from its header first, and an image of more than ``max_pixels`` pixels is
+    refused with a :class:`MediaError` before it is decoded (a small file may declare a huge
+    image: a decompression bomb).
+    """
     _check_size(size)
-    bgr = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise MediaError(f"Cannot read the image {name!r}: {err.strerror or err}.") from err
+    try:
+        codecs.check_image_size(data, max_pixels)
+    except codecs.CodecError as err:
+        raise MediaError(f"Cannot read the image {name!r}: {err}") from err
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise MediaError(f"OpenCV cannot read the image {os.fspath(path)!r}.")
+        raise MediaError(f"OpenCV cannot read the image {name!r}.")
     return _resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size)
 
 

@@ -4,7 +4,9 @@ A spec is ordinary Beam YAML (``pipeline: transforms: [{type, name?, input?, con
 costream types below are served by an inline Python provider, so a spec mixes them freely with
 Beam's own YAML transforms (``Flatten``, ``Filter``, ...). Before anything is built, every
 costream transform's ``config`` is checked against its constructor: unknown and missing keys are
-errors that name the file, the transform and the key.
+errors that name the file, the transform and the key. A ``ContinualInference`` whose model
+(its weights file's card) takes another feature size than the ``ExtractFeatures`` it reads
+produces is an error naming both sizes.
 
 ``${NAME}`` and ``${NAME:-default}`` in string values are replaced from the environment (so
 bootstrap addresses and secrets need not sit in the file). Expansion yields text; a costream
@@ -84,7 +86,8 @@ def load_spec(
 
     Raises:
         SpecError: unreadable YAML, no ``pipeline.transforms`` list, a transform without ``type``,
-            or a costream transform whose config has unknown or missing keys.
+            a costream transform whose config has unknown or missing keys, or a model whose
+            input size differs from what its ``ExtractFeatures`` produces.
     """
     path = Path(path)
     try:
@@ -112,6 +115,7 @@ def load_spec(
             _convert_numbers(resolve_type(t["type"]), t["config"], label)
             if isinstance(t["config"].get("weights"), str):
                 t["config"]["weights"] = _resolve_file(t["config"]["weights"], path)
+    _check_feature_sizes(transforms, path)
     return spec
 
 
@@ -146,6 +150,65 @@ def _check_config(cls: Callable[..., Any], config: dict[str, Any], label: str) -
     ]
     if missing:
         raise SpecError(f"{label}: missing required config key(s) {', '.join(missing)}.")
+
+
+def _inputs(t: dict[str, Any]) -> list[str]:
+    """The input references of a transform (``input:`` as a string, list or mapping)."""
+    ref = t.get("input")
+    if isinstance(ref, str):
+        return [ref]
+    if isinstance(ref, list):
+        return [r for r in ref if isinstance(r, str)]
+    if isinstance(ref, dict):
+        return [r for r in ref.values() if isinstance(r, str)]
+    return []
+
+
+def _check_feature_sizes(transforms: list[dict[str, Any]], path: Path) -> None:
+    """Refuse a ContinualInference whose model takes another feature size than its input gives.
+
+    The model's size is ``feature_dim`` on its weights file's card; the input's is the
+    ``feature_dim`` of the ``ExtractFeatures`` it reads (``ExtractFeatures.main``): the ResNet's
+    width, the log-mel token size or the identity backbone's ``dim``. Otherwise every frame would
+    be dead-lettered at stage inference while the job runs and exits 0. Skipped where a size is
+    not known here: an identity backbone without ``dim``, weights that are not a file on this
+    machine (a cluster path), an input that is not an ``ExtractFeatures``.
+    """
+    by_name = {t.get("name", t["type"]): t for t in transforms}
+    for t in transforms:
+        weights = t["config"].get("weights") if t["type"] == "ContinualInference" else None
+        if not isinstance(weights, str) or not Path(weights).is_file():
+            continue
+        label = f"{path}: transform {t.get('name', t['type'])!r} (type {t['type']})"
+        for ref in _inputs(t):
+            source = by_name.get(ref) or by_name.get(ref.rpartition(".")[0])
+            if source is None or source["type"] != "ExtractFeatures":
+                continue
+            source_name = source.get("name", source["type"])
+            try:
+                produced = resolve_type("ExtractFeatures")(**source["config"]).feature_dim
+            except (TypeError, ValueError) as e:
+                raise SpecError(
+                    f"{path}: transform {source_name!r} (type ExtractFeatures): {e}"
+                ) from e
+            if produced is None:
+                continue
+            from costream.models.weights import WeightsError
+            from costream.models.zoo import read_card
+
+            try:
+                card = read_card(weights)
+            except WeightsError as e:
+                raise SpecError(f"{label}: 'weights': {e}") from e
+            expected = card.get("feature_dim")
+            if isinstance(expected, int) and expected != produced:
+                backbone = source["config"].get("backbone", "resnet18")
+                raise SpecError(
+                    f"{label}: the model {weights} takes features of size {expected}, but its "
+                    f"input {source_name!r} (backbone {backbone!r}) produces features of size "
+                    f"{produced}; use a model trained on {produced}-value features, or a backbone "
+                    f"that produces {expected}."
+                )
 
 
 def _is_float(text: str) -> bool:

@@ -42,7 +42,6 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 import numpy as np
 import torch
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner, SwitchingDirectRunner
 from apache_beam.transforms.window import TimestampedValue
@@ -50,6 +49,7 @@ from apache_beam.utils.timestamp import Timestamp
 from costream.connectors import codecs
 from costream.models.weights import load_weights, weights_sha256
 from costream.transforms.audio_features import LogMelSpectrogram
+from costream.transforms.counters import Counter
 from costream.transforms.decode import DecodeFrames, decode_record, image_size_hw
 from costream.transforms.records import (
     DEAD_LETTER,
@@ -496,8 +496,8 @@ class _RouteFeatures(beam.DoFn):
     """RunInference outcomes -> ``main`` FeatureRecords and ``dead_letter`` records (features)."""
 
     def __init__(self) -> None:
-        self._ok = Metrics.counter(_METRICS_NS, "features")
-        self._dead = Metrics.counter(_METRICS_NS, "dead_letter")
+        self._ok = Counter(_METRICS_NS, "features")
+        self._dead = Counter(_METRICS_NS, "features_dead_letters")
 
     def process(
         self,
@@ -535,6 +535,9 @@ class _FailedBatchToDeadLetters(beam.DoFn):
     Beam's dead-letter element is ``(batch, (exception type, repr(exception), traceback))``.
     """
 
+    def __init__(self) -> None:
+        self._dead = Counter(_METRICS_NS, "features_dead_letters")
+
     def process(
         self,
         failed: tuple[Any, Any],
@@ -542,6 +545,7 @@ class _FailedBatchToDeadLetters(beam.DoFn):
         window: Any = beam.DoFn.WindowParam,
     ) -> Iterator[Any]:
         batch, (_, exc_repr, _) = failed
+        self._dead.inc(len(batch))
         for frame in batch:
             dead = to_dead_letter(
                 frame,
@@ -583,6 +587,10 @@ class ExtractFeatures(beam.PTransform):
       ``costream.stage`` = ``decode`` for records that break the contract, ``features`` for
       records the backbone cannot take: wrong kind, size or rate, non-finite output, a failed
       forward).
+
+    Counters (namespace ``costream.features``; also in
+    :func:`costream.transforms.counters.snapshot`): ``features`` and ``features_dead_letters``
+    (records the backbone could not take; the decode step counts its own, see ``DecodeFrames``).
 
     Every input record yields exactly one element on one of the two outputs. Its timestamp is
     the input's event time, or the batch's timestamp where that is later (see ``_restamp``: a

@@ -24,8 +24,8 @@ from typing import Any
 import apache_beam as beam
 import cv2
 import numpy as np
-from apache_beam.metrics import Metrics
 from costream.connectors import codecs
+from costream.transforms.counters import Counter
 from costream.transforms.records import DEAD_LETTER, MAIN, DecodedFrame, TaggedOutputs
 
 __all__ = ["DecodeFrames", "decode_record", "image_size_hw", "resize_rgb"]
@@ -91,7 +91,8 @@ def decode_record(
         headers: the record headers (frame index, ts, content type).
         image_size: resize images to this (height, width) (an int means square); None keeps them.
         max_payload_bytes: largest payload accepted.
-        max_pixels: largest decoded image accepted.
+        max_pixels: largest image accepted, in pixels; read from the image header, so a larger
+            image is refused (``ImageSizeError``) before anything is decoded.
         now_ms: arrival time to stamp (ms since the epoch); None reads the wall clock.
         timestamp_us: the Beam element timestamp to keep (microseconds).
 
@@ -142,8 +143,8 @@ class _DecodeDoFn(beam.DoFn):
         self._image_size = image_size
         self._max_payload_bytes = max_payload_bytes
         self._max_pixels = max_pixels
-        self._decoded = Metrics.counter(_METRICS_NS, "decoded")
-        self._dead = Metrics.counter(_METRICS_NS, "dead_letter")
+        self._decoded = Counter(_METRICS_NS, "decoded")
+        self._dead = Counter(_METRICS_NS, "decode_dead_letters")
 
     def process(self, element: Any, timestamp: Any = beam.DoFn.TimestampParam) -> Iterator[Any]:
         key, value, headers = _split_record(element)
@@ -181,6 +182,9 @@ class DecodeFrames(beam.PTransform):
       ``image_size`` (height, width) when given;
     * ``dead_letter``: ``OutgoingRecord`` with the original key/value/headers,
       ``costream.stage = decode`` and ``costream.error`` = the reason.
+
+    Counters (namespace ``costream.decode``; also in :func:`costream.transforms.counters.snapshot`):
+    ``decoded`` and ``decode_dead_letters``.
 
     Example:
         >>> import apache_beam as beam  # doctest: +SKIP

@@ -213,8 +213,15 @@ def test_oversized_payload_is_a_size_error():
 
 
 def test_bad_image_bytes():
-    # right signature, garbage body
+    # right signature, garbage header
     r = rec(ct=C.CT_JPEG, payload=b"\xff\xd8\xff" + b"garbage" * 10)
+    with pytest.raises(C.PayloadDecodeError, match="JPEG header is truncated or malformed"):
+        C.decode_image(C.decode_frame(r.key, r.value, r.headers))
+    # a valid header, nothing after the frame header: the decoder itself fails
+    jpeg = C.encode_jpeg(rgb())
+    sof = jpeg.index(b"\xff\xc0")
+    r = rec(ct=C.CT_JPEG, payload=jpeg[: sof + 2 + int.from_bytes(jpeg[sof + 2 : sof + 4], "big")])
+    assert C.image_size(r.value) == (8, 6)
     with pytest.raises(C.PayloadDecodeError, match="could not decode"):
         C.decode_image(C.decode_frame(r.key, r.value, r.headers))
     # PNG bytes declared as JPEG
@@ -234,6 +241,57 @@ def test_image_pixel_limit():
     r = rec(ct=C.CT_JPEG, payload=C.encode_jpeg(rgb(40, 40)))
     with pytest.raises(C.PayloadSizeError, match="40x40 pixels"):
         C.decode_image(C.decode_frame(r.key, r.value, r.headers), max_pixels=100)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "ok"),
+    [
+        (C.HEADER_FRAME_INDEX, b"9223372036854775807", True),  # 2**63 - 1
+        (C.HEADER_FRAME_INDEX, b"9223372036854775808", False),  # 2**63
+        (C.HEADER_FRAME_INDEX, b"1" + b"0" * 5000, False),  # beyond int()'s digit limit
+        (C.HEADER_TS_MS, b"0", True),
+        (C.HEADER_TS_MS, b"253402300799999", True),  # 9999-12-31T23:59:59.999Z
+        (C.HEADER_TS_MS, b"253402300800000", False),  # year 10000
+        (C.HEADER_TS_MS, b"1700000000000000000", False),  # nanoseconds by mistake
+    ],
+)
+def test_header_ranges(name, value, ok):
+    r = rec()
+    headers = replace_header(r.headers, name, value)
+    if ok:
+        frame = C.decode_frame(r.key, r.value, headers)
+        assert getattr(frame, "frame_index" if name == C.HEADER_FRAME_INDEX else "ts_ms") == int(
+            value
+        )
+        return
+    with pytest.raises(C.MalformedHeaderError) as info:
+        C.decode_frame(r.key, r.value, headers)
+    msg = str(info.value)
+    assert f"Header {name!r}" in msg and "above the largest allowed value" in msg
+    assert ("2**63 - 1" if name == C.HEADER_FRAME_INDEX else "9999-12-31") in msg
+    assert len(msg) < 300 and msg.endswith("."), msg
+    dl = C.dead_letter_record(r.key, r.value, headers, info.value, "decode")
+    assert b"above the largest allowed value" in dict(dl.headers)[C.HEADER_ERROR]
+
+
+def test_frame_record_refuses_what_decode_refuses():
+    png = C.encode_png(rgb())
+    for index, ts in ((2**63, 0), (-1, 0), (0, C.MAX_TS_MS + 1), (0, -1), (True, 0), (1.5, 0)):
+        with pytest.raises(ValueError, match="must be a whole number in 0"):
+            C.frame_record("s", index, ts, C.CT_PNG, png)
+    r = C.frame_record("s", C.MAX_FRAME_INDEX, C.MAX_TS_MS, C.CT_PNG, png)
+    frame = C.decode_frame(r.key, r.value, r.headers)
+    assert (frame.frame_index, frame.ts_ms) == (2**63 - 1, 253_402_300_799_999)
+    assert C.frame_record("s", np.int64(3), 0, C.CT_PNG, png).headers[0][1] == b"3"
+
+
+def test_detections_refuse_indices_beyond_int64():
+    with pytest.raises(C.DetectionFormatError, match="'frame_index' must be a non-negative"):
+        det(frame_index=2**63)
+    obj = json.loads(C.encode_detection(det()))
+    obj["ts_ms"] = C.MAX_TS_MS + 1
+    with pytest.raises(C.DetectionFormatError, match="'ts_ms'"):
+        C.decode_detection(json.dumps(obj).encode())
 
 
 def test_pcm_size_errors():

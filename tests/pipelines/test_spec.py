@@ -115,3 +115,67 @@ def test_dead_letters_are_written_by_the_truncating_writer():
             if t["type"] == "WriteDeadLetters"
         ]  # fmt: skip
         assert dlq["config"]["max_request_size"] == 1 << 20
+
+
+ASSETS = Path(__file__).resolve().parents[2] / "pipelines" / "assets"
+
+
+def _features_spec(tmp_path, extract, weights):
+    return write(
+        tmp_path,
+        f"""
+pipeline:
+  transforms:
+    - type: ReadFromKafka
+      config: {{bootstrap_servers: "h:1", topics: t}}
+    - type: ExtractFeatures
+      name: Features
+      input: ReadFromKafka
+      config: {extract}
+    - type: ContinualInference
+      name: Infer
+      input: Features.main
+      config: {{weights: {weights}}}
+""",
+    )
+
+
+@pytest.mark.parametrize(
+    ("extract", "weights", "produced", "expected"),
+    [
+        ("{backbone: identity, dim: 32}", "demo_model", 32, 64),
+        ("{backbone: resnet18_small, weights: random}", "demo_model", 128, 64),
+        ("{backbone: resnet18, weights: random}", "demo_video_model", 512, 128),
+        ("{backbone: logmel, n_mels: 32}", "demo_audio_model", 256, 512),
+        ("{backbone: identity, dim: 512}", "demo_video_model", 512, 128),
+    ],
+)
+def test_model_input_size_must_match_the_features(tmp_path, extract, weights, produced, expected):
+    w = ASSETS / f"{weights}.safetensors"
+    p = _features_spec(tmp_path, extract, w)
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    msg = str(e.value)
+    assert "\n" not in msg and str(p) in msg and "'Infer'" in msg and "'Features'" in msg
+    assert f"takes features of size {expected}" in msg
+    assert f"produces features of size {produced}" in msg
+
+
+def test_matching_or_unknown_sizes_validate(tmp_path):
+    w = ASSETS / "demo_model.safetensors"
+    for extract in ("{backbone: identity, dim: 64}", "{backbone: identity}"):  # None: per record
+        load_spec(_features_spec(tmp_path, extract, w))
+    load_spec(_features_spec(tmp_path, "{backbone: resnet18_small, weights: random}",
+                             ASSETS / "demo_video_model.safetensors"))  # fmt: skip
+    # weights that are not a file here (a path on the cluster's workers) cannot be checked
+    load_spec(_features_spec(tmp_path, "{backbone: identity, dim: 3}", "/cluster/m.safetensors"))
+
+
+def test_bad_feature_config_or_weights_file_is_a_spec_error(tmp_path):
+    w = ASSETS / "demo_model.safetensors"
+    with pytest.raises(SpecError, match=r"'Features' \(type ExtractFeatures\): Unknown backbone"):
+        load_spec(_features_spec(tmp_path, "{backbone: vgg}", w))
+    not_weights = tmp_path / "w.safetensors"
+    not_weights.write_bytes(b"not safetensors")
+    with pytest.raises(SpecError, match="'Infer'.*'weights': Cannot read weights file"):
+        load_spec(_features_spec(tmp_path, "{backbone: identity, dim: 64}", not_weights))

@@ -373,3 +373,31 @@ def test_features_do_not_depend_on_how_frames_are_batched(backbone):
     for i in (0, 4, 8):
         np.testing.assert_array_equal(_features(net, [inputs[i]])[0], batched[i])
     np.testing.assert_array_equal(_features(net, inputs[3:5])[1], batched[4])
+
+
+def test_feature_counters_have_stage_names():
+    from apache_beam.metrics.metric import MetricsFilter
+    from costream.transforms import counters
+
+    vec = np.arange(4, dtype=np.float32)
+    payload, ct = codecs.encode_features(vec)
+    good = [frame_record("s", i, i, ct, payload) for i in range(3)]
+    payload5, ct5 = codecs.encode_features(np.zeros(5))
+    wrong_dim = frame_record("s", 3, 3, ct5, payload5)
+    corrupt = frame_record("s", 4, 4, CT_JPEG, b"\xff\xd8\xff\x00")
+    counters.reset()
+    p = _TestPipeline()
+    _ = (
+        p
+        | beam.Create([*good, wrong_dim, corrupt])
+        | ExtractFeatures("identity", dim=4, batch_size=2, max_batch_duration_secs=None)
+    )
+    result = p.run()
+    result.wait_until_finish()
+    query = result.metrics().query(MetricsFilter().with_namespace("costream.features"))
+    named = {c.key.metric.name: c.committed for c in query["counters"]}
+    assert named["features"] == 3 and named["features_dead_letters"] == 1
+    assert "dead_letter" not in named
+    totals = counters.snapshot()
+    assert (totals["features"], totals["features_dead_letters"]) == (3, 1)
+    assert totals["decoded"] == 4 and totals["decode_dead_letters"] == 1

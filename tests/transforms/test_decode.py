@@ -114,3 +114,26 @@ def test_decode_frames_pipeline_routes_bad_records():
             ),
             label="dead_letter",
         )
+
+
+def test_decode_counters_have_stage_names():
+    from apache_beam.metrics.metric import MetricsFilter
+    from costream.transforms import counters
+
+    good = frame_record("cam-1", 0, 10, CT_PNG, codecs.encode_png(_image()))
+    corrupt = frame_record("cam-1", 1, 20, CT_JPEG, b"\xff\xd8\xff" + b"\x00" * 50)
+    counters.reset()
+    p = BeamPipeline()
+    _ = p | beam.Create([good, corrupt, corrupt]) | DecodeFrames(image_size=8)
+    result = p.run()
+    result.wait_until_finish()
+    beam_counts = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace("costream.decode"))[
+            "counters"
+        ]
+    }
+    assert beam_counts == {"decoded": 1, "decode_dead_letters": 2}
+    totals = counters.snapshot()
+    assert totals["decoded"] == 1 and totals["decode_dead_letters"] == 2
+    assert "dead_letter" not in totals
