@@ -1,46 +1,64 @@
 """Pipeline specs: Beam YAML with costream's transforms registered as providers.
 
 A spec is ordinary Beam YAML (``pipeline: transforms: [{type, name?, input?, config}]``); the
-costream types below are served by an inline Python provider, so a spec mixes them freely with
-Beam's own YAML transforms (``Flatten``, ``Filter``, ...). Before anything is built, every
-costream transform's ``config`` is checked against its constructor: unknown and missing keys are
-errors that name the file, the transform and the key. A ``ContinualInference`` whose model
-(its weights file's card) takes another feature size than the ``ExtractFeatures`` it reads
-produces is an error naming both sizes.
+costream types of :data:`costream.pipelines.yaml_config.TYPES` (``ReadFramesFromKafka``,
+``DecodeFrames``, ``ExtractFeatures``, ``ContinualInference``, ``WriteDetectionsToKafka``,
+``WriteDeadLettersToKafka``) are served by an inline Python provider, so a spec mixes them freely
+with Beam's own YAML transforms (``Flatten``, ``Filter``, Beam's Java ``ReadFromKafka``...).
+The same spec runs under Beam's entry point, ``python -m apache_beam.yaml.main``, through the
+``providers.yaml`` it includes (:data:`PROVIDERS_FILE`)::
+
+    providers:
+      - include: "{{ costream_providers | default('pipelines/providers.yaml') }}"
+
+The spec text is rendered as a Jinja template first, as ``yaml.main`` does, with
+``costream_providers`` set to the installed file; that include is then dropped here, since
+:func:`build_pipeline` registers the same types itself.
+
+Before anything is built, every costream transform's ``config`` is checked against its type's
+config dataclass (:func:`costream.pipelines.yaml_config.parse_config`) and its Python PTransform
+is constructed: unknown keys (with the near one suggested), missing keys, values of the wrong
+type and refused values are errors that name the file, the transform and the key. A transform
+with dead letters needs ``error_handling: {output: NAME}`` and that output consumed. A
+``ContinualInference`` whose model (its weights file's card) takes another feature size than the
+``ExtractFeatures`` it reads produces is an error naming both sizes.
 
 ``${NAME}`` and ``${NAME:-default}`` in string values are replaced from the environment (so
-bootstrap addresses and secrets need not sit in the file). Expansion yields text; a costream
-config key whose constructor parameter is typed ``int`` or ``float`` (and not ``str``) gets its
-text converted, so ``max_payload_bytes: ${LIMIT:-1048576}`` arrives as an int, and
-``batch_size: lots`` is an error naming the key.
+bootstrap addresses and secrets need not sit in the file). Expansion yields text; a key whose
+type takes no text gets its text converted, so ``max_payload_bytes: ${LIMIT:-1048576}`` arrives
+as an int, and ``batch_size: lots`` is an error naming the key.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
-import inspect
-import os
-import re
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["PROVIDERS", "SpecError", "build_pipeline", "load_spec", "resolve_type"]
+from . import yaml_config
+from .yaml_config import RENAMED, TYPES, ConfigError
 
-# type name -> "module:attribute"
-PROVIDERS: dict[str, str] = {
-    "ReadFromKafka": "costream.connectors.kafka_io:ReadFromKafka",
-    "WriteToKafka": "costream.connectors.kafka_io:WriteToKafka",
-    "WriteDeadLetters": "costream.connectors.kafka_io:WriteDeadLetters",
-    "DecodeFrames": "costream.transforms.decode:DecodeFrames",
-    "ExtractFeatures": "costream.transforms.backbones:ExtractFeatures",
-    "ContinualInference": "costream.transforms.inference:ContinualInference",
-}
+__all__ = [
+    "PROVIDERS",
+    "PROVIDERS_FILE",
+    "SpecError",
+    "build_pipeline",
+    "load_spec",
+    "resolve_type",
+]
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+PROVIDERS: dict[str, str] = {name: t.target for name, t in TYPES.items()}
+"""costream YAML type name -> ``module:Class`` of the Python PTransform it configures."""
+
+PROVIDERS_FILE = Path(__file__).resolve().parent / "providers.yaml"
+"""costream's Beam YAML providers, installed with the package (``costream providers``)."""
+
+JINJA_VARIABLE = "costream_providers"
+"""The Jinja variable a spec's ``include:`` names :data:`PROVIDERS_FILE` by."""
 
 
 class SpecError(ValueError):
@@ -48,30 +66,72 @@ class SpecError(ValueError):
 
 
 def resolve_type(name: str, providers: Mapping[str, str] = PROVIDERS) -> Callable[..., Any]:
-    """Import the PTransform class behind a costream type name."""
+    """Import the Python PTransform class behind a costream type name."""
     module, attr = providers[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    return getattr(__import__(module, fromlist=[attr]), attr)
 
 
-def _expand_env(value: Any, where: str) -> Any:
-    if isinstance(value, str):
+def _for_type(values: Mapping[str, Mapping[str, Any]] | None, name: str) -> Mapping[str, Any]:
+    """The entry of ``values`` for YAML type ``name``, keyed by it or its Python class's name."""
+    values = values or {}
+    return values.get(name) or values.get(TYPES[name].python_name) or {}
 
-        def sub(m: re.Match) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is None:
-                raise SpecError(
-                    f"{where}: environment variable {name} is not set and has no default (write ${{{name}:-value}})."
-                )
-            return default
 
-        return _ENV.sub(sub, value)
-    if isinstance(value, list):
-        return [_expand_env(v, where) for v in value]
-    if isinstance(value, dict):
-        return {k: _expand_env(v, where) for k, v in value.items()}
-    return value
+def _render(text: str, path: Path) -> str:
+    """The spec text rendered as Beam's ``yaml.main`` renders it (Jinja, strict undefined)."""
+    if "{{" not in text and "{%" not in text and "{#" not in text:
+        return text
+    import jinja2
+    from apache_beam.yaml.yaml_transform import expand_jinja
+
+    try:
+        return expand_jinja(text, {JINJA_VARIABLE: str(PROVIDERS_FILE)})
+    except jinja2.TemplateError as e:
+        raise SpecError(
+            f"{path}: the spec is a Jinja template that does not render: {e}. costream sets "
+            f"only {{{{ {JINJA_VARIABLE} }}}}."
+        ) from e
+
+
+def _is_costream_providers(include: Any) -> bool:
+    if not isinstance(include, str):
+        return False
+    p = Path(include)
+    try:
+        return p.resolve() == PROVIDERS_FILE or p.read_bytes() == PROVIDERS_FILE.read_bytes()
+    except OSError:
+        return False
+
+
+@functools.cache
+def _beam_keys(beam_type: str) -> frozenset[str]:
+    """The config keys of one of Beam's own YAML Kafka transforms (its standard_io.yaml)."""
+    import apache_beam.yaml
+
+    standard = Path(apache_beam.yaml.__file__).parent / "standard_io.yaml"
+    for provider in yaml.safe_load(standard.read_text()):
+        mappings = (provider.get("config") or {}).get("mappings") or {}
+        if beam_type in mappings:
+            return frozenset(mappings[beam_type])
+    return frozenset()
+
+
+def _renamed(t: dict[str, Any], label: str) -> None:
+    """Refuse costream's earlier type names; Beam's Kafka types keep Beam's keys."""
+    old, config = t["type"], t["config"]
+    if old not in RENAMED:
+        return
+    new = RENAMED[old]
+    beam_keys = _beam_keys(old)
+    if beam_keys and set(config) <= beam_keys:
+        return  # Beam's own ReadFromKafka / WriteToKafka (Java): Beam checks it
+    if beam_keys:
+        others = ", ".join(sorted(set(config) - beam_keys))
+        raise SpecError(
+            f"{label}: {old} is Beam's Java Kafka transform, which has no key(s) {others}; "
+            f"costream's is {new} (docs/yaml.md)."
+        )
+    raise SpecError(f"{label}: costream's {old} is now {new} (docs/yaml.md).")
 
 
 def load_spec(
@@ -81,75 +141,103 @@ def load_spec(
 ) -> dict[str, Any]:
     """Read, expand and validate a spec file.
 
-    ``overrides`` / ``defaults`` map a costream type name to config values that replace / fill in
-    the spec's (the CLI's ``--until-idle`` and runner-dependent settings).
+    ``overrides`` / ``defaults`` map a costream type name (or its Python class's name:
+    ``ReadFromKafka`` for ``ReadFramesFromKafka``) to config values that replace / fill in the
+    spec's (the CLI's ``--until-idle`` and runner-dependent settings).
 
     Raises:
         SpecError: unreadable YAML, no ``pipeline.transforms`` list, a transform without ``type``,
-            a costream transform whose config has unknown or missing keys, or a model whose
-            input size differs from what its ``ExtractFeatures`` produces.
+            a costream transform whose config is wrong (see the module docstring), dead letters
+            that go nowhere, or a model whose input size differs from what its
+            ``ExtractFeatures`` produces.
     """
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.safe_load(_render(path.read_text(), path))
     except (OSError, yaml.YAMLError) as e:
         raise SpecError(f"{path}: cannot read the spec: {e}") from e
     if not isinstance(spec, dict) or not isinstance(spec.get("pipeline"), dict):
         raise SpecError(f"{path}: a spec needs a top-level 'pipeline:' mapping with 'transforms:'.")
+    if isinstance(spec.get("providers"), list):
+        kept = [
+            p for p in spec["providers"]
+            if not (isinstance(p, dict) and _is_costream_providers(p.get("include")))
+        ]  # fmt: skip
+        if kept:
+            spec["providers"] = kept
+        else:
+            del spec["providers"]
     transforms = spec["pipeline"].get("transforms")
     if not isinstance(transforms, list) or not transforms:
         raise SpecError(f"{path}: 'pipeline.transforms' must be a non-empty list of transforms.")
+    built: dict[int, Any] = {}
     for i, t in enumerate(transforms):
         label = f"{path}: transform #{i + 1}"
         if not isinstance(t, dict) or "type" not in t:
             raise SpecError(f"{label} has no 'type:'.")
         label = f"{path}: transform {t.get('name', t['type'])!r} (type {t['type']})"
-        t["config"] = _expand_env(t.get("config") or {}, label)
+        try:
+            t["config"] = yaml_config.expand_env(t.get("config") or {})
+        except ConfigError as e:
+            raise SpecError(f"{label}: {e}") from e
         if not isinstance(t["config"], dict):
             raise SpecError(f"{label}: 'config' must be a mapping of keys to values.")
-        if t["type"] in PROVIDERS:
-            for key, value in (defaults or {}).get(t["type"], {}).items():
-                t["config"].setdefault(key, value)
-            t["config"].update((overrides or {}).get(t["type"], {}))
-            _check_config(resolve_type(t["type"]), t["config"], label)
-            _convert_numbers(resolve_type(t["type"]), t["config"], label)
-            if isinstance(t["config"].get("weights"), str):
-                t["config"]["weights"] = _resolve_file(t["config"]["weights"], path)
-    _check_feature_sizes(transforms, path)
+        _renamed(t, label)
+        if t["type"] in TYPES:
+            built[i] = _check(t, label, path, overrides, defaults)
+    _check_dead_letters_consumed(spec["pipeline"], path)
+    _check_feature_sizes(transforms, built, path)
     return spec
 
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = yaml_config.PACKAGE_ROOT
 
 
-def _resolve_file(value: str, spec_path: Path) -> str:
-    """A relative file path as given (cwd), else beside the spec, else in the repository."""
-    p = Path(value)
-    if p.is_absolute() or p.exists() or value == "random":
-        return value
-    for base in (spec_path.parent, _REPO_ROOT):
-        if (base / p).exists():
-            return str(base / p)
-    return value
+def _check(
+    t: dict[str, Any],
+    label: str,
+    path: Path,
+    overrides: Mapping[str, Mapping[str, Any]] | None,
+    defaults: Mapping[str, Mapping[str, Any]] | None,
+) -> Any:
+    """Validate one costream transform's config in place; returns its Python PTransform."""
+    from . import yaml_transforms
+
+    name, config = t["type"], t["config"]
+    for key, value in _for_type(defaults, name).items():
+        config.setdefault(key, value)
+    config.update(_for_type(overrides, name))
+    for key in yaml_config.path_keys(name):
+        if isinstance(config.get(key), str):
+            # as given (cwd), else beside the spec, else in the repository / package
+            config[key] = yaml_config.resolve_path(config[key], path.parent, _REPO_ROOT)
+    try:
+        transform = yaml_transforms.for_spec(name)(**config)
+        target = transform.build()
+    except ConfigError as e:
+        message = str(e).removeprefix(f"{name}: ")
+        raise SpecError(f"{label}: {message}") from e
+    # the values as the transform takes them (numbers from ${...} text), for the given keys
+    t["config"] = {key: getattr(transform.config, key) for key in config}
+    return target
 
 
-def _check_config(cls: Callable[..., Any], config: dict[str, Any], label: str) -> None:
-    params = inspect.signature(cls).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL,)]
-    for key in config:
-        if key not in params:
+def _check_dead_letters_consumed(pipeline: dict[str, Any], path: Path) -> None:
+    """Every costream dead-letter output must feed some transform (Beam checks it later too)."""
+    if pipeline.get("type") == "chain":
+        return  # a chain's inputs are implicit; Beam's own check covers it
+    consumed = {ref for t in pipeline["transforms"] for ref in _inputs(t)}
+    for t in pipeline["transforms"]:
+        handling = t["config"].get("error_handling") if t["type"] in TYPES else None
+        if not handling:
+            continue
+        ref = f"{t.get('name', t['type'])}.{handling['output']}"
+        if ref not in consumed:
             raise SpecError(
-                f"{label}: unknown config key {key!r}; valid keys are {', '.join(valid)}."
+                f"{path}: transform {t.get('name', t['type'])!r} (type {t['type']}): its dead "
+                f"letters ({ref}) go nowhere; send them to a WriteDeadLettersToKafka (through a "
+                "Flatten of every dead-letter output)."
             )
-    missing = [
-        n
-        for n, p in params.items()
-        if p.default is p.empty and p.kind is not p.VAR_POSITIONAL and n not in config
-    ]
-    if missing:
-        raise SpecError(f"{label}: missing required config key(s) {', '.join(missing)}.")
 
 
 def _inputs(t: dict[str, Any]) -> list[str]:
@@ -164,33 +252,30 @@ def _inputs(t: dict[str, Any]) -> list[str]:
     return []
 
 
-def _check_feature_sizes(transforms: list[dict[str, Any]], path: Path) -> None:
+def _check_feature_sizes(
+    transforms: list[dict[str, Any]], built: Mapping[int, Any], path: Path
+) -> None:
     """Refuse a ContinualInference whose model takes another feature size than its input gives.
 
     The model's size is ``feature_dim`` on its weights file's card; the input's is the
-    ``feature_dim`` of the ``ExtractFeatures`` it reads (``ExtractFeatures.main``): the ResNet's
-    width, the log-mel token size or the identity backbone's ``dim``. Otherwise every frame would
-    be dead-lettered at stage inference while the job runs and exits 0. Skipped where a size is
-    not known here: an identity backbone without ``dim``, weights that are not a file on this
-    machine (a cluster path), an input that is not an ``ExtractFeatures``.
+    ``feature_dim`` of the ``ExtractFeatures`` it reads (``ExtractFeatures``, or its
+    ``.output``): the ResNet's width, the log-mel token size or the identity backbone's ``dim``.
+    Otherwise every frame would be dead-lettered at stage inference while the job runs and exits
+    0. Skipped where a size is not known here: an identity backbone without ``dim``, weights that
+    are not a file on this machine (a cluster path), an input that is not an ``ExtractFeatures``.
     """
-    by_name = {t.get("name", t["type"]): t for t in transforms}
+    by_name = {t.get("name", t["type"]): i for i, t in enumerate(transforms)}
     for t in transforms:
         weights = t["config"].get("weights") if t["type"] == "ContinualInference" else None
         if not isinstance(weights, str) or not Path(weights).is_file():
             continue
         label = f"{path}: transform {t.get('name', t['type'])!r} (type {t['type']})"
         for ref in _inputs(t):
-            source = by_name.get(ref) or by_name.get(ref.rpartition(".")[0])
-            if source is None or source["type"] != "ExtractFeatures":
+            i = by_name.get(ref, by_name.get(ref.rpartition(".")[0]))
+            if i is None or transforms[i]["type"] != "ExtractFeatures":
                 continue
-            source_name = source.get("name", source["type"])
-            try:
-                produced = resolve_type("ExtractFeatures")(**source["config"]).feature_dim
-            except (TypeError, ValueError) as e:
-                raise SpecError(
-                    f"{path}: transform {source_name!r} (type ExtractFeatures): {e}"
-                ) from e
+            source = transforms[i]
+            produced = built[i].feature_dim
             if produced is None:
                 continue
             from costream.models.weights import WeightsError
@@ -202,6 +287,7 @@ def _check_feature_sizes(transforms: list[dict[str, Any]], path: Path) -> None:
                 raise SpecError(f"{label}: 'weights': {e}") from e
             expected = card.get("feature_dim")
             if isinstance(expected, int) and expected != produced:
+                source_name = source.get("name", source["type"])
                 backbone = source["config"].get("backbone", "resnet18")
                 raise SpecError(
                     f"{label}: the model {weights} takes features of size {expected}, but its "
@@ -211,50 +297,29 @@ def _check_feature_sizes(transforms: list[dict[str, Any]], path: Path) -> None:
                 )
 
 
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _convert_numbers(cls: Callable[..., Any], config: dict[str, Any], label: str) -> None:
-    """Text values of int/float-typed constructor parameters (``${VAR}`` expansions) -> numbers."""
-    params = inspect.signature(cls).parameters
-    for key, value in config.items():
-        if not isinstance(value, str) or key not in params:
-            continue
-        types = set(re.findall(r"[A-Za-z_]+", str(params[key].annotation)))
-        if "str" in types or not types & {"int", "float"}:
-            continue
-        text = value.strip()
-        if "None" in types and text.lower() in ("", "null", "none", "~"):
-            config[key] = None
-            continue
-        if "int" in types and re.fullmatch(r"[-+]?[0-9]+", text):
-            config[key] = int(text)
-        elif "float" in types and _is_float(text):
-            config[key] = float(text)
-        else:
-            kind = "a number" if "float" in types else "a whole number"
-            raise SpecError(f"{label}: {key!r} must be {kind}, got {value!r}.")
-
-
 def build_pipeline(
     pipeline: Any, spec: dict[str, Any], replace: Mapping[str, Callable[..., Any]] | None = None
 ) -> Any:
     """Expand a validated spec into ``pipeline`` with the costream providers registered.
 
-    ``replace`` swaps the PTransform behind a type name (``costream score`` runs a spec with its
-    Kafka reads and writes replaced by a file source and collectors).
+    ``replace`` swaps the Python PTransform behind a type, keyed by the type's name or its
+    Python class's name (``costream score`` replaces ``ReadFromKafka``, ``WriteToKafka`` and
+    ``WriteDeadLetters`` by a file source and collectors); it takes the Python keywords.
     """
     from apache_beam.yaml import yaml_provider
     from apache_beam.yaml.yaml_transform import expand_pipeline
 
+    from . import yaml_transforms
+
     spec = copy.deepcopy(spec)
-    used = {t["type"] for t in spec["pipeline"]["transforms"]} & PROVIDERS.keys()
-    factories = {name: (replace or {}).get(name) or resolve_type(name) for name in used}
+    used = {t["type"] for t in spec["pipeline"]["transforms"]} & TYPES.keys()
+    replace = replace or {}
+    factories = {
+        name: yaml_transforms.for_spec(
+            name, replace.get(name) or replace.get(TYPES[name].python_name)
+        )
+        for name in used
+    }
     inline = yaml_provider.InlineProvider(factories)
     # Beam YAML tracks transforms by ids its own loader attaches, so hand it text, not a dict.
     text = yaml.safe_dump(spec, sort_keys=False)

@@ -11,7 +11,11 @@ SPECS = Path(__file__).resolve().parents[2] / "pipelines" / "specs"
 def test_shipped_specs_validate(name):
     spec = load_spec(SPECS / name)
     types = [t["type"] for t in spec["pipeline"]["transforms"]]
-    assert types[0] == "ReadFromKafka" and "ContinualInference" in types and "WriteToKafka" in types
+    assert (
+        types[0] == "ReadFramesFromKafka"
+        and "ContinualInference" in types
+        and "WriteDetectionsToKafka" in types
+    )
 
 
 def write(tmp_path, text):
@@ -46,7 +50,10 @@ def test_missing_required_key_and_env(tmp_path, monkeypatch):
     monkeypatch.delenv("NOPE_NOT_SET", raising=False)
     p = write(
         tmp_path,
-        "pipeline:\n  transforms:\n    - type: ContinualInference\n      config: {weights: '${NOPE_NOT_SET}'}\n",
+        "pipeline:\n  transforms:\n    - type: ContinualInference\n"
+        "      config: {weights: '${NOPE_NOT_SET}', error_handling: {output: dead}}\n"
+        "    - type: WriteDeadLettersToKafka\n      input: ContinualInference.dead\n"
+        "      config: {bootstrap_servers: 'h:1', topic: dlq}\n",
     )
     with pytest.raises(SpecError, match="NOPE_NOT_SET is not set"):
         load_spec(p)
@@ -88,15 +95,19 @@ def test_env_values_become_numbers_where_the_constructor_takes_numbers(tmp_path,
         """
 pipeline:
   transforms:
-    - type: ReadFromKafka
-      config: {bootstrap_servers: "${B:-h:1}", topics: "${T:-123}", stop_after_idle_s: "${S:-2.5}"}
+    - type: ReadFramesFromKafka
+      config: {bootstrap_servers: "${B:-h:1}", topic: "${T:-123}", stop_after_idle_s: "${S:-2.5}"}
     - type: ContinualInference
-      input: ReadFromKafka
-      config: {weights: w.safetensors, max_fill: "${F:-4}", idle_timeout_s: "${I:-null}"}
+      input: ReadFramesFromKafka
+      config: {weights: w.safetensors, max_fill: "${F:-4}", idle_timeout_s: "${I:-null}",
+               error_handling: {output: dead}}
+    - type: WriteDeadLettersToKafka
+      input: ContinualInference.dead
+      config: {bootstrap_servers: "h:1", topic: dlq}
 """,
     )
-    read, infer = (t["config"] for t in load_spec(p)["pipeline"]["transforms"])
-    assert read["topics"] == "123"  # a str parameter keeps text, even digits
+    read, infer, _ = (t["config"] for t in load_spec(p)["pipeline"]["transforms"])
+    assert read["topic"] == "123"  # a str parameter keeps text, even digits
     assert read["stop_after_idle_s"] == 2.5
     assert infer["max_fill"] == 4 and infer["idle_timeout_s"] is None
     monkeypatch.setenv("F", "four")
@@ -108,11 +119,11 @@ def test_dead_letters_are_written_by_the_truncating_writer():
     from costream.connectors import kafka_io
     from costream.pipelines.spec import resolve_type
 
-    assert resolve_type("WriteDeadLetters") is kafka_io.WriteDeadLetters
+    assert resolve_type("WriteDeadLettersToKafka") is kafka_io.WriteDeadLetters
     for name in ("features.yaml", "video.yaml", "audio.yaml"):
         (dlq,) = [
             t for t in load_spec(SPECS / name)["pipeline"]["transforms"]
-            if t["type"] == "WriteDeadLetters"
+            if t["type"] == "WriteDeadLettersToKafka"
         ]  # fmt: skip
         assert dlq["config"]["max_request_size"] == 1 << 20
 
@@ -126,16 +137,22 @@ def _features_spec(tmp_path, extract, weights):
         f"""
 pipeline:
   transforms:
-    - type: ReadFromKafka
-      config: {{bootstrap_servers: "h:1", topics: t}}
+    - type: ReadFramesFromKafka
+      config: {{bootstrap_servers: "h:1", topic: t}}
     - type: ExtractFeatures
       name: Features
-      input: ReadFromKafka
-      config: {extract}
+      input: ReadFramesFromKafka
+      config: {{error_handling: {{output: dead_letter}}, {extract[1:]}
     - type: ContinualInference
       name: Infer
-      input: Features.main
-      config: {{weights: {weights}}}
+      input: Features.output
+      config: {{weights: {weights}, error_handling: {{output: dead_letter}}}}
+    - type: Flatten
+      name: DeadLetters
+      input: [Features.dead_letter, Infer.dead_letter]
+    - type: WriteDeadLettersToKafka
+      input: DeadLetters
+      config: {{bootstrap_servers: "h:1", topic: dlq}}
 """,
     )
 
