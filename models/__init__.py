@@ -1,35 +1,19 @@
-"""costream.models: continual attention, encoders, model zoo, FLOP counting (pure PyTorch)."""
+"""costream.models: continual attention, encoders, model zoo, FLOP counting (pure PyTorch).
+
+Example:
+    >>> from costream.models import ContinualEncoder, get_model, input_major_
+"""
 
 from .attention import (
     ContinualRetroactiveAttention,
     ContinualSingleOutputAttention,
     MultiheadWeights,
 )
+from .data import DataFormatError, OadDataset, Video, load_dataset
 from .encoder import ContinualEncoder
 from .flops import encoder_macs, measured_macs, oadtr_macs
-from .positional import RecyclingPositionalEncoding
-from .state import StateFormatError, StreamState
-from .weights import WeightsError, input_major_, load_weights, save_weights, weights_sha256
-
-__all__ = [
-    "ContinualEncoder",
-    "ContinualRetroactiveAttention",
-    "ContinualSingleOutputAttention",
-    "MultiheadWeights",
-    "RecyclingPositionalEncoding",
-    "StateFormatError",
-    "StreamState",
-    "WeightsError",
-    "encoder_macs",
-    "input_major_",
-    "load_weights",
-    "measured_macs",
-    "oadtr_macs",
-    "save_weights",
-    "weights_sha256",
-]
-
-from .nystrom import (  # noqa: E402  (issue 5: continual Nyström attention)
+from .metrics import FrameMetrics, frame_metrics
+from .nystrom import (
     ContinualNystromRetroactiveAttention,
     ContinualNystromSingleOutputAttention,
     NystromAttention,
@@ -38,20 +22,10 @@ from .nystrom import (  # noqa: E402  (issue 5: continual Nyström attention)
     nystrom_macs,
     parse_attention,
 )
-
-__all__ += [
-    "ContinualNystromRetroactiveAttention",
-    "ContinualNystromSingleOutputAttention",
-    "NystromAttention",
-    "NystromMultiheadAttention",
-    "continual_nystrom_macs",
-    "nystrom_macs",
-    "parse_attention",
-]
-
-from .data import DataFormatError, OadDataset, Video, load_dataset  # noqa: E402  (issue 4: zoo)
-from .metrics import FrameMetrics, frame_metrics  # noqa: E402
-from .zoo import (  # noqa: E402
+from .positional import RecyclingPositionalEncoding
+from .state import StateFormatError, StreamState
+from .weights import WeightsError, input_major_, load_weights, save_weights, weights_sha256
+from .zoo import (
     ContinualOnlineTransformer,
     OnlineTransformer,
     StepOutput,
@@ -63,20 +37,72 @@ from .zoo import (  # noqa: E402
     save_model,
 )
 
-__all__ += [
+__all__ = [
+    # continual attention (single-output, retroactive) and the encoder built from it
+    "ContinualEncoder",
+    "ContinualRetroactiveAttention",
+    "ContinualSingleOutputAttention",
+    "MultiheadWeights",
+    "RecyclingPositionalEncoding",
+    # continual Nystrom attention
+    "ContinualNystromRetroactiveAttention",
+    "ContinualNystromSingleOutputAttention",
+    "NystromAttention",
+    "NystromMultiheadAttention",
+    "parse_attention",
+    # the zoo: online action detection models and their continual twins
     "ContinualOnlineTransformer",
+    "OnlineTransformer",
+    "StepOutput",
+    "continual_from_regular",
+    "get_model",
+    "list_models",
+    "load_model",
+    "save_model",
+    # data, metrics, MACs
     "DataFormatError",
     "FrameMetrics",
     "OadDataset",
-    "OnlineTransformer",
-    "StepOutput",
     "Video",
-    "continual_from_regular",
+    "continual_nystrom_macs",
+    "encoder_macs",
     "frame_metrics",
-    "get_model",
-    "list_models",
     "load_dataset",
-    "load_model",
     "macs_per_frame",
-    "save_model",
+    "measured_macs",
+    "nystrom_macs",
+    "oadtr_macs",
+    # state and weights I/O
+    "StateFormatError",
+    "StreamState",
+    "WeightsError",
+    "input_major_",
+    "load_weights",
+    "save_weights",
+    "weights_sha256",
+]
+
+from .audio import GtzanConfig  # noqa: E402  (issue 13: the papers' GTZAN setting)
+from .flops import gtzan_macs, vggish_macs  # noqa: E402
+from .vggish import (  # noqa: E402
+    VGGish,
+    VGGishConfig,
+    VGGishFrontEnd,
+    load_vggish,
+    log_mel_patch,
+    save_vggish,
+    vggish_patches,
+)
+
+__all__ += [
+    "GtzanConfig",
+    "VGGish",
+    "VGGishConfig",
+    "VGGishFrontEnd",
+    "gtzan_macs",
+    "load_vggish",
+    "log_mel_patch",
+    "save_vggish",
+    "vggish_macs",
+    "vggish_patches",
 ]

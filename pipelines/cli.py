@@ -6,6 +6,10 @@ package. Command modules import their heavy
 dependencies (torch, Beam, Kafka) inside ``run``, so building the parser stays fast and a missing
 optional dependency of one command never breaks the others. ``extra`` holds arguments this CLI does not know; commands that build
 Beam pipelines hand them to ``PipelineOptions``, all others refuse them.
+
+Every command runs inside one logging setup (:func:`costream.pipelines.logs.configured`) at the
+command's ``LOG_LEVEL`` (``"INFO"`` for the commands that run pipelines; others: ``"WARNING"``),
+or at ``--log-level``, given before or after the command name.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from costream.pipelines import commands as _commands
+from costream.pipelines import logs
 
 
 def command_modules() -> dict[str, str]:
@@ -34,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="costream",
         description="Continual Transformers on live video and audio streams (Beam + Kafka).",
     )
+    _add_log_level(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module_name in command_modules().items():
@@ -41,7 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         p.set_defaults(_module=module_name)
         module.add_arguments(p)
+        _add_log_level(p, argparse.SUPPRESS)  # (keeps a --log-level given before the command)
     return parser
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=logs.LEVELS,
+        default=default,
+        help="what to log on stderr (default INFO for run, demo and score, WARNING otherwise; "
+        "DEBUG: everything, Beam's internals included)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     if extra and not getattr(module, "ACCEPTS_PIPELINE_OPTIONS", False):
         parser.error(f"unrecognized arguments for 'costream {args.command}': {' '.join(extra)}")
-    return int(module.run(args, extra) or 0)
+    with logs.configured(args.log_level or getattr(module, "LOG_LEVEL", "WARNING")):
+        return int(module.run(args, extra) or 0)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -278,28 +279,13 @@ class StatusReporter:
         return text
 
 
-class visible_on_stderr:  # noqa: N801 (a context manager used like a function)
-    """Show the ``costream`` logger's records from INFO up on stderr while inside (``costream run``).
+def visible_on_stderr() -> AbstractContextManager[logging.Handler]:
+    """The CLI's logging at INFO while inside: the status lines and all else on stderr.
 
-    Python shows only warnings when nothing configured logging (the CLI configures none), so the
-    status lines need a handler of their own. While inside, ``costream`` records go to that
-    handler only (not also to the root logger's handlers, which Beam may add during the run).
+    The same setup ``costream`` itself uses around every command
+    (:func:`costream.pipelines.logs.configured`, where Beam's internal noise is filtered); for
+    code that calls :func:`~costream.pipelines.runner.run_spec` without the CLI.
     """
+    from costream.pipelines.logs import configured
 
-    def __init__(self) -> None:
-        self._handler = logging.StreamHandler()  # sys.stderr as it is on entering
-        self._saved = (log.level, log.propagate)
-
-    def __enter__(self) -> visible_on_stderr:
-        self._handler = logging.StreamHandler()
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        self._saved = (log.level, log.propagate)
-        log.addHandler(self._handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        log.removeHandler(self._handler)
-        log.setLevel(self._saved[0])
-        log.propagate = self._saved[1]
+    return configured("INFO")

@@ -1,8 +1,24 @@
-"""costream.transforms."""
+"""costream.transforms: Beam transforms from Kafka records to detections.
 
-# Lazy exports (torch and Beam load on first use), as in costream.connectors.
-import importlib as _importlib
-from typing import Any as _Any
+The main entry points, re-exported lazily so that ``import costream.transforms`` stays cheap
+(torch and Beam load on first use, as in :mod:`costream.connectors`):
+
+- :mod:`~costream.transforms.decode`: ``DecodeFrames``, ``decode_record``;
+- :mod:`~costream.transforms.backbones`: ``ExtractFeatures`` (RunInference), ``BackboneConfig``,
+  ``FeatureModelHandler``, ``BACKBONES``;
+- :mod:`~costream.transforms.audio_features`: ``LogMelSpectrogram``;
+- :mod:`~costream.transforms.inference`: ``ContinualInference`` (each stream's continual state in
+  Beam keyed state), its DoFn, and the plain per-stream state update ``StreamStepper``;
+- :mod:`~costream.transforms.records`: the records between stages and the output tags.
+
+Example:
+    >>> from costream.transforms import ContinualInference, ExtractFeatures
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 _EXPORTS = {
     "DecodeFrames": "decode",
@@ -12,6 +28,13 @@ _EXPORTS = {
     "FeatureModelHandler": "backbones",
     "BACKBONES": "backbones",
     "LogMelSpectrogram": "audio_features",
+    "ContinualInference": "inference",
+    "ContinualInferenceFn": "inference",
+    "GapPolicy": "inference",
+    "StepResult": "inference",
+    "StreamStepper": "inference",
+    "iter_detections": "inference",
+    "load_stepper": "inference",
     "DecodedFrame": "records",
     "FeatureRecord": "records",
     "TaggedOutputs": "records",
@@ -19,9 +42,15 @@ _EXPORTS = {
     "DEAD_LETTER": "records",
 }
 
+__all__ = sorted(_EXPORTS)
 
-def __getattr__(name: str) -> _Any:
+
+def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'costream.transforms' has no attribute {name!r}")
-    return getattr(_importlib.import_module(f"costream.transforms.{module}"), name)
+    return getattr(importlib.import_module(f"costream.transforms.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

@@ -16,8 +16,19 @@ from pathlib import Path
 from typing import Any
 
 HELP = "Run the end-to-end demo: embedded broker, 3 synthetic cameras, live detections, plots."
+LOG_LEVEL = "INFO"  # Beam's pipeline events and costream's warnings (pipelines/logs.py)
 
 _ROOT = Path(__file__).resolve().parents[2]
+# what the demo sets for the spec's ${...} values (and the Flink work dir); restored at the end,
+# so that a demo run inside another program (tests call the CLI's main) leaves no trace
+_ENV = (
+    "COSTREAM_BOOTSTRAP",
+    "COSTREAM_INPUT_TOPIC",
+    "COSTREAM_OUTPUT_TOPIC",
+    "COSTREAM_DEAD_LETTER_TOPIC",
+    "COSTREAM_WEIGHTS",
+    "COSTREAM_FLINK_DIR",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +60,25 @@ def run(args: Any, extra: list[str]) -> int:
     frames = int(args.seconds * args.fps)
     gt: dict[str, list[str]] = {c: [] for c in cams}
 
+    saved = {name: os.environ.get(name) for name in _ENV}
+    try:
+        return _with_runner(args, extra, out_dir, cams, frames, gt)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _with_runner(
+    args: Any,
+    extra: list[str],
+    out_dir: Path,
+    cams: list[str],
+    frames: int,
+    gt: dict[str, list[str]],
+) -> int:
     cluster = None
     runner_name = "DirectRunner"
     if args.flink:
@@ -146,7 +176,9 @@ def _demo(
         for t in threads:
             t.start()
 
-        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, consumer_timeout_ms=500)
+        consumer = KafkaConsumer(  # no group, so nothing to commit
+            bootstrap_servers=broker.bootstrap, consumer_timeout_ms=500, enable_auto_commit=False
+        )
         consumer.assign([TopicPartition("detections", p) for p in range(args.cameras)])
         dets: dict[str, list[dict]] = {c: [] for c in cams}
         last_print = 0.0

@@ -7,6 +7,7 @@ from typing import Any
 
 HELP = "Run a pipeline spec (Beam YAML) on the embedded runner, Flink or a portable job endpoint."
 ACCEPTS_PIPELINE_OPTIONS = True  # unknown arguments are Beam pipeline options
+LOG_LEVEL = "INFO"  # the status line, Beam's pipeline events, LogForTesting (pipelines/logs.py)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,13 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: Any, extra: list[str]) -> int:
     from costream.pipelines.runner import run_spec
-    from costream.pipelines.status import visible_on_stderr
 
     if args.status_every < 0:
         raise SystemExit(
             f"--status-every must be 0 (no status lines) or more, got {args.status_every}."
         )
-    with visible_on_stderr():
-        result = run_spec(args.spec, args.runner, extra, args.until_idle, args.status_every)
+    result = run_spec(args.spec, args.runner, extra, args.until_idle, args.status_every)
     print(f"pipeline finished: {result.state}")
     return 0

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 HELP = "Run a pipeline spec over a media/features file without Kafka and print detections as JSON lines."
+LOG_LEVEL = "INFO"  # as costream run: Beam's pipeline events, LogForTesting (pipelines/logs.py)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
