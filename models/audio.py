@@ -1,4 +1,4 @@
-"""Audio classifier pieces: log-mel patch front-end and its configuration.
+"""Audio classifier pieces: log-mel patch front-end, its configuration, and the papers' GTZAN setting.
 
 The audio model of the zoo (``audio_b2`` / ``co_audio_b2``) classifies a stream of log-mel
 frames into GTZAN-style genres. One *token* is a patch of ``patch`` consecutive log-mel frames
@@ -20,6 +20,11 @@ flattened patches, ``targets`` (T, 10) the clip's genre one-hot on every token, 
 ``dataset.json`` with ``"background": null`` (genres have no background class), then
 ``costream train --model audio_b2 --data DATA --out audio.safetensors``.
 
+The papers' own audio setting is a second family, ``gtzan`` (:class:`GtzanConfig`; docs/audio-setting.md):
+one token per 128-d VGGish embedding of a 1 s sub-clip, a new token every 0.25 s, a window of
+n = 120 tokens (30 s), ``Linear(128 -> 192)`` + recycling PE, 1 or 2 blocks (16 heads, FFN 192),
+10 genres. The VGGish front-end that makes the tokens from PCM is ``costream.models.vggish``.
+
 Example:
     >>> import torch
     >>> fe = MelPatchEmbedding(n_mels=8, patch=4, channels=6, d_model=10)
@@ -35,7 +40,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GTZAN_GENRES", "AudioConfig", "MelPatchEmbedding"]
+__all__ = ["GTZAN_GENRES", "AudioConfig", "GtzanConfig", "MelPatchEmbedding"]
 
 GTZAN_GENRES = [
     "blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock",
@@ -102,3 +107,38 @@ class AudioConfig:
         """Multiply-accumulates of the front-end per token (conv weights x outputs + projection)."""
         c = self.channels
         return self.patch * 3 * (self.n_mels * c + c * c) + c * self.d_model
+
+
+@dataclass(frozen=True)
+class GtzanConfig:
+    """The Continual Transformers papers' GTZAN configuration (docs/audio-setting.md).
+
+    One token per 128-d VGGish embedding (``D_in`` = 128) of a 1 s sub-clip, one every 0.25 s, so
+    a window of n = 120 tokens spans a 30 s clip; d = 192, h = 16 (d_h = 12), FFN 192, 10 genres.
+    The reference code (Atamarado/continual_nystrom ``audio_classification``) embeds with
+    ``Linear(128 -> 192)`` and a learned recycling table of 192 rows; here the table has
+    ``pe_size`` = 2n - 1 = 239 rows so no two tokens of one window share a row (docs §6.5), and
+    both twins use it (a window-position encoding would break continual == regular).
+    """
+
+    d_in: int = 128
+    d_model: int = 192
+    window: int = 120
+    heads: int = 16
+    ffn: int = 192
+    blocks: int = 1
+    classes: int = 10
+    pe_size: int = 239
+    pe_learned: bool = True
+    dropout: float = 0.1
+    attention: str = "softmax"
+
+    family: ClassVar[str] = "gtzan"
+
+    def make_embedding(self) -> nn.Module:
+        """Token embedding of this family: ``Linear(D_in -> d)`` ("linear_encoding")."""
+        return nn.Linear(self.d_in, self.d_model)
+
+    def embedding_macs(self) -> int:
+        """Multiply-accumulates of the embedding per token."""
+        return self.d_in * self.d_model

@@ -9,6 +9,12 @@
   (bias counted once per linear, regular OadTR attention matmuls not counted, Q counted for all n
   tokens in the last layer, b2's last-layer FFN not counted, GELU counted). It reproduces
   CoOadTR-b1 = 9,598,998 MACs for D_in = 3072.
+
+The GTZAN audio setting has its own ``"paper"`` convention (:func:`gtzan_macs`): ptflops 0.6.7 on
+the reference audio model, whose channel-first linears are miscounted; it reproduces the paper's
+51.5x for one block (docs/audio-setting.md). :func:`vggish_macs` counts the VGGish front-end and
+:func:`audio_setting_table` / :func:`nystrom_regime_table` are the tables behind
+``costream flops --table gtzan``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,16 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["encoder_layer_macs", "encoder_macs", "measured_macs", "oadtr_macs"]
+__all__ = [
+    "audio_setting_table",
+    "encoder_layer_macs",
+    "encoder_macs",
+    "gtzan_macs",
+    "measured_macs",
+    "nystrom_regime_table",
+    "oadtr_macs",
+    "vggish_macs",
+]
 
 LayerKind = Literal["regular", "single", "retroactive", "last"]
 Convention = Literal["clean", "paper"]
@@ -110,6 +125,178 @@ def oadtr_macs(
     raise ValueError(
         "The paper convention covers 1 and 2 continual blocks only; use convention='clean'."
     )
+
+
+def gtzan_macs(
+    *,
+    d_in: int,
+    d_model: int,
+    window: int,
+    heads: int,
+    ffn: int,
+    classes: int,
+    blocks: int,
+    continual: bool,
+    convention: Convention = "clean",
+) -> int:
+    """MACs per prediction of the GTZAN models (docs/audio-setting.md).
+
+    ``"clean"`` is :func:`oadtr_macs`'s clean count (the same network). ``"paper"`` is what
+    ptflops 0.6.7 reports for the reference audio model (``continual_transformers``' CoSi/CoRe
+    hooks, ``continual`` 0.15.3; Atamarado/continual_nystrom
+    ``audio_classification/continual_transformer_audio_classification.ipynb``):
+
+    * Its linears are ``co.Linear(..., channel_dim=1)`` on (1, C, T) tensors, and ptflops counts
+      ``prod(input shape) * output.shape[-1] + output.shape[-1]``: the last dim is T, not the
+      output channels. So the regular model's embedding counts D n^2 + n (not n D d + d) and its
+      FFN and head, which see one token (1, C, 1), count C + 1 each. A continual step feeds
+      (1, C) tensors and is counted correctly.
+    * The regular model is the same single-output encoder in forward mode: attention hooks count
+      3 n d^2 (Q, K, V for all n tokens), h (2 n d_h + 2 d_h) and d (d + 1) for the out-projection.
+    * GELU and LayerNorm count nothing (ptflops 0.6.7 maps neither).
+
+    One block gives 15,198,459 / 294,922 = 51.53x at the paper's sizes, the paper's 51.5x. The
+    two-block count follows the same rules plus CoOadTR-b2's (last layer counted in forward mode,
+    its FFN not counted); no GTZAN two-block number was available to check it against.
+
+    Example:
+        >>> gtzan_macs(d_in=128, d_model=192, window=120, heads=16, ffn=192, classes=10,
+        ...            blocks=1, continual=True, convention="paper")
+        294922
+    """
+    D, d, n, h, f, C, L = d_in, d_model, window, heads, ffn, classes, blocks
+    if convention == "clean":
+        return oadtr_macs(
+            d_in=D, d_model=d, window=n, heads=h, ffn=f, classes=C, blocks=L,
+            continual=continual, convention="clean",
+        )  # fmt: skip
+    if convention != "paper":
+        raise ValueError(f"Unknown convention {convention!r}; choose 'clean' or 'paper'.")
+    if L not in (1, 2):
+        raise ValueError("The paper convention covers 1 and 2 blocks only; use convention='clean'.")
+    dh = d // h
+    single_fwd = 3 * n * d * d + h * (2 * n * dh + 2 * dh) + d * (d + 1)  # CoSi, forward mode
+    token_ffn = (d * f + f) + (f * d + d)  # FFN of one (1, d) token, counted correctly
+    if not continual:
+        embed = D * n * n + n  # channel-first artefact: prod((1, D, n)) * n + n
+        tail = (d + 1) + (f + 1) + (d + 1)  # last FFN and head on (1, C, 1): C + 1 each
+        if L == 1:
+            return embed + single_fwd + tail
+        retro_fwd = 3 * n * d * d + h * (2 * n * n * dh + 2 * n * dh) + n * d * (d + 1)
+        return embed + retro_fwd + n * token_ffn + single_fwd + tail
+    embed_head = (D * d + d) + (d * C + C)
+    if L == 1:
+        single_step = 3 * d * d + h * (2 * n * dh + 2 * dh) + d * (d + 1)
+        return embed_head + single_step + token_ffn
+    retro_step = 3 * d * d + h * (7 * n * dh + 2 * n - 3 * dh) + n * d * (d + 1)
+    return embed_head + retro_step + n * token_ffn + single_fwd
+
+
+def vggish_macs(
+    channels: tuple[int, ...] = (64, 128, 256, 256, 512, 512),
+    fc: tuple[int, ...] = (4096, 4096),
+    embedding: int = 128,
+    frames: int = 96,
+    mels: int = 64,
+) -> int:
+    """MACs of one VGGish embedding (clean: conv and FC matmuls), default 863,895,552.
+
+    ``channels`` are the six 3x3 convolutions (pools after the 1st, 2nd, 4th and 6th), ``fc`` the
+    hidden fully connected sizes; the input is one (frames, mels) log-mel patch.
+    """
+    H, W, c_in, total = frames, mels, 1, 0
+    for i, c in enumerate(channels):
+        total += H * W * c * c_in * 9
+        c_in = c
+        if i in (0, 1, 3, 5):
+            H, W = H // 2, W // 2
+    width = H * W * c_in
+    for out in (*fc, embedding):
+        total += width * out
+        width = out
+    return total
+
+
+# -- the audio-setting tables (costream flops --table gtzan; docs/audio-setting.md) ----------------
+GTZAN = dict(d_in=128, d_model=192, window=120, heads=16, ffn=192, classes=10)
+"""The papers' GTZAN sizes: 128-d VGGish tokens, d 192, n 120, 16 heads, FFN 192, 10 genres."""
+
+
+def _row(label: str, regular: int | float, continual: int | float) -> dict[str, object]:
+    return {"label": label, "regular": regular, "continual": continual,
+            "ratio": regular / continual}  # fmt: skip
+
+
+def audio_setting_table(target: float = 51.5) -> list[dict[str, object]]:
+    """Regular / continual one-block MACs of the GTZAN setting under each counting and size.
+
+    Rows: label, regular, continual, ratio; ``within_2pct`` marks rows within 2% of ``target``
+    (the paper's 51.5x). The first row is the one that reproduces it.
+    """
+    P, rows = GTZAN, []
+
+    def both(convention: str, **kw: int) -> tuple[int, int]:
+        cfg = {**P, "blocks": 1, **kw}
+        return (
+            gtzan_macs(**cfg, continual=False, convention=convention),  # type: ignore[arg-type]
+            gtzan_macs(**cfg, continual=True, convention=convention),  # type: ignore[arg-type]
+        )
+
+    D, d, n, h, f, C = (P[k] for k in ("d_in", "d_model", "window", "heads", "ffn", "classes"))
+    rows.append(_row("paper: ptflops 0.6.7 on the reference model (n=120, d=192)", *both("paper")))
+    reg, co = both("paper")
+    dh = d // h
+    single_fwd = 3 * n * d * d + h * (2 * n * dh + 2 * dh) + d * (d + 1)
+    correct = (n * D * d + d) + single_fwd + (d * f + f) + (f * d + d) + (d * C + C)
+    rows.append(_row("paper, linears counted correctly (embedding n D d, FFN/head on 1 token)",
+                     correct, co))  # fmt: skip
+    rows.append(_row("CoOadTR paper convention (OadTR-style regular: every row, GELU)", *(
+        oadtr_macs(**P, blocks=1, continual=c, convention="paper") for c in (False, True))))  # fmt: skip
+    rows.append(
+        _row("clean MACs (costream): regular = all n rows, head on every token", *both("clean"))
+    )
+    last_row = n * D * d + encoder_layer_macs("last", d=d, n=n, f=f) + d * C
+    rows.append(
+        _row("clean MACs, regular computes the newest row only", last_row, both("clean")[1])
+    )
+    rows.append(_row("clean, FLOPs = 2 x MACs (ratio unchanged)", *(2 * x for x in both("clean"))))
+    rows.append(_row("paper, d=128 (no widening), FFN 128", *both("paper", d_model=128, ffn=128)))
+    rows.append(_row("paper, n=117 (full 1 s sub-clips of 30 s)", *both("paper", window=117)))
+    rows.append(_row("paper, n=64", *both("paper", window=64)))
+    v = vggish_macs()
+    rows.append(_row("paper + VGGish front-end, each sub-clip embedded once", reg + v, co + v))
+    rows.append(_row("paper + VGGish, regular re-embeds all n sub-clips", reg + n * v, co + v))
+    for r in rows:
+        r["within_2pct"] = abs(float(r["ratio"]) / target - 1) <= 0.02  # type: ignore[arg-type]
+    return rows
+
+
+def nystrom_regime_table(
+    windows: tuple[int, ...] = (120, 240, 480, 960, 1920),
+    landmarks: tuple[int | None, ...] = (None, 1, 2, 4, 8),
+) -> list[dict[str, object]]:
+    """Regular softmax model / continual Nyström (fixed landmarks) in the GTZAN setting (clean).
+
+    For each window n and landmark count m (``None``: m = n // 10, the papers' choice): one-block
+    whole-model MACs (``regular``, ``continual``, ``ratio``), the exact continual softmax model's
+    ratio for comparison (``softmax_ratio``, CoSi), and the attention part alone (``attn_ratio``:
+    2 n^2 d of regular softmax attention over 7 m d + h m^2 per step).
+    """
+    from .nystrom import continual_nystrom_macs
+
+    P, rows = GTZAN, []
+    d, h = P["d_model"], P["heads"]
+    for n in windows:
+        reg = oadtr_macs(**{**P, "window": n}, blocks=1, continual=False, convention="clean")
+        co_softmax = oadtr_macs(**{**P, "window": n}, blocks=1, continual=True, convention="clean")
+        for m_ in landmarks:
+            m = max(1, n // 10) if m_ is None else m_
+            attn = continual_nystrom_macs(n, d, h, m, landmark_mode="fixed")
+            co = co_softmax - 2 * n * d + attn
+            rows.append({"n": n, "m": m, "regular": reg, "continual": round(co),
+                         "ratio": reg / co, "softmax_ratio": reg / co_softmax,
+                         "attn_ratio": 2 * n * n * d / attn})  # fmt: skip
+    return rows
 
 
 def measured_macs(fn: Callable[[], object]) -> int:

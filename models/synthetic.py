@@ -16,21 +16,37 @@ Chance level: a scorer that ranks frames at random has an expected AP equal to t
 of positive frames, so the chance mAP is the mean positive fraction of the action classes
 (:func:`chance_map`), about 0.1 with the defaults.
 
+The GTZAN-style generator (:func:`make_gtzan_dataset`, issue 13) makes clips of VGGish-like
+128-d embeddings, one per 1 s sub-clip every 0.25 s, labelled with one of the 10 genres on every
+token (``background`` and ``ambiguous`` None): see :class:`GtzanSyntheticConfig`.
+
 Example:
     >>> ds = make_dataset(SyntheticConfig(num_videos=2, seed=0))
     >>> ds.feature_dim, ds.num_classes, ds.class_names[-1]
     (64, 6, 'Ambiguous')
+    >>> g = make_gtzan_dataset(GtzanSyntheticConfig(num_clips=3))
+    >>> g.feature_dim, g.num_classes, len(g.videos[0]), bool((g.videos[0].features >= 0).all())
+    (128, 10, 120, True)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from costream.models.data import OadDataset, Video, write_npz_dir
 
-__all__ = ["SyntheticConfig", "chance_map", "make_dataset", "write_dataset"]
+__all__ = [
+    "GtzanSyntheticConfig",
+    "SyntheticConfig",
+    "chance_map",
+    "clip_genres",
+    "make_dataset",
+    "make_gtzan_dataset",
+    "write_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,101 @@ def chance_map(dataset: OadDataset, window: int = 1) -> float:
     skip = {dataset.background, dataset.ambiguous}
     fracs = [y[:, c].mean() for c in range(y.shape[1]) if c not in skip and y[:, c].any()]
     return float(np.mean(fracs))
+
+
+# -- GTZAN-style clips of VGGish-like embeddings (issue 13) ----------------------------------------
+@dataclass(frozen=True)
+class GtzanSyntheticConfig:
+    """Clips of synthetic VGGish-like embeddings; ``seed`` fixes the genre prototypes.
+
+    A clip of ``tokens`` steps (120 = 30 s at one 1 s sub-clip per 0.25 s) has one genre, drawn
+    so the genres are balanced (chance accuracy 1 / genres). It is cut into sections of
+    ``min_section`` … ``max_section`` tokens (1-6 s); a section shows its clip's genre prototype
+    with probability ``own_genre``, else another genre's (music borrows), so single tokens are a
+    weak cue and a window of them a strong one. Token t of a clip is
+
+        x_t = relu(signal · P[section genre] + clip offset + e_t),   e_t = a e_{t-1} + noise · ε_t
+
+    with ε_t ~ N(0, I) scaled so e_t has standard deviation ``noise`` and a = ``smooth``
+    (neighbouring sub-clips overlap by 0.75 s, so their embeddings are correlated); the ReLU
+    makes the embeddings non-negative, as VGGish's are.
+    """
+
+    num_clips: int = 100
+    tokens: int = 120
+    dim: int = 128
+    genres: int = 10
+    min_section: int = 4
+    max_section: int = 24
+    own_genre: float = 0.4
+    signal: float = 0.6
+    noise: float = 1.0
+    clip_offset: float = 0.5
+    smooth: float = 0.7
+    seed: int = 0
+    split: str = "train"
+
+
+def _gtzan_clip(
+    rng: np.random.Generator, protos: np.ndarray, genre: int, cfg: GtzanSyntheticConfig, name: str
+) -> Video:
+    T, G = cfg.tokens, cfg.genres
+    shown = np.empty(T, dtype=np.int64)  # genre whose prototype each token shows
+    t = 0
+    while t < T:
+        length = int(rng.integers(cfg.min_section, cfg.max_section + 1))
+        other = int(rng.integers(0, G - 1))
+        shown[t : t + length] = genre if rng.random() < cfg.own_genre else other + (other >= genre)
+        t += length
+    eps = rng.standard_normal((T, cfg.dim))
+    e = np.empty_like(eps)
+    e[0] = eps[0]
+    a = cfg.smooth
+    for k in range(1, T):  # AR(1) with unit stationary variance
+        e[k] = a * e[k - 1] + math.sqrt(1 - a * a) * eps[k]
+    offset = cfg.clip_offset * rng.standard_normal(cfg.dim)
+    x = np.maximum(0.0, cfg.signal * protos[shown] + offset + cfg.noise * e)
+    return Video(name, x.astype(np.float32), np.tile(np.eye(G, dtype=np.float32)[genre], (T, 1)))
+
+
+def make_gtzan_dataset(cfg: GtzanSyntheticConfig = GtzanSyntheticConfig()) -> OadDataset:
+    """``cfg.num_clips`` clips of split ``cfg.split``, genres balanced (same seed: same prototypes).
+
+    Class names are the GTZAN genres when ``genres`` is 10; Background and Ambiguous are None.
+    """
+    from .audio import GTZAN_GENRES
+
+    if cfg.num_clips < 1 or cfg.genres < 2 or cfg.tokens < 1:
+        raise ValueError("num_clips >= 1, genres >= 2 and tokens >= 1 are required.")
+    if not 1 <= cfg.min_section <= cfg.max_section:
+        raise ValueError(
+            f"Need 1 <= min_section <= max_section, got {cfg.min_section}, {cfg.max_section}."
+        )
+    if not 0.0 <= cfg.smooth < 1.0:
+        raise ValueError(f"smooth must be in [0, 1), got {cfg.smooth}.")
+    protos = np.random.default_rng([cfg.seed, 2]).standard_normal((cfg.genres, cfg.dim))
+    rng = np.random.default_rng([cfg.seed, 3, _split_seed(cfg.split)])
+    genres = rng.permutation(np.arange(cfg.num_clips) % cfg.genres)  # balanced, shuffled
+    clips = [
+        _gtzan_clip(rng, protos, int(g), cfg, f"{cfg.split}_{i:04d}") for i, g in enumerate(genres)
+    ]
+    names = (
+        list(GTZAN_GENRES)
+        if cfg.genres == len(GTZAN_GENRES)
+        else [f"genre_{k}" for k in range(cfg.genres)]
+    )
+    notes = {
+        "generator": "costream.models.synthetic.make_gtzan_dataset",
+        "config": str(asdict(cfg)),
+    }
+    return OadDataset(
+        clips, names, background=None, ambiguous=None, source="synthetic", notes=notes
+    )
+
+
+def clip_genres(dataset: OadDataset) -> np.ndarray:
+    """The genre index of every clip (its last token's label): (num_clips,) int64."""
+    return np.array([int(np.argmax(v.targets[-1])) for v in dataset.videos], dtype=np.int64)
 
 
 def main(argv: list[str] | None = None) -> None:

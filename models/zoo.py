@@ -1,4 +1,4 @@
-"""Model zoo: CoOadTR and an audio classifier, regular and continual twins, plus model files.
+"""Model zoo: CoOadTR, audio classifiers, regular and continual twins, plus model files.
 
 Every zoo model is one network (docs/continual-attention.md §10.2)::
 
@@ -45,7 +45,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from .audio import GTZAN_GENRES, AudioConfig
+from .audio import GTZAN_GENRES, AudioConfig, GtzanConfig
 from .data import THUMOS14_CLASSES
 from .encoder import ContinualEncoder
 from .nystrom import NystromMultiheadAttention, parse_attention
@@ -56,6 +56,7 @@ from .weights import WeightsError, input_major_, load_weights, save_weights, wei
 __all__ = [
     "FAMILIES",
     "AudioConfig",
+    "GtzanConfig",
     "ContinualOnlineTransformer",
     "ModelConfig",
     "OadTRConfig",
@@ -104,9 +105,13 @@ class OadTRConfig:
         return self.d_in * self.d_model
 
 
-ModelConfig = OadTRConfig | AudioConfig
-FAMILIES: dict[str, type] = {"oadtr": OadTRConfig, "audio": AudioConfig}
-DEFAULT_CLASSES: dict[str, list[str]] = {"oadtr": THUMOS14_CLASSES, "audio": GTZAN_GENRES}
+ModelConfig = OadTRConfig | AudioConfig | GtzanConfig
+FAMILIES: dict[str, type] = {"oadtr": OadTRConfig, "audio": AudioConfig, "gtzan": GtzanConfig}
+DEFAULT_CLASSES: dict[str, list[str]] = {
+    "oadtr": THUMOS14_CLASSES,
+    "audio": GTZAN_GENRES,
+    "gtzan": GTZAN_GENRES,
+}
 
 
 class StepOutput(NamedTuple):
@@ -134,7 +139,7 @@ class OnlineTransformer(nn.Module):
     """Regular model: scores the newest frame of each window. Training path and oracle.
 
     Args:
-        config: an :class:`OadTRConfig` or :class:`AudioConfig`.
+        config: an :class:`OadTRConfig`, :class:`AudioConfig` or :class:`GtzanConfig`.
         name: registry name (kept in saved cards).
     """
 
@@ -342,6 +347,22 @@ for _co in (False, True):
         f"{_p}nystrom_audio_b2", "audio", continual=_co, attention=_NYSTROM,
         help=f"{'continual ' if _co else ''}audio_b2, Nyström attention, 4 learned landmarks",
     )  # fmt: skip
+# The papers' GTZAN setting (issue 13, docs/audio-setting.md): 128-d VGGish token per 1 s sub-clip
+# every 0.25 s, n = 120 (30 s), d 192, 16 heads, FFN 192, 10 genres; Nyström with about n/10
+# learned fixed landmarks (exact at every step, like the other zoo Nyström entries).
+_GTZAN_NYSTROM = "nystrom:m=12,landmarks=fixed"
+for _co in (False, True):
+    _p, _w = ("co_", "continual ") if _co else ("", "")
+    for _b in (1, 2):
+        register_model(
+            f"{_p}gtzan_b{_b}", "gtzan", continual=_co, blocks=_b,
+            help=f"{_w}GTZAN setting, {_b} block{'s' if _b > 1 else ''}: VGGish tokens, n=120, d=192",
+        )  # fmt: skip
+        register_model(
+            f"{_p}nystrom_gtzan_b{_b}", "gtzan", continual=_co, blocks=_b,
+            attention=_GTZAN_NYSTROM,
+            help=f"{_w}gtzan_b{_b}, Nyström attention, 12 learned landmarks",
+        )  # fmt: skip
 
 
 def list_models() -> list[str]:
@@ -490,11 +511,15 @@ def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "p
     """MACs per frame (docs §8) of a zoo model: embedding + encoder + head.
 
     The OadTR family supports the paper's counting convention (``"paper"``, reproduces
-    CoOadTR-b1 = 9,598,998 for D_in = 3072) and the clean one (``"clean"``, matmuls only). The
+    CoOadTR-b1 = 9,598,998 for D_in = 3072) and the clean one (``"clean"``, matmuls only); so does
+    the GTZAN family (its ``"paper"`` count reproduces the papers' 51.5x for one block,
+    ``flops.gtzan_macs``; the VGGish front-end is not included, ``flops.vggish_macs``). GTZAN
+    models with Nyström attention are counted with the clean convention: the paper's regular
+    count holds no n^2 attention term for the Nyström one to replace. The
     audio family is counted with the clean convention (its conv front-end is not in the paper);
     ``convention="paper"`` falls back to it.
     """
-    from .flops import encoder_macs, oadtr_macs
+    from .flops import encoder_macs, gtzan_macs, oadtr_macs
     from .nystrom import nystrom_encoder_macs_delta
 
     c = config
@@ -506,6 +531,13 @@ def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "p
         ))  # fmt: skip
     if c.family == "oadtr":
         return nystrom + oadtr_macs(
+            d_in=c.d_in, d_model=c.d_model, window=c.window, heads=c.heads, ffn=c.ffn,
+            classes=c.classes, blocks=c.blocks, continual=continual, convention=convention,
+        )  # fmt: skip
+    if c.family == "gtzan":
+        if kind == "nystrom":
+            convention = "clean"
+        return nystrom + gtzan_macs(
             d_in=c.d_in, d_model=c.d_model, window=c.window, heads=c.heads, ffn=c.ffn,
             classes=c.classes, blocks=c.blocks, continual=continual, convention=convention,
         )  # fmt: skip

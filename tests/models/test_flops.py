@@ -1,6 +1,12 @@
 import pytest
 import torch
 from costream.models import ContinualEncoder, encoder_macs, measured_macs, oadtr_macs
+from costream.models.flops import (
+    audio_setting_table,
+    gtzan_macs,
+    nystrom_regime_table,
+    vggish_macs,
+)
 from torch import nn
 
 PAPER = dict(d_model=1024, window=64, heads=8, ffn=1024, classes=22)
@@ -76,3 +82,95 @@ def test_bad_arguments():
         oadtr_macs(d_in=8, blocks=3, continual=True, convention="paper", **PAPER)
     with pytest.raises(ValueError, match="Unknown convention"):
         oadtr_macs(d_in=8, blocks=1, continual=True, convention="ptflops", **PAPER)
+
+
+# -- the GTZAN audio setting (issue 13, docs/audio-setting.md) -----------------------------------
+GTZAN = dict(d_in=128, d_model=192, window=120, heads=16, ffn=192, classes=10)
+
+
+def test_gtzan_paper_convention_reproduces_51_5x():
+    def macs(blocks, continual, convention="paper"):
+        return gtzan_macs(**GTZAN, blocks=blocks, continual=continual, convention=convention)
+
+    reg, co = macs(1, False), macs(1, True)
+    assert (reg, co) == (15_198_459, 294_922)
+    assert reg / co == pytest.approx(51.5, rel=0.02) and round(reg / co, 2) == 51.53
+    # the same network counted cleanly, and the CoOadTR convention the issue quoted
+    assert (macs(1, False, "clean"), macs(1, True, "clean")) == (35_251_200, 293_760)
+    oad = [oadtr_macs(**GTZAN, blocks=1, continual=c, convention="paper") for c in (False, True)]
+    assert round(oad[0] / oad[1], 1) == 100.7
+    assert (macs(2, False), macs(2, True)) == (47_385_339, 26_996_554)
+    with pytest.raises(ValueError, match="1 and 2 blocks"):
+        macs(3, True)
+
+
+def test_audio_setting_table_rows():
+    rows = {r["label"].split(" (")[0]: r for r in audio_setting_table()}
+    hits = [label for label, r in rows.items() if r["within_2pct"]]
+    assert hits == ["paper: ptflops 0.6.7 on the reference model"]
+    ratios = {label[:22]: round(r["ratio"], 2) for label, r in rows.items()}
+    assert ratios == {
+        "paper: ptflops 0.6.7 o": 51.53,
+        "paper, linears counted": 55.54,
+        "CoOadTR paper conventi": 100.73,
+        "clean MACs": 120.0,
+        "clean MACs, regular co": 40.82,
+        "clean, FLOPs = 2 x MAC": 120.0,
+        "paper, d=128": 52.82,
+        "paper, n=117": 50.29,
+        "paper, n=64": 28.03,
+        "paper + VGGish front-e": 1.02,
+        "paper + VGGish, regula": 119.98,
+    }
+
+
+def test_nystrom_regime_in_the_gtzan_setting():
+    rows = {(r["n"], r["m"]): r for r in nystrom_regime_table()}
+    r = rows[(120, 12)]  # the papers' setting, m = n / 10
+    assert (r["regular"], r["continual"]) == (35_251_200, 266_112)
+    assert round(r["ratio"], 1) == 132.5 and r["softmax_ratio"] == 120 and r["attn_ratio"] == 300
+    # attention alone at n = 120: 982x at m = 4, so 1000x needs m <= 3
+    assert round(rows[(120, 4)]["attn_ratio"]) == 982
+    assert all(r["ratio"] < 1000 for (n, _), r in rows.items() if n <= 480)
+    assert round(rows[(960, 96)]["ratio"]) == 1129 and round(rows[(960, 1)]["ratio"]) == 2376
+
+    def first_n(m_rule, key="ratio"):
+        for n in range(120, 2000, 10):
+            if nystrom_regime_table((n,), (m_rule,))[0][key] >= 1000:
+                return n
+
+    assert (first_n(None), first_n(1), first_n(4), first_n(None, "attn_ratio")) == (
+        830,
+        550,
+        560,
+        600,
+    )
+
+
+def test_vggish_macs_and_zoo_counts():
+    assert vggish_macs() == 863_895_552
+    from costream.models.zoo import macs_per_frame, make_config
+
+    cfg = make_config("co_gtzan_b1")
+    assert macs_per_frame(cfg, continual=True) == 294_922
+    assert macs_per_frame(cfg, continual=False, convention="clean") == 35_251_200
+    nys = make_config("co_nystrom_gtzan_b1")  # counted cleanly under either convention
+    assert (
+        macs_per_frame(nys, continual=True)
+        == macs_per_frame(nys, continual=True, convention="clean")
+        == 266_112
+    )
+
+
+def test_flops_command_gtzan(capsys):
+    from costream.pipelines.cli import main
+
+    assert main(["flops", "co_gtzan_b1"]) == 0
+    out = capsys.readouterr().out
+    assert "paper convention" in out and "51.53x" in out and "294,922" in out
+    assert main(["flops", "--table", "gtzan"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("within 2% of 51.5x") == 1 and "15,198,459" in out and "1128.8x" in out
+    assert main(["flops", "co_gtzan_b1", "--with-frontend"]) == 0
+    assert "1.02x" in capsys.readouterr().out
+    assert main(["flops", "co_oadtr_b1", "--with-frontend"]) == 2

@@ -16,6 +16,7 @@ from costream.models.zoo import (
     list_models,
     load_model,
     make_config,
+    model_info,
     read_card,
     save_model,
 )
@@ -24,13 +25,14 @@ from safetensors.torch import load_file, save_file
 SMALL = {
     "oadtr": dict(d_in=12, d_model=16, window=5, heads=2, ffn=24, classes=4, pe_size=9),
     "audio": dict(n_mels=6, patch=3, channels=8, d_model=16, window=5, heads=2, ffn=24, pe_size=9),
+    # window >= the 12 landmarks of the GTZAN Nyström entries; 4 heads of d_h = 4
+    "gtzan": dict(d_in=12, d_model=16, window=16, heads=4, ffn=16, pe_size=31),
 }
 ZOO = [name for name in list_models() if not name.startswith("co_")]
 
 
 def _small(name: str, **kw):
-    family = "audio" if "audio" in name else "oadtr"
-    return get_model(name, **(SMALL[family] | kw))
+    return get_model(name, **(SMALL[model_info(name).family] | kw))
 
 
 def _stream_vs_regular(regular: OnlineTransformer, B: int = 3, dtype=torch.float32):
@@ -75,7 +77,11 @@ def test_continual_equals_regular(name, dtype, tol):
     assert _stream_vs_regular(regular, dtype=dtype) < tol
 
 
-@pytest.mark.parametrize("name", ["co_oadtr_b1", "co_oadtr_b2", "co_audio_b2"])
+@pytest.mark.parametrize(
+    "name",
+    ["co_oadtr_b1", "co_oadtr_b2", "co_audio_b2", "co_gtzan_b1", "co_gtzan_b2",
+     "co_nystrom_gtzan_b1", "co_nystrom_gtzan_b2"],
+)  # fmt: skip
 def test_registered_continual_models_match_their_own_oracle(name):
     torch.manual_seed(1)
     co = _small(name)
@@ -110,6 +116,43 @@ def test_paper_configuration():
     torch.testing.assert_close(out.scores, ref, atol=1e-4, rtol=1e-4)
 
 
+def test_gtzan_paper_configuration():
+    """The papers' GTZAN setting at full size: config values, then the continual one-block twin
+    against its regular model over a few steps past warm-up (n = 120 tokens = 30 s)."""
+    entries = {
+        "gtzan_b1": (1, "softmax"), "gtzan_b2": (2, "softmax"),
+        "nystrom_gtzan_b1": (1, "nystrom:m=12,landmarks=fixed"),
+        "nystrom_gtzan_b2": (2, "nystrom:m=12,landmarks=fixed"),
+    }  # fmt: skip
+    for name, (blocks, attention) in entries.items():
+        for n in (name, f"co_{name}"):
+            cfg = make_config(n)
+            assert (cfg.d_in, cfg.d_model, cfg.window, cfg.heads, cfg.ffn, cfg.classes) == (
+                128, 192, 120, 16, 192, 10,
+            )  # fmt: skip
+            assert (cfg.blocks, cfg.attention, cfg.family) == (blocks, attention, "gtzan")
+            assert cfg.pe_size >= 2 * cfg.window - 1 and model_info(n).continual == (n != name)
+    torch.manual_seed(0)
+    m = get_model("gtzan_b1").eval()
+    assert m.embed.in_features == 128 and m.head.out_features == 10
+    assert (
+        m.encoder.layers[0].self_attn.num_heads == 16
+        and m.encoder.layers[0].self_attn.in_proj_bias is None
+    )
+    assert sum(p.numel() for p in m.parameters()) == 295_306
+    co = m.to_continual()
+    X = torch.randn(2, 120 + 3, 128)
+    state = co.init_state(2)
+    for s in range(X.shape[1]):
+        out, state = co.step(X[:, s], state)
+        if s >= 119:
+            ref = m(X[:, s - 119 : s + 1], start=s - 119)
+            torch.testing.assert_close(out.scores, ref, atol=1e-4, rtol=1e-4)
+    assert out.scores.shape == (2, 10) and bool(out.warm.all())
+    nys = get_model("co_nystrom_gtzan_b1").encoder.layers[0].self_attn
+    assert (nys.landmarks, nys.landmark_mode) == (12, "fixed")
+
+
 def test_audio_step_accepts_mel_patches():
     torch.manual_seed(0)
     co = _small("co_audio_b2")
@@ -125,6 +168,8 @@ def test_audio_step_accepts_mel_patches():
 
 def test_registry_errors_are_clear():
     assert {"oadtr_b1", "oadtr_b2", "co_oadtr_b1", "co_oadtr_b2"} <= set(list_models())
+    gtzan = {f"{p}{a}gtzan_b{b}" for p in ("", "co_") for a in ("", "nystrom_") for b in (1, 2)}
+    assert gtzan <= set(list_models())
     with pytest.raises(KeyError, match="available"):
         get_model("oadtr_b9")
     with pytest.raises(ValueError, match="Unknown config key"):
@@ -216,8 +261,10 @@ def test_load_refuses_files_without_card_or_garbage(tmp_path):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-11)])
 @pytest.mark.parametrize(
-    "name", ["co_oadtr_b1", "co_oadtr_b2", "co_audio_b2", "co_nystrom_oadtr_b1"]
-)
+    "name",
+    ["co_oadtr_b1", "co_oadtr_b2", "co_audio_b2", "co_nystrom_oadtr_b1", "co_gtzan_b1",
+     "co_gtzan_b2", "co_nystrom_gtzan_b1"],
+)  # fmt: skip
 def test_phase_comes_from_frame_index(name, dtype, tol):
     """Rows stepped with their frame indices equal the regular model at ``start = index - n + 1``
     whatever the first index (0, mid-stream, near 2**63), and a row reset mid-stream equals the
