@@ -202,6 +202,11 @@ class WriteDetectionsToKafkaConfig(_WriteConfig):
         None,
         convert=lambda v: None if v is None else v.lower(),
     )
+    key: str | None = _key(
+        "With `format: json`, the field whose value becomes the record key (text as UTF-8); "
+        "null: records without a key.",
+        None,
+    )
     oversize: Literal["error", "truncate", "dead_letter"] | None = _key(
         "What a record above `max_request_size` gets; null: `dead_letter` with a "
         "`dead_letter_topic`, else `error` (the bundle fails, nothing is dropped).",
