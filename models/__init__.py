@@ -9,9 +9,10 @@ from .attention import (
     ContinualSingleOutputAttention,
     MultiheadWeights,
 )
+from .audio import GtzanConfig
 from .data import DataFormatError, OadDataset, Video, load_dataset
 from .encoder import ContinualEncoder
-from .flops import encoder_macs, measured_macs, oadtr_macs
+from .flops import encoder_macs, gtzan_macs, measured_macs, oadtr_macs, vggish_macs
 from .metrics import FrameMetrics, frame_metrics
 from .nystrom import (
     ContinualNystromRetroactiveAttention,
@@ -24,6 +25,15 @@ from .nystrom import (
 )
 from .positional import RecyclingPositionalEncoding
 from .state import StateFormatError, StreamState
+from .vggish import (
+    VGGish,
+    VGGishConfig,
+    VGGishFrontEnd,
+    load_vggish,
+    log_mel_patch,
+    save_vggish,
+    vggish_patches,
+)
 from .weights import WeightsError, input_major_, load_weights, save_weights, weights_sha256
 from .zoo import (
     ContinualOnlineTransformer,
@@ -59,6 +69,15 @@ __all__ = [
     "list_models",
     "load_model",
     "save_model",
+    # the papers' GTZAN audio setting: its config and the VGGish front-end (PCM -> 128-d tokens)
+    "GtzanConfig",
+    "VGGish",
+    "VGGishConfig",
+    "VGGishFrontEnd",
+    "load_vggish",
+    "log_mel_patch",
+    "save_vggish",
+    "vggish_patches",
     # data, metrics, MACs
     "DataFormatError",
     "FrameMetrics",
@@ -67,11 +86,13 @@ __all__ = [
     "continual_nystrom_macs",
     "encoder_macs",
     "frame_metrics",
+    "gtzan_macs",
     "load_dataset",
     "macs_per_frame",
     "measured_macs",
     "nystrom_macs",
     "oadtr_macs",
+    "vggish_macs",
     # state and weights I/O
     "StateFormatError",
     "StreamState",
@@ -80,29 +101,4 @@ __all__ = [
     "load_weights",
     "save_weights",
     "weights_sha256",
-]
-
-from .audio import GtzanConfig  # noqa: E402  (issue 13: the papers' GTZAN setting)
-from .flops import gtzan_macs, vggish_macs  # noqa: E402
-from .vggish import (  # noqa: E402
-    VGGish,
-    VGGishConfig,
-    VGGishFrontEnd,
-    load_vggish,
-    log_mel_patch,
-    save_vggish,
-    vggish_patches,
-)
-
-__all__ += [
-    "GtzanConfig",
-    "VGGish",
-    "VGGishConfig",
-    "VGGishFrontEnd",
-    "gtzan_macs",
-    "load_vggish",
-    "log_mel_patch",
-    "save_vggish",
-    "vggish_macs",
-    "vggish_patches",
 ]
