@@ -127,7 +127,7 @@ def run_spec(
     overrides: dict[str, dict[str, Any]] = {}
     on_flink = runner == "FlinkRunner"
     if until_idle_s is not None and not on_flink:
-        overrides["ReadFromKafka"] = {"stop_after_idle_s": until_idle_s}
+        overrides["ReadFramesFromKafka"] = {"stop_after_idle_s": until_idle_s}
     if on_flink:
         # Beam's stateful BatchElements keys its buffer by a key drawn per DoFn instance: after a
         # restore the old key's restored buffer is flushed later than newly read frames, which
