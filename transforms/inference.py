@@ -4,7 +4,7 @@ Two layers, as STYLE.md asks:
 
 * :class:`StreamStepper` is the plain per-frame update, ``(stored bytes, frame) -> (stored bytes,
   result)``, unit-tested without Beam: duplicate detection, the gap policy, model-change and TTL
-  resets, the model step, and the detection record.
+  resets, the model step, and the detection row.
 * :class:`ContinualInferenceFn` is the thin stateful DoFn: read the stream's bytes, call the
   stepper, write the bytes, emit; failures of one frame go to the ``dead_letter`` output and the
   stream's state stays as it was before that frame.
@@ -52,7 +52,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import apache_beam as beam
 import numpy as np
@@ -65,7 +65,8 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from costream.connectors import codecs
 from costream.connectors.kafka_io import REPLAY_HEADER
 from costream.models.state import StateFormatError, StreamState
-from costream.transforms import counters
+from costream.transforms import beam_fixes, counters
+from costream.transforms.records import FeatureRecord, feature_record, typed_outputs
 
 __all__ = [
     "DEFAULT_GAP_POLICY",
@@ -375,10 +376,15 @@ class _Throttled:
         self._next[kind] = now + self.period_s
 
 
-class _Expire(NamedTuple):
-    """Sweep token: clear this key's state if it is still idle (embedded runner only)."""
+_SWEEP = -1
+"""``frame_index`` of a sweep token: a :class:`FeatureRecord` saying "clear this key's state if
+it is still idle" (embedded runner only), ``ts_ms`` the sweep's time. A token shares the keyed
+input with the frames (Beam's state is per key and input), so it is a row of the same schema."""
+_NO_FEATURES = np.zeros(0, np.float32)
 
-    swept_ms: int
+
+def _sweep_token(stream_id: str, swept_ms: int) -> FeatureRecord:
+    return FeatureRecord(stream_id, _SWEEP, swept_ms, _NO_FEATURES, swept_ms, None, b"", [])
 
 
 class StreamRegistry:
@@ -456,15 +462,16 @@ class _KeyByStream(beam.DoFn):
     def setup(self) -> None:
         self._next_sweep = time.monotonic() + self.sweep_every_s
 
-    def process(self, rec: Any) -> Iterator[tuple[str, Any]]:
+    def process(self, rec: Any) -> Iterator[tuple[str, FeatureRecord]]:
+        if type(rec) is not FeatureRecord:  # any row with its fields; the keyed input's schema
+            rec = feature_record(rec, rec.features)
         yield rec.stream_id, rec
         if self.ttl_ms is None or time.monotonic() < self._next_sweep:
             return
         self._next_sweep = time.monotonic() + self.sweep_every_s
         now_ms = int(time.time() * 1000)
-        token = _Expire(now_ms)
         for stream_id in StreamRegistry.named(self.registry).expired(now_ms, self.ttl_ms, 10_000):
-            yield stream_id, token
+            yield stream_id, _sweep_token(stream_id, now_ms)
 
 
 def _is_replay(headers: Sequence[tuple[str, bytes]]) -> bool:
@@ -476,8 +483,10 @@ class ContinualInferenceFn(beam.DoFn):
 
     Input: ``(stream_id, record)`` where ``record`` has ``stream_id, frame_index, ts_ms,
     features, arrival_ms`` and the original ``key, value, headers`` (for dead letters).
-    Main output: detection records (``OutgoingRecord``: key = stream id, DESIGN.md JSON value).
-    Tagged output ``dead_letter``: the original record with ``costream.stage = inference``.
+    Main output: :class:`~costream.connectors.codecs.Detection` rows (``WriteToKafka`` writes
+    each as the DESIGN.md JSON, key = stream id). Tagged output ``dead_letter``:
+    :class:`~costream.connectors.codecs.DeadLetter` rows, the original record with stage
+    ``inference``.
 
     Replayed frames (header ``costream.replay``, set by ``ReadFromKafka(warm_restart_frames=...)``
     on the records just before the committed offsets) step the state like any frame but emit
@@ -494,8 +503,8 @@ class ContinualInferenceFn(beam.DoFn):
     update per frame that was not dead-lettered): ``state_read_us`` (``stream.read()``),
     ``serde_us`` (state bytes decoded and encoded, :class:`StepResult`), ``model_us`` (the step
     and softmax; frames that stepped), ``state_write_us`` (``stream.write()``; frames that
-    stepped) and ``frame_us`` (the whole call up to the emitted record, so the remainder is
-    validation, building the detection and its JSON). On the FnApiRunner and other portable
+    stepped) and ``frame_us`` (the whole call up to the emitted row, so the remainder is
+    validation and building the detection; its JSON is made by the writer). On the FnApiRunner and other portable
     runners a write only buffers: the bytes reach the runner when the bundle commits, outside
     these timings; a read fetches from the runner (or its cache) once per stream and bundle.
     """
@@ -545,6 +554,7 @@ class ContinualInferenceFn(beam.DoFn):
 
     def setup(self) -> None:
         torch.set_num_threads(1)  # one step is small; thread wake-ups dominate (p99 1.7 s -> 31 ms)
+        beam_fixes.apply()  # a cleared (idle) stream must not stay in the worker's state cache
         self.stepper = load_stepper(
             self.weights, self.gap_policy, self.max_fill, self.ttl_ms, self.max_jump
         )
@@ -573,13 +583,13 @@ class ContinualInferenceFn(beam.DoFn):
                     else "the frame index jumped forward by more than max_jump",
                 )
 
-    def _expire(self, stream_id: str, token: _Expire, stream: Any) -> None:
+    def _expire(self, stream_id: str, swept_ms: int, stream: Any) -> None:
         stored = stream.read()
         if not stored:
             return
         ttl = self.ttl_ms
         last_seen = Stored.from_bytes(stored).last_seen_ms
-        if ttl is not None and token.swept_ms - last_seen > ttl:
+        if ttl is not None and swept_ms - last_seen > ttl:
             stream.clear()
             self.idle_cleared.inc()
         elif self._streams is not None:  # a frame came in since: still held
@@ -592,8 +602,8 @@ class ContinualInferenceFn(beam.DoFn):
         idle=beam.DoFn.TimerParam(IDLE),
     ) -> Iterator[Any]:
         stream_id, rec = element
-        if isinstance(rec, _Expire):
-            self._expire(stream_id, rec, stream)
+        if rec.frame_index == _SWEEP:
+            self._expire(stream_id, rec.ts_ms, stream)
             return
         replay = _is_replay(rec.headers)
         (self.replayed if replay else self.frames_in).inc()
@@ -621,8 +631,7 @@ class ContinualInferenceFn(beam.DoFn):
                 e,
             )
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER,
-                codecs.dead_letter_record(rec.key, rec.value, rec.headers, e, "inference"),
+                DEAD_LETTER, codecs.dead_letter(rec.key, rec.value, rec.headers, e, "inference")
             )
             return
         if not replay:
@@ -647,9 +656,8 @@ class ContinualInferenceFn(beam.DoFn):
             self.warmup.inc()
         self.detections.inc()
         self.latency.update(int(det.latency_ms))
-        out = codecs.detection_record(det)
         self.frame_us.update(round(_us(t0)))
-        yield out
+        yield det
 
     @on_timer(IDLE)
     def on_idle(self, stream=beam.DoFn.StateParam(STREAM)) -> None:
@@ -660,8 +668,16 @@ class ContinualInferenceFn(beam.DoFn):
 class ContinualInference(beam.PTransform):
     """Frames' features -> per-frame detections, each stream's continual state in keyed state.
 
-    Returns a dict of PCollections: ``detections`` (OutgoingRecord for the output topic) and
-    ``dead_letter`` (OutgoingRecord for the dead-letter topic).
+    Input: :class:`~costream.transforms.records.FeatureRecord` rows (``ExtractFeatures.main``),
+    or any rows with its fields. Returns a dict of PCollections: ``detections``
+    (:class:`~costream.connectors.codecs.Detection` rows: ``stream_id, frame_index, ts_ms,
+    scores, labels, top_label, top_score, warm, model, latency_ms``; ``WriteToKafka`` writes
+    the DESIGN.md JSON) and ``dead_letter`` (:class:`~costream.connectors.codecs.DeadLetter`
+    rows for ``WriteDeadLetters``). Beam YAML's transforms take the detections as they are::
+
+        - type: Filter
+          input: ContinualInference.detections
+          config: {keep: "warm and top_score > 0.9"}
 
     Example (YAML)::
 
@@ -698,7 +714,10 @@ class ContinualInference(beam.PTransform):
         keyed = frames | "KeyByStream" >> beam.ParDo(
             _KeyByStream(self.fn.registry, self.fn.ttl_ms, self.sweep_every_s)
         ).with_output_types(
-            beam.typehints.KV[str, beam.typehints.Any]  # deterministic key coder for state
+            # a deterministic key coder for state; the rows go as rows (RowCoder), not pickled
+            beam.typehints.KV[str, FeatureRecord]
         )
-        out = keyed | "Step" >> beam.ParDo(self.fn).with_outputs(DEAD_LETTER, main=DETECTIONS)
-        return {DETECTIONS: out[DETECTIONS], DEAD_LETTER: out[DEAD_LETTER]}
+        out = keyed | "Step" >> beam.ParDo(self.fn).with_output_types(
+            codecs.Detection
+        ).with_outputs(DEAD_LETTER, main=DETECTIONS)
+        return dict(typed_outputs(out, main=DETECTIONS))
