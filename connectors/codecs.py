@@ -15,6 +15,15 @@ carry the original key, value and headers plus ``costream.error`` and ``costream
 cut to a prefix and marked by ``costream.truncated``, ``costream.original_size`` and
 ``costream.original_sha256`` (:func:`truncated_record`) rather than lost.
 
+The records that cross costream's Beam stages are ``NamedTuple`` s with real annotations (no
+``from __future__ import annotations`` here, on purpose), so Beam derives a schema from each and
+its YAML transforms (``Filter``, ``MapToFields``, ``Combine``, ``Sql``) take them with plain
+expressions: :class:`Header` (one Kafka header), :class:`OutgoingRecord`, :class:`Detection`
+(fields ``stream_id, frame_index, ts_ms, scores, labels, top_label, top_score, warm, model,
+latency_ms``) and :class:`DeadLetter` (the original ``key, value, headers`` plus ``error`` and
+``stage``). Their wire forms are :func:`detection_record` and :func:`dead_letter_to_record`;
+this module imports no Beam, ``costream.connectors.kafka_io`` registers the coders.
+
 Every decoding problem raises a subclass of :class:`CodecError` (itself a ``ValueError``) whose
 message is one sentence saying what was wrong, so a DoFn can catch ``CodecError`` and route the
 record to the dead-letter topic with ``str(err)`` as the reason. Nothing here raises anything else
@@ -27,15 +36,13 @@ Example:
     (2, 2, 3)
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import cv2
 import numpy as np
@@ -76,7 +83,36 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DECIMAL = re.compile(rb"\A(?:0|[1-9][0-9]*)\Z")
 
+
+class Header(NamedTuple):
+    """One Kafka record header. A plain ``(name, value)`` pair compares equal to it.
+
+    Beam schemas have no tuple type, so headers are a list of these rows (``List[Row(key:
+    str, value: bytes)]``), which unpack like the pairs kafka-python takes.
+    """
+
+    key: str
+    value: bytes
+
+
 Headers = Sequence[tuple[str, bytes]]
+
+
+def as_headers(headers: Iterable[tuple[str, bytes]] | None) -> list[Header]:
+    """``headers`` as a list of :class:`Header` (values as ``bytes``), order kept.
+
+    Rows decoded by Beam's ``RowCoder`` come back as generated classes; rebuilding them as
+    ``Header`` keeps what a stage emits cheap to pickle and equal to what it received.
+    """
+    return [Header(k, v if type(v) is bytes else _header_bytes(k, v)) for k, v in headers or ()]
+
+
+def _header_bytes(name: str, value: object) -> bytes:
+    if value is None:  # kafka-python's reading of a header without a value
+        return b""
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"Header {name!r} has a {type(value).__name__} value; headers hold bytes.")
 
 
 def audio_content_type(rate: int) -> str:
@@ -136,11 +172,14 @@ class DetectionFormatError(CodecError):
 
 
 class OutgoingRecord(NamedTuple):
-    """A record to publish: key, value and headers (topic and partition chosen by the writer)."""
+    """A record to publish: key, value and headers (topic and partition chosen by the writer).
 
-    key: bytes | None
+    ``headers`` may hold plain ``(name, value)`` pairs or :class:`Header` rows.
+    """
+
+    key: Optional[bytes]  # noqa: UP045 - Beam 2.62 reads `bytes | None` as Any, not nullable
     value: bytes
-    headers: list[tuple[str, bytes]]
+    headers: Sequence[Header]
 
 
 @dataclass(frozen=True)
@@ -598,9 +637,9 @@ def frame_record(
         stream_id.encode("utf-8"),
         payload,
         [
-            (HEADER_FRAME_INDEX, str(int(frame_index)).encode("ascii")),
-            (HEADER_TS_MS, str(int(ts_ms)).encode("ascii")),
-            (HEADER_CONTENT_TYPE, content_type.encode("ascii")),
+            Header(HEADER_FRAME_INDEX, str(int(frame_index)).encode("ascii")),
+            Header(HEADER_TS_MS, str(int(ts_ms)).encode("ascii")),
+            Header(HEADER_CONTENT_TYPE, content_type.encode("ascii")),
         ],
     )
 
@@ -608,15 +647,22 @@ def frame_record(
 # --- detections ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Detection:
-    """One output record: class scores for one input frame (``DESIGN.md`` output JSON, v=1)."""
+class Detection(NamedTuple):
+    """One frame's class scores: the row ``ContinualInference`` emits (a Beam schema).
+
+    On the wire (:func:`detection_record`) it is the ``DESIGN.md`` output JSON, v=1, with
+    ``top`` as ``{"label", "score"}``; as a row the two are flat fields, so a Beam YAML
+    ``Filter`` can say ``keep: "warm and top_score > 0.9"``. ``scores`` and ``labels`` are
+    tuples when built here and lists after Beam's ``RowCoder``; ``warm`` is False during the
+    model's warm-up (fewer than n frames since the stream's start or reset); ``model`` is
+    ``name@<weights sha256 prefix>``; ``latency_ms`` runs from the record's decode to this row.
+    """
 
     stream_id: str
     frame_index: int
     ts_ms: int
-    scores: tuple[float, ...]
-    labels: tuple[str, ...]
+    scores: Sequence[float]
+    labels: Sequence[str]
     top_label: str
     top_score: float
     warm: bool
@@ -779,19 +825,83 @@ def decode_detection(value: bytes) -> Detection:
 
 
 def detection_record(det: Detection) -> OutgoingRecord:
-    """An output-topic record: key = stream id, JSON value, frame index / ts / content-type headers."""
+    """An output-topic record: key = stream id, JSON value, frame index / ts / content-type headers.
+
+    ``det`` may be any row with the fields of :class:`Detection` (one Beam's ``RowCoder``
+    decoded, or a ``beam.Row``).
+    """
     return OutgoingRecord(
         det.stream_id.encode("utf-8"),
         encode_detection(det),
         [
-            (HEADER_FRAME_INDEX, str(det.frame_index).encode("ascii")),
-            (HEADER_TS_MS, str(det.ts_ms).encode("ascii")),
-            (HEADER_CONTENT_TYPE, CT_JSON.encode("ascii")),
+            Header(HEADER_FRAME_INDEX, str(det.frame_index).encode("ascii")),
+            Header(HEADER_TS_MS, str(det.ts_ms).encode("ascii")),
+            Header(HEADER_CONTENT_TYPE, _CT_JSON_BYTES),
         ],
     )
 
 
+_CT_JSON_BYTES = CT_JSON.encode("ascii")
+
+
 # --- dead letters --------------------------------------------------------------------------
+
+
+class DeadLetter(NamedTuple):
+    """A bad input as a row: the original record, why it failed and where (a Beam schema).
+
+    ``key``, ``value`` and ``headers`` are the input record's, untouched (a record re-read to
+    rebuild state keeps its ``costream.replay`` header, so writers drop its dead letter as they
+    drop its detection); ``error`` is one line of at most ``MAX_ERROR_CHARS`` characters;
+    ``stage`` is one of :data:`STAGES`. :func:`dead_letter_to_record` is its wire form, the
+    record ``WriteDeadLetters`` publishes. Build it with :func:`dead_letter`.
+    """
+
+    key: Optional[bytes]  # noqa: UP045 - Beam 2.62 reads `bytes | None` as Any, not nullable
+    value: bytes
+    headers: Sequence[Header]
+    error: str
+    stage: str
+
+
+def _reason(error: str | BaseException) -> str:
+    """The one-line dead-letter reason of ``error`` (a sentence, or an exception)."""
+    if isinstance(error, BaseException):
+        reason = str(error) or type(error).__name__
+        if not isinstance(error, CodecError):
+            reason = f"{type(error).__name__}: {reason}"
+    else:
+        reason = error
+    return " ".join(reason.split())[:MAX_ERROR_CHARS] or "unknown error"
+
+
+def _check_stage(stage: str) -> None:
+    if stage not in STAGES:
+        raise ValueError(
+            f"Dead-letter stage {stage!r} is not valid; use one of {', '.join(STAGES)}."
+        )
+
+
+def dead_letter(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes]],
+    error: str | BaseException,
+    stage: str,
+) -> DeadLetter:
+    """The :class:`DeadLetter` row of a bad input: its record as it came, plus the reason.
+
+    The reason is what :func:`dead_letter_record` writes to ``costream.error``; ``stage`` must
+    be one of :data:`STAGES`.
+    """
+    _check_stage(stage)
+    return DeadLetter(
+        None if key is None else bytes(key),
+        b"" if value is None else bytes(value),
+        as_headers(headers),
+        _reason(error),
+        stage,
+    )
 
 
 def dead_letter_record(
@@ -807,20 +917,21 @@ def dead_letter_record(
     characters); ``costream.stage`` is one of :data:`STAGES`. Earlier ``costream.error`` /
     ``costream.stage`` headers are replaced, every other header is kept in order.
     """
-    if stage not in STAGES:
-        raise ValueError(
-            f"Dead-letter stage {stage!r} is not valid; use one of {', '.join(STAGES)}."
-        )
-    if isinstance(error, BaseException):
-        reason = str(error) or type(error).__name__
-        if not isinstance(error, CodecError):
-            reason = f"{type(error).__name__}: {reason}"
-    else:
-        reason = error
-    reason = " ".join(reason.split())[:MAX_ERROR_CHARS] or "unknown error"
-    kept = [(k, bytes(v)) for k, v in headers if k not in (HEADER_ERROR, HEADER_STAGE)]
-    kept += [(HEADER_ERROR, reason.encode("utf-8")), (HEADER_STAGE, stage.encode("ascii"))]
+    _check_stage(stage)
+    kept = [Header(k, bytes(v)) for k, v in headers if k not in (HEADER_ERROR, HEADER_STAGE)]
+    kept += [
+        Header(HEADER_ERROR, _reason(error).encode("utf-8")),
+        Header(HEADER_STAGE, stage.encode("ascii")),
+    ]
     return OutgoingRecord(key, b"" if value is None else bytes(value), kept)
+
+
+def dead_letter_to_record(dead: DeadLetter) -> OutgoingRecord:
+    """The dead-letter topic's record of a :class:`DeadLetter` row (or any row with its fields).
+
+    Exactly :func:`dead_letter_record` of the row's key, value, headers, error and stage.
+    """
+    return dead_letter_record(dead.key, dead.value, dead.headers, dead.error, dead.stage)
 
 
 def truncated_record(record: OutgoingRecord, keep: int) -> OutgoingRecord:
@@ -834,13 +945,15 @@ def truncated_record(record: OutgoingRecord, keep: int) -> OutgoingRecord:
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         raise ValueError(f"keep must be a number of bytes >= 0, got {keep!r}.")
-    headers = [(k, bytes(v)) for k, v in record.headers]
+    headers = as_headers(record.headers)
     if header_value(headers, HEADER_TRUNCATED) != b"true":
         drop = (HEADER_TRUNCATED, HEADER_ORIGINAL_SIZE, HEADER_ORIGINAL_SHA256)
         headers = [(k, v) for k, v in headers if k not in drop]
         headers += [
-            (HEADER_TRUNCATED, b"true"),
-            (HEADER_ORIGINAL_SIZE, str(len(record.value)).encode("ascii")),
-            (HEADER_ORIGINAL_SHA256, hashlib.sha256(record.value).hexdigest().encode("ascii")),
+            Header(HEADER_TRUNCATED, b"true"),
+            Header(HEADER_ORIGINAL_SIZE, str(len(record.value)).encode("ascii")),
+            Header(
+                HEADER_ORIGINAL_SHA256, hashlib.sha256(record.value).hexdigest().encode("ascii")
+            ),
         ]
     return OutgoingRecord(record.key, bytes(record.value[:keep]), headers)

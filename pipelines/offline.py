@@ -3,7 +3,9 @@
 The spec is expanded exactly as for streaming, with ``ReadFromKafka`` replaced by the file's
 records (the same records ``costream produce`` would publish) and the Kafka writes replaced by
 collectors. Detections therefore come from the same transforms and the same per-stream state
-update as in the streaming pipeline.
+update as in the streaming pipeline, and the collectors turn the rows they get (detections, dead
+letters) into records with the writers' own function (``kafka_io.as_outgoing``), so what
+``costream score`` returns is what the streaming job publishes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import apache_beam as beam
 from costream.connectors import codecs
-from costream.connectors.kafka_io import KafkaRecord
+from costream.connectors.kafka_io import KafkaRecord, as_outgoing
 
 from .spec import build_pipeline, load_spec
 
@@ -26,10 +28,13 @@ _SINKS: dict[str, list[codecs.OutgoingRecord]] = {}
 
 
 class _Collect(beam.DoFn):
-    def __init__(self, sink: str) -> None:
-        self.sink = sink
+    """Keeps what a Kafka writer would publish: ``as_outgoing`` of each row, as the writer."""
 
-    def process(self, record: codecs.OutgoingRecord) -> None:
+    def __init__(self, sink: str, format: str | None = None, key: str | None = None) -> None:
+        self.sink, self.format, self.key = sink, format, key
+
+    def process(self, element: Any) -> None:
+        record = as_outgoing(element, format=self.format, key=self.key)
         with _LOCK:
             _SINKS[self.sink].append(record)
 
@@ -44,7 +49,8 @@ def score_records(
         spec_path, defaults={"ContinualInference": {"idle_timer": False, "idle_timeout_s": None}}
     )
     kafka = [
-        KafkaRecord(r.key, r.value, list(r.headers), "file", 0, i, 0) for i, r in enumerate(records)
+        KafkaRecord(r.key, r.value, codecs.as_headers(r.headers), "file", 0, i, 0)
+        for i, r in enumerate(records)
     ]
     run_id = str(id(kafka))
     sinks = {"WriteToKafka": f"{run_id}-out", "WriteDeadLetters": f"{run_id}-dlq"}
@@ -61,11 +67,12 @@ def score_records(
 
     def collector(sink: str) -> Any:
         class Collect(beam.PTransform):
-            def __init__(self, **_config: Any) -> None:
+            def __init__(self, **config: Any) -> None:
                 super().__init__()
+                self.format, self.key = config.get("format"), config.get("key")
 
             def expand(self, pcoll: beam.PCollection) -> Any:
-                return pcoll | "Collect" >> beam.ParDo(_Collect(sink))
+                return pcoll | "Collect" >> beam.ParDo(_Collect(sink, self.format, self.key))
 
         return Collect
 

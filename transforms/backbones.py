@@ -21,8 +21,8 @@ itself is built only in :meth:`FeatureModelHandler.load_model`, once per worker 
 :class:`ExtractFeatures` = ``DecodeFrames`` -> Beam ``RunInference`` with
 :class:`FeatureModelHandler` (bounded batch size and batching delay, one model per worker process,
 ``torch.set_num_threads(num_threads)``) -> routing. Its outputs: ``main``
-(:class:`~costream.transforms.records.FeatureRecord`) and ``dead_letter`` (``OutgoingRecord``,
-stage ``decode`` or ``features``).
+(:class:`~costream.transforms.records.FeatureRecord` rows) and ``dead_letter``
+(:class:`~costream.connectors.codecs.DeadLetter` rows, stage ``decode`` or ``features``).
 
 Example:
     >>> import torch
@@ -47,6 +47,7 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner, Sw
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from costream.connectors import codecs
+from costream.connectors.codecs import DeadLetter
 from costream.models.weights import load_weights, weights_sha256
 from costream.transforms.audio_features import LogMelSpectrogram
 from costream.transforms.counters import Counter
@@ -57,7 +58,9 @@ from costream.transforms.records import (
     DecodedFrame,
     FeatureRecord,
     TaggedOutputs,
+    feature_record,
     to_dead_letter,
+    typed_outputs,
 )
 from torch import Tensor, nn
 
@@ -443,10 +446,7 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
                     )
                 )
                 continue
-            rec = FeatureRecord(
-                f.stream_id, f.frame_index, f.ts_ms, vec, f.arrival_ms, f.key, f.value, f.headers
-            )
-            results.append(_Done(rec, f.timestamp_us))
+            results.append(_Done(feature_record(f, vec), f.timestamp_us))
         return results
 
 
@@ -493,7 +493,7 @@ def record_features(
 
 # -- Beam: the public transform --------------------------------------------------------------------
 class _RouteFeatures(beam.DoFn):
-    """RunInference outcomes -> ``main`` FeatureRecords and ``dead_letter`` records (features)."""
+    """RunInference outcomes -> ``main`` FeatureRecords and ``dead_letter`` rows (features)."""
 
     def __init__(self) -> None:
         self._ok = Counter(_METRICS_NS, "features")
@@ -583,10 +583,10 @@ class ExtractFeatures(beam.PTransform):
     * ``main``: :class:`~costream.transforms.records.FeatureRecord`, one per good input record,
       carrying stream id, frame index, ts_ms, arrival_ms, the original record and
       ``features`` (``float32`` (D,), D = :attr:`feature_dim`);
-    * ``dead_letter``: ``OutgoingRecord`` (original key/value/headers + ``costream.error``,
-      ``costream.stage`` = ``decode`` for records that break the contract, ``features`` for
-      records the backbone cannot take: wrong kind, size or rate, non-finite output, a failed
-      forward).
+    * ``dead_letter``: :class:`~costream.connectors.codecs.DeadLetter` rows (original
+      key/value/headers + ``error`` and ``stage``: ``decode`` for records that break the
+      contract, ``features`` for records the backbone cannot take: wrong kind, size or rate,
+      non-finite output, a failed forward).
 
     Counters (namespace ``costream.features``; also in
     :func:`costream.transforms.counters.snapshot`): ``features`` and ``features_dead_letters``
@@ -699,15 +699,19 @@ class ExtractFeatures(beam.PTransform):
         outcomes, failed = (
             decoded[MAIN] | "Backbone" >> RunInference(handler).with_exception_handling()
         )
-        routed = outcomes | "Route" >> beam.ParDo(_RouteFeatures()).with_outputs(
-            DEAD_LETTER, main=MAIN
+        routed = typed_outputs(
+            outcomes
+            | "Route"
+            >> beam.ParDo(_RouteFeatures())
+            .with_output_types(FeatureRecord)
+            .with_outputs(DEAD_LETTER, main=MAIN)
         )
         failed_batches = failed.failed_inferences | "FailedBatches" >> beam.ParDo(
             _FailedBatchToDeadLetters()
-        )
+        ).with_output_types(DeadLetter)
         dead = (
             decoded[DEAD_LETTER],
             routed[DEAD_LETTER],
             failed_batches,
-        ) | "DeadLetters" >> beam.Flatten()
+        ) | "DeadLetters" >> beam.Flatten().with_output_types(DeadLetter)
         return TaggedOutputs({MAIN: routed[MAIN], DEAD_LETTER: dead})

@@ -2,8 +2,9 @@
 
 ``decode_record`` is the plain logic (validate key and headers, decode the JPEG/PNG, PCM or
 feature payload, resize images to the backbone's input size); ``DecodeFrames`` is the Beam step
-around it. Records that do not follow the contract go to the ``dead_letter`` output with
-``costream.stage = decode`` and the reason as one sentence; nothing is dropped.
+around it. Records that do not follow the contract go to the ``dead_letter`` output as
+:class:`~costream.connectors.codecs.DeadLetter` rows with stage ``decode`` and the reason as one
+sentence; nothing is dropped.
 
 Example:
     >>> import numpy as np
@@ -26,7 +27,13 @@ import cv2
 import numpy as np
 from costream.connectors import codecs
 from costream.transforms.counters import Counter
-from costream.transforms.records import DEAD_LETTER, MAIN, DecodedFrame, TaggedOutputs
+from costream.transforms.records import (
+    DEAD_LETTER,
+    MAIN,
+    DecodedFrame,
+    TaggedOutputs,
+    typed_outputs,
+)
 
 __all__ = ["DecodeFrames", "decode_record", "image_size_hw", "resize_rgb"]
 
@@ -61,13 +68,20 @@ def resize_rgb(rgb: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
 
 
 def _split_record(element: Any) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """(key, value, headers) of a ``KafkaRecord``, ``OutgoingRecord`` or a plain 3-tuple."""
+    """(key, value, headers) of a Kafka record or a plain ``(key, value, headers)`` tuple.
+
+    A record is a ``KafkaRecord``, an ``OutgoingRecord`` or any row with those three fields.
+    """
     try:
-        key, value, headers = element[0], element[1], element[2]
-    except (TypeError, IndexError, KeyError):
+        if hasattr(element, "headers"):
+            key, value, headers = element.key, element.value, element.headers
+        else:
+            key, value, headers = element[0], element[1], element[2]
+    except (AttributeError, TypeError, IndexError, KeyError):
         raise TypeError(
-            f"DecodeFrames expects Kafka records (KafkaRecord, OutgoingRecord or a (key, value, "
-            f"headers) tuple), got {type(element).__name__}."
+            f"DecodeFrames expects Kafka records (KafkaRecord, OutgoingRecord, a row with "
+            f"fields key, value and headers, or a (key, value, headers) tuple), got "
+            f"{type(element).__name__}."
         ) from None
     return key, value, list(headers or [])
 
@@ -126,7 +140,7 @@ def decode_record(
         arrival,
         None if key is None else bytes(key),
         b"" if value is None else bytes(value),
-        [(k, bytes(v)) if isinstance(v, bytes | bytearray) else (k, v) for k, v in headers],
+        codecs.as_headers(headers),
         int(timestamp_us),
     )
 
@@ -163,7 +177,7 @@ class _DecodeDoFn(beam.DoFn):
                 _LOG.warning("Unexpected %s while decoding a record: %s", type(err).__name__, err)
             self._dead.inc()
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, codecs.dead_letter_record(key, value, headers, err, "decode")
+                DEAD_LETTER, codecs.dead_letter(key, value, headers, err, "decode")
             )
             return
         self._decoded.inc()
@@ -180,8 +194,8 @@ class DecodeFrames(beam.PTransform):
 
     * ``main``: :class:`~costream.transforms.records.DecodedFrame`, images resized to
       ``image_size`` (height, width) when given;
-    * ``dead_letter``: ``OutgoingRecord`` with the original key/value/headers,
-      ``costream.stage = decode`` and ``costream.error`` = the reason.
+    * ``dead_letter``: :class:`~costream.connectors.codecs.DeadLetter` rows, the original
+      key/value/headers with ``stage = "decode"`` and ``error`` = the reason.
 
     Counters (namespace ``costream.decode``; also in :func:`costream.transforms.counters.snapshot`):
     ``decoded`` and ``decode_dead_letters``.
@@ -212,5 +226,5 @@ class DecodeFrames(beam.PTransform):
     def expand(self, pcoll: beam.PCollection) -> TaggedOutputs:
         out = pcoll | "DecodeRecords" >> beam.ParDo(
             _DecodeDoFn(self._image_size, self._max_payload_bytes, self._max_pixels)
-        ).with_outputs(DEAD_LETTER, main=MAIN)
-        return TaggedOutputs({MAIN: out[MAIN], DEAD_LETTER: out[DEAD_LETTER]})
+        ).with_output_types(DecodedFrame).with_outputs(DEAD_LETTER, main=MAIN)
+        return typed_outputs(out)

@@ -504,9 +504,10 @@ class ContinualInferenceFn(beam.DoFn):
     ``serde_us`` (state bytes decoded and encoded, :class:`StepResult`), ``model_us`` (the step
     and softmax; frames that stepped), ``state_write_us`` (``stream.write()``; frames that
     stepped) and ``frame_us`` (the whole call up to the emitted row, so the remainder is
-    validation and building the detection; its JSON is made by the writer). On the FnApiRunner and other portable
-    runners a write only buffers: the bytes reach the runner when the bundle commits, outside
-    these timings; a read fetches from the runner (or its cache) once per stream and bundle.
+    validation and building the detection; the writer makes its JSON). On the FnApiRunner and
+    other portable runners a write only buffers: the bytes reach the runner when the bundle
+    commits, outside these timings; a read fetches from the runner (or its cache) once per
+    stream and bundle.
     """
 
     STREAM = ReadModifyWriteStateSpec("stream", BytesCoder())

@@ -10,6 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as _TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from costream.connectors import codecs
 from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
+from costream.connectors.kafka_io import as_outgoing
 from costream.models.weights import WeightsError, save_weights
 from costream.transforms.audio_features import (
     LogMelSpectrogram,
@@ -197,6 +198,7 @@ def test_extract_features_pipeline_exact_and_dead_letters():
         assert_that(out.main | beam.Map(_key), equal_to(expected), label="main")
         assert_that(
             out.dead_letter
+            | "Wire" >> beam.Map(as_outgoing)
             | beam.Map(lambda r: (r.key, r.value, dict(r.headers)[codecs.HEADER_STAGE])),
             equal_to(
                 [(corrupt.key, corrupt.value, b"decode"), (audio.key, audio.value, b"features")]
@@ -238,6 +240,7 @@ def test_extract_features_logmel_batched_across_streams():
         assert_that(out.main, close_to(expected), label="main")
         assert_that(
             out.dead_letter
+            | "Wire" >> beam.Map(as_outgoing)
             | beam.Map(
                 lambda r: (
                     dict(r.headers)[codecs.HEADER_STAGE],
@@ -307,6 +310,7 @@ def test_extract_features_max_payload_bytes_dead_letters_larger_records():
         assert_that(out.main | beam.Map(lambda r: r.frame_index), equal_to([0]), label="main")
         assert_that(
             out.dead_letter
+            | "Wire" >> beam.Map(as_outgoing)
             | beam.Map(
                 lambda r: (
                     r.value,

@@ -7,6 +7,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from costream.connectors import codecs
 from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
+from costream.connectors.kafka_io import as_outgoing
 from costream.transforms.decode import DecodeFrames, decode_record, image_size_hw, resize_rgb
 from costream.transforms.records import DecodedFrame, FeatureRecord, TaggedOutputs, to_dead_letter
 
@@ -76,7 +77,7 @@ def test_records_survive_beam_coders():
                     np.testing.assert_array_equal(a, b)
                 else:
                     assert a == b
-    dl = to_dead_letter(r, "bad thing", "inference")
+    dl = codecs.dead_letter_to_record(to_dead_letter(r, "bad thing", "inference"))
     assert dl.value == b"v" and dict(dl.headers)["costream.stage"] == b"inference"
 
 
@@ -101,6 +102,7 @@ def test_decode_frames_pipeline_routes_bad_records():
         )
         assert_that(
             out.dead_letter
+            | "Wire" >> beam.Map(as_outgoing)
             | beam.Map(
                 lambda r: (
                     r.key,

@@ -15,6 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from costream.connectors import codecs
 from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
+from costream.connectors.kafka_io import as_outgoing
 from costream.transforms.decode import DecodeFrames
 
 
@@ -59,6 +60,7 @@ def test_bombs_become_decode_dead_letters_with_the_reason():
         assert_that(out.main | beam.Map(lambda f: f.frame_index), equal_to([0]), label="main")
         assert_that(
             out.dead_letter
+            | "Wire" >> beam.Map(as_outgoing)
             | beam.Map(
                 lambda r: (
                     r.value,

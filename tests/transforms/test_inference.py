@@ -12,6 +12,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from costream.connectors import codecs
+from costream.connectors.kafka_io import as_outgoing
 from costream.models.zoo import get_model, save_model
 from costream.transforms.inference import (
     ContinualInference,
@@ -157,7 +158,9 @@ def test_bad_features_raise_and_keep_state(regular):
     assert Stored.from_bytes(blob).last_index == 0
 
 
-def _detections(records):
+def _detections(rows):
+    """(key, detection) of the records WriteToKafka publishes for detection rows."""
+    records = [as_outgoing(d) for d in rows]
     return [(r.key.decode(), codecs.decode_detection(r.value)) for r in records]
 
 
@@ -194,11 +197,15 @@ def test_pipeline_interleaved_streams_duplicates_and_poisoned_frame(regular, wei
                     np.testing.assert_allclose(d.scores, probs, atol=1e-5)
 
         assert_that(out["detections"], check)
-        dead = out["dead_letter"] | beam.Map(
-            lambda r: (
-                r.key,
-                dict(r.headers)[codecs.HEADER_STAGE],
-                b"NaN" in dict(r.headers)[codecs.HEADER_ERROR],
+        dead = (
+            out["dead_letter"]
+            | "Wire" >> beam.Map(as_outgoing)
+            | beam.Map(
+                lambda r: (
+                    r.key,
+                    dict(r.headers)[codecs.HEADER_STAGE],
+                    b"NaN" in dict(r.headers)[codecs.HEADER_ERROR],
+                )
             )
         )
         assert_that(dead, equal_to([(b"b", b"inference", True)]), label="DeadLetters")
@@ -221,10 +228,14 @@ def test_idle_timer_clears_state_with_test_stream(weights):
     )
     with TestPipeline(runner="BundleBasedDirectRunner", options=_streaming()) as p:
         out = p | stream | ContinualInference(weights=weights, idle_timeout_s=30, idle_timer=True)
-        warm = out["detections"] | beam.Map(
-            lambda r: (
-                codecs.decode_detection(r.value).frame_index,
-                codecs.decode_detection(r.value).warm,
+        warm = (
+            out["detections"]
+            | "Wire" >> beam.Map(as_outgoing)
+            | beam.Map(
+                lambda r: (
+                    codecs.decode_detection(r.value).frame_index,
+                    codecs.decode_detection(r.value).warm,
+                )
             )
         )
         expected = [(i, i >= N - 1) for i in range(N)] + [(N, True), (N + 1, False)]
@@ -351,7 +362,7 @@ def test_dofn_model_change_resets_a_stream_state_written_by_another_model(
 
     def step(fn, i):
         (out,) = fn.process(("a", rec("a", i, X[i])), stream=cell, idle=_Timer())
-        return codecs.decode_detection(out.value)
+        return codecs.decode_detection(as_outgoing(out).value)
 
     dets = [step(old, i) for i in range(N)]
     assert dets[-1].warm and dets[-1].model == old.stepper.model_id
