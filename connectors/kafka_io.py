@@ -115,11 +115,12 @@ class KafkaRecord(NamedTuple):
 
 # --- coders ---------------------------------------------------------------------------------
 # KafkaRecord, Detection and DeadLetter travel as Beam rows (RowCoder: portable, readable by
-# Java and by Beam SQL, and faster here than the hand-written coder KafkaRecord had: 2.6 + 2.4
-# us vs 3.6 + 4.2 us per encode + decode, benchmarks/bench_rows.py). RowCoder decodes into
-# classes it generates from the schema, so code downstream reads fields by name and never
-# relies on isinstance (see _kind). OutgoingRecord keeps its own coder: it is the writers'
-# input, not a stage boundary, and takes plain (name, value) header pairs, which rows cannot.
+# Java and by Beam SQL, and faster here than the hand-written coder KafkaRecord had: 1.2 + 1.9
+# us vs 1.9 + 3.8 us to encode + decode a features record, benchmarks/bench_rows.py). RowCoder
+# decodes into classes it generates from the schema, so code downstream reads fields by name
+# and never relies on isinstance (see _kind). OutgoingRecord keeps its own coder: it is the
+# writers' input, not a stage boundary, and takes plain (name, value) header pairs, which rows
+# cannot.
 
 _U32 = struct.Struct(">I")
 
