@@ -333,6 +333,7 @@ def test_extract_features_refuses_bad_max_payload_bytes(bad):
 
 @pytest.mark.parametrize("spec", ["video", "audio", "features"])
 def test_specs_take_max_payload_bytes_from_the_environment(spec, monkeypatch):
+    from costream.pipelines import yaml_config
     from costream.pipelines.spec import load_spec
 
     path = Path(__file__).resolve().parents[2] / "pipelines" / "specs" / f"{spec}.yaml"
@@ -340,7 +341,8 @@ def test_specs_take_max_payload_bytes_from_the_environment(spec, monkeypatch):
     def limit():
         (cfg,) = [t["config"] for t in load_spec(path)["pipeline"]["transforms"]
                   if t["type"] == "ExtractFeatures"]  # fmt: skip
-        return ExtractFeatures(**cfg).max_payload_bytes
+        kwargs = yaml_config.python_kwargs(yaml_config.parse_config("ExtractFeatures", cfg))
+        return ExtractFeatures(**kwargs).max_payload_bytes  # the YAML keys as Python keywords
 
     monkeypatch.delenv("COSTREAM_MAX_PAYLOAD_BYTES", raising=False)
     assert limit() == 1 << 20  # Kafka's default largest message
