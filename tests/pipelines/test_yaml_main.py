@@ -133,3 +133,49 @@ def test_shipped_spec_runs_on_beams_yaml_main(
     assert got == want
     # the idle timer's trap: the in-process runner got the TTL check, so state lasted
     assert any(d["warm"] for d in got)
+
+
+def test_beams_own_transforms_between_costreams(kafka_broker, kafka_topics, tmp_path, monkeypatch):
+    """The features spec plus a branch of Beam's Filter over ContinualInference's detections
+    (schema'd rows) into a second WriteDetectionsToKafka, through apache_beam.yaml.main."""
+    branch = """\
+    - type: Filter
+      name: Warm
+      input: ContinualInference
+      config: {language: python, keep: "warm and stream_id == 'a'"}
+    - type: WriteDetectionsToKafka
+      name: WriteWarm
+      input: Warm
+      config: {bootstrap_servers: "${COSTREAM_BOOTSTRAP}", topic: "${WARM_TOPIC}"}
+"""
+    spec = tmp_path / "features_warm.yaml"
+    spec.write_text((SPECS / "features.yaml").read_text() + branch)
+    t_in, t_out, t_dlq, t_warm = (kafka_topics(1, p) for p in ("in", "out", "dlq", "warm"))
+    env = {
+        "COSTREAM_BOOTSTRAP": kafka_broker.bootstrap,
+        "COSTREAM_INPUT_TOPIC": t_in,
+        "COSTREAM_OUTPUT_TOPIC": t_out,
+        "COSTREAM_DEAD_LETTER_TOPIC": t_dlq,
+        "COSTREAM_GROUP_ID": f"g-{uuid.uuid4().hex[:8]}",
+        "COSTREAM_STOP_AFTER_IDLE_S": "3",
+        "WARM_TOPIC": t_warm,
+    }
+    monkeypatch.delenv("COSTREAM_WEIGHTS", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    good, _, _ = features_records()
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    for r in good:
+        producer.send(t_in, key=r.key, value=r.value, headers=r.headers)
+    producer.flush()
+    producer.close()
+
+    run_yaml_main(spec, os.environ.copy(), ROOT, FN_API_RUNNER)
+
+    out = [strip(m.value) for m in consume_all(kafka_broker.bootstrap, t_out)]
+    every = {(d["stream_id"], d["frame_index"]): d for d in out}
+    warm = [strip(m.value) for m in consume_all(kafka_broker.bootstrap, t_warm)]
+    assert len(every) == len(good)
+    want = sorted(k for k, d in every.items() if d["warm"] and k[0] == "a")
+    assert want and sorted((d["stream_id"], d["frame_index"]) for d in warm) == want
+    assert all(d == every[(d["stream_id"], d["frame_index"])] for d in warm)
