@@ -1,6 +1,6 @@
 # costream image: Beam's Python 3.11 SDK harness (same Beam version as the job server) with
 # CPU-only torch and costream installed. One image, two roles in docker-compose.yml:
-#   worker-pool: the default entrypoint (/opt/apache/beam/boot) with --worker_pool, serving
+#   worker-pool: costream's SDK worker pool (python -m costream.pipelines.worker_pool), serving
 #                SDK harnesses to the Flink taskmanager on port 50000 (EXTERNAL environment);
 #   submitter:   entrypoint "costream", building the pipeline from a spec and submitting it.
 # Build: docker build -t costream:latest .
@@ -28,4 +28,4 @@ assert apache_beam.__version__ == '2.62.0', apache_beam.__version__; \
 assert not torch.cuda.is_available() and torch.version.cuda is None; print('costream ok', torch.__version__)"
 
 # Specs and assets are read from the source tree by relative path (costream run pipelines/specs/...).
-# The worker pool keeps the SDK image's entrypoint (/opt/apache/beam/boot).
+# docker-compose.yml starts the worker pool with costream's own entrypoint (see there).

@@ -23,8 +23,10 @@ __all__ = ["serve"]
 
 log = logging.getLogger(__name__)
 
+# costream's element schemas name a logical type (numpy arrays) that must be registered before
+# the harness builds the pipeline's coders, i.e. before any costream DoFn is unpickled.
 _HARNESS = (
-    "import sys, torch; torch.set_num_threads(1); "
+    "import sys, torch; torch.set_num_threads(1); import costream.transforms.records; "
     "from apache_beam.runners.worker.sdk_worker import SdkHarness; "
     "SdkHarness(sys.argv[1], worker_id=sys.argv[2], state_cache_size=int(sys.argv[3]), "
     "data_buffer_time_limit_ms=int(sys.argv[4])).run()"

@@ -132,7 +132,9 @@ def test_depends_on_healthchecks_and_order(services):
 def test_worker_pool_is_a_taskmanager_sidecar(services):
     wp = services["worker-pool"]
     assert wp["network_mode"] == "service:taskmanager"
-    assert wp["command"] == ["--worker_pool"]
+    # costream's pool: its harnesses register costream's schemas before building coders
+    assert wp["entrypoint"] == ["python", "-m", "costream.pipelines.worker_pool"]
+    assert wp["command"][:4] == ["--host", "127.0.0.1", "--port", "50000"]
     cmd = _submitter_cmd(services)
     assert "--environment_type=EXTERNAL" in cmd
     assert "--environment_config=localhost:50000" in cmd
@@ -219,7 +221,7 @@ def test_submitter_command_parses_with_cli_and_beam(services, monkeypatch):
     loaded = load_spec(spec)  # validates every costream transform's config
     types = [t["type"] for t in loaded["pipeline"]["transforms"]]
     assert "ExtractFeatures" in types and "ContinualInference" in types
-    reads = [t["config"] for t in loaded["pipeline"]["transforms"] if t["type"] == "ReadFromKafka"]
+    reads = [t["config"] for t in loaded["pipeline"]["transforms"] if t["type"] == "ReadFramesFromKafka"]
     assert reads and all(r["bootstrap_servers"] == "kafka:9092" for r in reads)
 
     opts = PipelineOptions(extra)
