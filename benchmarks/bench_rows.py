@@ -9,8 +9,8 @@ Beam's runners call).
 * ``KafkaRecord``: before costream's ``KafkaRecordCoder`` (a copy is below), headers as pairs;
   after ``RowCoder``, headers as rows.
 * ``DecodedFrame`` (the backbone's stateful batching): before Beam's fallback
-  (``FastPrimitivesCoder`` -> pickle); after ``RowCoder``, the array as the logical type
-  ``costream:logical_type:ndarray:v1``.
+  (``FastPrimitivesCoder`` -> pickle) of a numpy array; after ``RowCoder``, the array as an
+  ``NdArray(dtype, shape, data)`` row.
 * ``FeatureRecord`` (``ContinualInference``'s keyed input): before pickled (``KV[str, Any]``);
   after ``RowCoder`` (``KV[str, FeatureRecord]``).
 * detection: before an ``OutgoingRecord`` holding the JSON (``OutgoingRecordCoder``); after a
@@ -43,7 +43,7 @@ from apache_beam.coders import Coder
 from apache_beam.typehints import typehints
 from costream.connectors import codecs, kafka_io
 from costream.connectors.kafka_io import KafkaRecord, OutgoingRecordCoder
-from costream.transforms.records import DecodedFrame, FeatureRecord
+from costream.transforms.records import DecodedFrame, FeatureRecord, as_array, ndarray_row
 
 # --- the coder KafkaRecord had before issue 12 (connectors/kafka_io.py at 9da1489) -------------
 _U32 = struct.Struct(">I")
@@ -125,17 +125,20 @@ def kafka_record(rec: codecs.OutgoingRecord, pairs: bool) -> KafkaRecord:
     return KafkaRecord(rec.key, rec.value, headers, "costream.frames", 3, 987_654, TS)
 
 
-def decoded(rec: codecs.OutgoingRecord, data: np.ndarray, kind: str, pairs: bool) -> DecodedFrame:
-    headers = _pairs(rec.headers) if pairs else codecs.as_headers(rec.headers)
+def decoded(rec: codecs.OutgoingRecord, data: np.ndarray, kind: str, before: bool) -> DecodedFrame:
+    """Before: a numpy array and header pairs; after: an NdArray row and Header rows."""
+    headers = _pairs(rec.headers) if before else codecs.as_headers(rec.headers)
+    array = data if before else ndarray_row(data)
     return DecodedFrame(
-        "cam-1", 123_456, TS, kind, data, 0, TS + 5, rec.key, rec.value, headers, TS
+        "cam-1", 123_456, TS, kind, array, 0, TS + 5, rec.key, rec.value, headers, TS
     )
 
 
-def feature(rec: codecs.OutgoingRecord, dim: int, pairs: bool) -> FeatureRecord:
-    headers = _pairs(rec.headers) if pairs else codecs.as_headers(rec.headers)
+def feature(rec: codecs.OutgoingRecord, dim: int, before: bool) -> FeatureRecord:
+    headers = _pairs(rec.headers) if before else codecs.as_headers(rec.headers)
     vec = np.random.default_rng(2).standard_normal(dim).astype(np.float32)
-    return FeatureRecord("cam-1", 123_456, TS, vec, TS + 5, rec.key, rec.value, headers)
+    features = vec if before else ndarray_row(vec)
+    return FeatureRecord("cam-1", 123_456, TS, features, TS + 5, rec.key, rec.value, headers)
 
 
 def detection(classes: int = 6) -> codecs.Detection:
@@ -242,6 +245,16 @@ def main() -> int:
         ("dead letter (row + record)", dead_before, dead_after),
     ):  # fmt: skip
         t0, t1 = per_call_us(before, n, repeats), per_call_us(after, n, repeats)
+        print(f"{what:<30} {t0:>22.2f} {t1:>22.2f}")
+
+    print("\narrays <-> NdArray rows, us per element (new work: made at decode and at the")
+    print("backbone's output, read by the backbone and by ContinualInference)")
+    print(f"{'':<30} {'ndarray_row':>22} {'as_array':>22}")
+    for what, array in (("features 64-d", samples), ("features 512-d", np.zeros(512, np.float32)),
+                        ("image 112x112x3", image)):  # fmt: skip
+        as_row = ndarray_row(array)
+        t0 = per_call_us(lambda: ndarray_row(array), n, repeats)  # noqa: B023 - called at once
+        t1 = per_call_us(lambda: as_array(as_row), n, repeats)  # noqa: B023
         print(f"{what:<30} {t0:>22.2f} {t1:>22.2f}")
     return 0
 

@@ -58,6 +58,7 @@ from costream.transforms.records import (
     DecodedFrame,
     FeatureRecord,
     TaggedOutputs,
+    as_array,
     feature_record,
     to_dead_letter,
     typed_outputs,
@@ -307,11 +308,11 @@ class BackboneConfig:
             return (
                 f"Backbone {self.name!r} takes {self.kind} records; this record holds {frame.kind}."
             )
-        shape = tuple(frame.data.shape)
+        shape, dtype = tuple(frame.data.shape), np.dtype(frame.data.dtype)  # an NdArray or array
         if self.kind == "image":
             want = (*self.image_size, 3)
-            if shape != want or frame.data.dtype != np.uint8:
-                return f"Backbone {self.name!r} takes uint8 images of shape {want}; got {frame.data.dtype} {shape}."
+            if shape != want or dtype != np.uint8:
+                return f"Backbone {self.name!r} takes uint8 images of shape {want}; got {dtype} {shape}."
         elif self.kind == "audio":
             if frame.rate != self.rate:
                 return f"Backbone 'logmel' takes audio at {self.rate} Hz; this chunk is at {frame.rate} Hz."
@@ -403,7 +404,7 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
         return _METRICS_NS
 
     def get_num_bytes(self, batch: Sequence[DecodedFrame]) -> int:
-        return int(sum(f.data.nbytes for f in batch))
+        return int(sum(len(f.data.data) for f in batch))
 
     def run_inference(
         self,
@@ -430,7 +431,7 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
 
     def _forward(self, model: nn.Module, frames: list[DecodedFrame]) -> list[_Done | _Failed]:
         try:
-            feats = _features(model, [f.data for f in frames])  # (B, D)
+            feats = _features(model, [as_array(f.data) for f in frames])  # (B, D)
         except Exception as err:
             if len(frames) == 1:
                 return [_Failed(frames[0], f"The backbone failed: {type(err).__name__}: {err}")]
@@ -484,7 +485,7 @@ def record_features(
         reason = cfg.check(f)
         if reason is not None:
             raise ValueError(reason)
-        decoded.append(f.data)
+        decoded.append(as_array(f.data))
     rows = []
     for s in range(0, len(decoded), batch_size):
         rows.extend(_features(net, decoded[s : s + batch_size]))

@@ -11,8 +11,8 @@ Example:
     >>> from costream.connectors.codecs import CT_PNG, encode_png, frame_record
     >>> rec = frame_record("cam-1", 7, 1000, CT_PNG, encode_png(np.zeros((30, 40, 3), np.uint8)))
     >>> f = decode_record(rec.key, rec.value, rec.headers, image_size=16, now_ms=5)
-    >>> f.stream_id, f.frame_index, f.kind, f.data.shape, f.arrival_ms
-    ('cam-1', 7, 'image', (16, 16, 3), 5)
+    >>> f.stream_id, f.frame_index, f.kind, f.data.shape, f.data.dtype, f.arrival_ms
+    ('cam-1', 7, 'image', (16, 16, 3), '|u1', 5)
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from costream.transforms.records import (
     MAIN,
     DecodedFrame,
     TaggedOutputs,
+    ndarray_row,
     typed_outputs,
 )
 
@@ -135,7 +136,7 @@ def decode_record(
         frame.frame_index,
         frame.ts_ms,
         kind,
-        data,
+        ndarray_row(data),
         rate,
         arrival,
         None if key is None else bytes(key),

@@ -66,7 +66,13 @@ from costream.connectors import codecs
 from costream.connectors.kafka_io import REPLAY_HEADER
 from costream.models.state import StateFormatError, StreamState
 from costream.transforms import beam_fixes, counters
-from costream.transforms.records import FeatureRecord, feature_record, typed_outputs
+from costream.transforms.records import (
+    FeatureRecord,
+    as_array,
+    feature_record,
+    ndarray_row,
+    typed_outputs,
+)
 
 __all__ = [
     "DEFAULT_GAP_POLICY",
@@ -380,7 +386,7 @@ _SWEEP = -1
 """``frame_index`` of a sweep token: a :class:`FeatureRecord` saying "clear this key's state if
 it is still idle" (embedded runner only), ``ts_ms`` the sweep's time. A token shares the keyed
 input with the frames (Beam's state is per key and input), so it is a row of the same schema."""
-_NO_FEATURES = np.zeros(0, np.float32)
+_NO_FEATURES = ndarray_row(np.zeros(0, np.float32))
 
 
 def _sweep_token(stream_id: str, swept_ms: int) -> FeatureRecord:
@@ -463,8 +469,8 @@ class _KeyByStream(beam.DoFn):
         self._next_sweep = time.monotonic() + self.sweep_every_s
 
     def process(self, rec: Any) -> Iterator[tuple[str, FeatureRecord]]:
-        if type(rec) is not FeatureRecord:  # any row with its fields; the keyed input's schema
-            rec = feature_record(rec, rec.features)
+        if type(rec) is not FeatureRecord or type(rec.features) is np.ndarray:
+            rec = feature_record(rec, rec.features)  # any row with its fields: this schema
         yield rec.stream_id, rec
         if self.ttl_ms is None or time.monotonic() < self._next_sweep:
             return
@@ -617,7 +623,7 @@ class ContinualInferenceFn(beam.DoFn):
                 stream_id,
                 rec.frame_index,
                 rec.ts_ms,
-                rec.features,
+                as_array(rec.features),
                 arrival_ms=rec.arrival_ms,
             )
         except Exception as e:  # one bad frame must not stop the stream or the pipeline

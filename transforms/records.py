@@ -7,9 +7,11 @@ plain expressions and Beam encodes it without pickle. The rows, stage by stage:
 
 * :class:`~costream.connectors.kafka_io.KafkaRecord` (``ReadFromKafka``);
 * :class:`DecodedFrame` (``DecodeFrames``) and :class:`FeatureRecord` (``ExtractFeatures``):
-  numpy arrays are fields of the logical type :data:`NDARRAY_URN`, carried as a row
-  ``(dtype, shape, data)`` (numpy dtype string, dimensions, raw bytes) and numpy arrays again
-  in Python;
+  their numpy arrays are :class:`NdArray` rows ``(dtype, shape, data)`` (numpy's dtype string,
+  the dimensions, the C-order bytes), made by :func:`ndarray_row` and read by :func:`as_array`.
+  Plain schema types, so any Beam worker and any SDK decodes them (a Python logical type would
+  need costream imported in every SDK harness before its coders are built, which Flink's
+  workers do not do);
 * :class:`~costream.connectors.codecs.Detection` (``ContinualInference``);
 * :class:`~costream.connectors.codecs.DeadLetter` (every ``dead_letter`` output).
 
@@ -29,31 +31,34 @@ Tagged outputs of costream's PTransforms (:class:`~costream.transforms.decode.De
 
 Example:
     >>> import numpy as np
-    >>> r = FeatureRecord("cam-1", 0, 1000, np.zeros(4, np.float32), 1001, b"cam-1", b"", [])
+    >>> r = FeatureRecord("cam-1", 0, 1000, ndarray_row(np.zeros(4, np.float32)), 1001,
+    ...                   b"cam-1", b"", [])
+    >>> as_array(r.features).shape, r.features.dtype
+    ((4,), '<f4')
     >>> dead = to_dead_letter(r, "boom", "inference")
     >>> dead.stage, dead.error
     ('inference', 'boom')
 """
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, NewType, Optional
+from typing import Any, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.typehints.schemas import LogicalType, NoArgumentLogicalType
 from costream.connectors import codecs, kafka_io  # noqa: F401 - kafka_io registers its rows
 from costream.connectors.codecs import DeadLetter, Header
 
 __all__ = [
     "DEAD_LETTER",
     "MAIN",
-    "NDARRAY_URN",
     "DecodedFrame",
     "FeatureRecord",
     "KINDS",
     "NdArray",
     "TaggedOutputs",
+    "as_array",
     "feature_record",
+    "ndarray_row",
     "to_dead_letter",
     "typed_outputs",
 ]
@@ -66,52 +71,34 @@ DEAD_LETTER = "dead_letter"
 KINDS = ("image", "audio", "features")
 """Values of :attr:`DecodedFrame.kind`."""
 
-NdArray = NewType("NdArray", np.ndarray)
-"""A numpy array as a row field. Beam 2.62 would read ``np.ndarray`` itself as an iterable of
-unknown elements, so fields name this type, which maps to the logical type below."""
 
-NDARRAY_URN = "costream:logical_type:ndarray:v1"
-"""Logical type of :data:`NdArray` fields; representation ``Row(dtype: str, shape:
-List[int64], data: bytes)`` with ``dtype`` a numpy dtype string (``"<f4"``, ``"|u1"``) and
-``data`` the C-order bytes."""
+class NdArray(NamedTuple):
+    """A numpy array as a row: numpy's dtype string (``"<f4"``, ``"|u1"``), shape, C-order bytes.
 
-
-class NdArrayRow(NamedTuple):
-    """How an :data:`NdArray` field travels: dtype string, dimensions, C-order bytes."""
+    Build it with :func:`ndarray_row`, read it with :func:`as_array`.
+    """
 
     dtype: str
     shape: Sequence[int]
     data: bytes
 
 
-@LogicalType.register_logical_type
-class NdArrayType(NoArgumentLogicalType[NdArray, NdArrayRow]):
-    """Beam logical type of :data:`NdArray` fields (:data:`NDARRAY_URN`)."""
+def ndarray_row(array: np.ndarray) -> NdArray:
+    """``array`` as an :class:`NdArray` row (one copy of its bytes)."""
+    a = np.ascontiguousarray(array)
+    return NdArray(a.dtype.str, a.shape, a.tobytes())
 
-    @classmethod
-    def urn(cls) -> str:  # noqa: D102
-        return NDARRAY_URN
 
-    @classmethod
-    def language_type(cls) -> type:  # noqa: D102
-        return NdArray
+def as_array(value: Any) -> np.ndarray:
+    """The numpy array of an :class:`NdArray` row (or any row with its fields); an array as is.
 
-    @classmethod
-    def representation_type(cls) -> type:  # noqa: D102
-        return NdArrayRow
-
-    @classmethod
-    def _from_typing(cls, typ: type) -> "NdArrayType":
-        return cls()
-
-    def to_representation_type(self, value: np.ndarray) -> NdArrayRow:  # noqa: D102
-        value = np.ascontiguousarray(value)
-        return NdArrayRow(value.dtype.str, value.shape, value.tobytes())
-
-    def to_language_type(self, value: NdArrayRow) -> np.ndarray:  # noqa: D102
-        # a writable copy, as pickling gave before: torch.from_numpy warns on read-only arrays
-        flat = np.frombuffer(bytearray(value.data), dtype=np.dtype(value.dtype))
-        return flat.reshape(tuple(value.shape))
+    The array owns a writable copy of the bytes, as one that was pickled does
+    (``torch.from_numpy`` warns on read-only arrays).
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    flat = np.frombuffer(bytearray(value.data), dtype=np.dtype(value.dtype))
+    return flat.reshape(tuple(value.shape))
 
 
 class DecodedFrame(NamedTuple):
@@ -122,7 +109,8 @@ class DecodedFrame(NamedTuple):
         frame_index: ``costream.frame_index`` header (consecutive per stream).
         ts_ms: ``costream.ts_ms`` header, capture time in ms since the epoch.
         kind: ``"image"``, ``"audio"`` or ``"features"`` (see :data:`KINDS`).
-        data: image: RGB ``uint8`` (H, W, 3), already resized to the backbone's input size when
+        data: an :class:`NdArray` row (:func:`as_array` gives the numpy array): image: RGB
+            ``uint8`` (H, W, 3), already resized to the backbone's input size when
             ``DecodeFrames`` was given one; audio: ``float32`` samples in [-1, 1), shape
             (samples,); features: ``float32`` (D,).
         rate: audio sample rate in Hz; 0 for images and features.
@@ -152,8 +140,9 @@ class FeatureRecord(NamedTuple):
 
     Attributes:
         stream_id, frame_index, ts_ms: as in :class:`DecodedFrame`.
-        features: ``float32`` (D,), D fixed by the backbone (``resnet18``: 512 x width,
-            ``logmel``: n_mels x patch, mel-bin major; ``identity``: the record's dim).
+        features: ``float32`` (D,) as an :class:`NdArray` row, D fixed by the backbone
+            (``resnet18``: 512 x width, ``logmel``: n_mels x patch, mel-bin major;
+            ``identity``: the record's dim).
         arrival_ms: as in :class:`DecodedFrame` (latency = now - arrival_ms); None when
             unknown (the detection's ``latency_ms`` is then 0).
         key, value, headers: the original Kafka record, for dead letters at the inference stage.
@@ -173,12 +162,15 @@ for _row in (DecodedFrame, FeatureRecord):
     beam.coders.registry.register_coder(_row, beam.coders.RowCoder)
 
 
-def feature_record(frame: DecodedFrame, features: np.ndarray) -> FeatureRecord:
+def feature_record(frame: DecodedFrame, features: np.ndarray | NdArray) -> FeatureRecord:
     """The :class:`FeatureRecord` of ``frame`` (any row with its fields) with ``features``.
 
-    The headers are rebuilt as :class:`~costream.connectors.codecs.Header`: a frame Beam
-    decoded holds generated header rows, which would cost ~100 us each to pickle downstream.
+    ``features``: a numpy array or an :class:`NdArray` row. The headers are rebuilt as
+    :class:`~costream.connectors.codecs.Header`: a frame Beam decoded holds header rows of a
+    class Beam generated, which cost ~100 us each to pickle.
     """
+    if isinstance(features, np.ndarray):
+        features = ndarray_row(features)
     arrival = frame.arrival_ms
     return FeatureRecord(
         frame.stream_id,

@@ -27,7 +27,7 @@ from costream.transforms.backbones import (
     resnet18,
 )
 from costream.transforms.decode import decode_record, resize_rgb
-from costream.transforms.records import FeatureRecord
+from costream.transforms.records import FeatureRecord, as_array
 
 
 @pytest.fixture(autouse=True)
@@ -156,14 +156,16 @@ def test_handler_routes_frames_that_do_not_fit():
     out = list(h.run_inference([good._replace(timestamp_us=7), wrong_size, audio, good], model))
     assert isinstance(out[0].record, FeatureRecord) and isinstance(out[3].record, FeatureRecord)
     assert out[0].timestamp_us == 7
-    np.testing.assert_array_equal(out[0].record.features, out[3].record.features)
+    np.testing.assert_array_equal(
+        as_array(out[0].record.features), as_array(out[3].record.features)
+    )
     assert "uint8 images of shape (32, 32, 3)" in out[1].error
     assert "takes image records; this record holds audio" in out[2].error
 
 
 # -- Beam ------------------------------------------------------------------------------------------
 def _key(r):
-    return (r.stream_id, r.frame_index, r.ts_ms, r.features.tobytes())
+    return (r.stream_id, r.frame_index, r.ts_ms, as_array(r.features).tobytes())
 
 
 def test_extract_features_pipeline_exact_and_dead_letters():
@@ -216,14 +218,16 @@ def test_extract_features_logmel_batched_across_streams():
     fe = LogMelSpectrogram()
     expected = []
     for r in recs:
-        x = decode_record(r.key, r.value, r.headers).data
+        x = as_array(decode_record(r.key, r.value, r.headers).data)
         vec = fe(torch.from_numpy(x)[None])[0].numpy()
         expected.append((r.key.decode(), int(dict(r.headers)[codecs.HEADER_FRAME_INDEX]),
                          int(dict(r.headers)[codecs.HEADER_TS_MS]), vec))  # fmt: skip
 
     def close_to(want):
         def check(actual):
-            got = sorted((a.stream_id, a.frame_index, a.ts_ms, a.features) for a in actual)
+            got = sorted(
+                (a.stream_id, a.frame_index, a.ts_ms, as_array(a.features)) for a in actual
+            )
             assert [g[:3] for g in got] == [w[:3] for w in sorted(want, key=lambda w: w[:3])]
             for g, w in zip(got, sorted(want, key=lambda w: w[:3])):
                 assert g[3].dtype == np.float32 and g[3].shape == (512,)

@@ -9,7 +9,13 @@ from costream.connectors import codecs
 from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
 from costream.connectors.kafka_io import as_outgoing
 from costream.transforms.decode import DecodeFrames, decode_record, image_size_hw, resize_rgb
-from costream.transforms.records import DecodedFrame, FeatureRecord, TaggedOutputs, to_dead_letter
+from costream.transforms.records import (
+    DecodedFrame,
+    FeatureRecord,
+    TaggedOutputs,
+    as_array,
+    to_dead_letter,
+)
 
 
 def _image(h=30, w=40, seed=0):
@@ -23,11 +29,11 @@ def test_decode_png_exact_and_resized():
     assert (f.stream_id, f.frame_index, f.ts_ms, f.kind, f.rate, f.arrival_ms) == (
         "cam-1", 3, 1234, "image", 0, 99,
     )  # fmt: skip
-    np.testing.assert_array_equal(f.data, rgb)
+    np.testing.assert_array_equal(as_array(f.data), rgb)
     assert (f.key, f.value, f.headers) == (rec.key, rec.value, rec.headers)
     small = decode_record(rec.key, rec.value, rec.headers, image_size=(15, 20))
     np.testing.assert_array_equal(
-        small.data, cv2.resize(rgb, (20, 15), interpolation=cv2.INTER_AREA)
+        as_array(small.data), cv2.resize(rgb, (20, 15), interpolation=cv2.INTER_AREA)
     )
 
 
@@ -47,13 +53,13 @@ def test_decode_audio_and_features():
     x = np.linspace(-0.5, 0.5, 160, dtype=np.float32)
     rec = frame_record("mic", 0, 0, codecs.audio_content_type(16000), codecs.encode_l16(x))
     f = decode_record(rec.key, rec.value, rec.headers)
-    assert f.kind == "audio" and f.rate == 16000 and f.data.dtype == np.float32
-    np.testing.assert_allclose(f.data, x, atol=1 / 32768)
+    assert f.kind == "audio" and f.rate == 16000 and as_array(f.data).dtype == np.float32
+    np.testing.assert_allclose(as_array(f.data), x, atol=1 / 32768)
     vec = np.arange(5, dtype=np.float32)
     payload, ct = codecs.encode_features(vec)
     f = decode_record(b"s", payload, frame_record("s", 1, 2, ct, payload).headers)
     assert f.kind == "features" and f.rate == 0
-    np.testing.assert_array_equal(f.data, vec)
+    np.testing.assert_array_equal(as_array(f.data), vec)
 
 
 def test_decode_errors_are_codec_errors():
@@ -96,7 +102,7 @@ def test_decode_frames_pipeline_routes_bad_records():
     with BeamPipeline() as p:
         out = p | beam.Create([good, corrupt, no_key]) | DecodeFrames(image_size=8)
         assert_that(
-            out.main | beam.Map(lambda f: (f.stream_id, f.frame_index, f.data.tobytes())),
+            out.main | beam.Map(lambda f: (f.stream_id, f.frame_index, as_array(f.data).tobytes())),
             equal_to([("cam-1", 0, resize_rgb(rgb, 8).tobytes())]),
             label="main",
         )

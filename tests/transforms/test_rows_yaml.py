@@ -24,7 +24,7 @@ from costream.connectors import codecs
 from costream.connectors.kafka_io import REPLAY_HEADER, as_outgoing
 from costream.models.zoo import get_model, save_model
 from costream.transforms.inference import ContinualInference, iter_detections, load_stepper
-from costream.transforms.records import DecodedFrame, FeatureRecord, NdArray
+from costream.transforms.records import DecodedFrame, FeatureRecord, as_array, ndarray_row
 
 D_IN, N, C, T = 6, 4, 3, 12
 T0_MS = 1_700_000_000_000
@@ -51,8 +51,8 @@ def feature_records():
         for i in range(T):
             x = (rng.standard_normal(D_IN) * (1 + s)).astype(np.float32)
             headers = [codecs.Header(REPLAY_HEADER, b"1")] if i == 0 else []
-            out.append(FeatureRecord(stream, i, T0_MS + 1000 * i, x, T0_MS, stream.encode(),
-                                     x.tobytes(), headers))  # fmt: skip
+            out.append(FeatureRecord(stream, i, T0_MS + 1000 * i, ndarray_row(x), T0_MS,
+                                     stream.encode(), x.tobytes(), headers))  # fmt: skip
     return out
 
 
@@ -61,7 +61,7 @@ def offline(weights):
     """The detections, computed without Beam: stream -> frame index -> Detection."""
     stepper = load_stepper(weights, ttl_ms=None)
     recs = feature_records()
-    frames = [(r.stream_id, r.frame_index, r.ts_ms, r.features) for r in recs]
+    frames = [(r.stream_id, r.frame_index, r.ts_ms, as_array(r.features)) for r in recs]
     replayed = {(r.stream_id, r.frame_index) for r in recs if r.headers}
     dets = defaultdict(dict)
     for d in iter_detections(stepper, iter(frames)):
@@ -95,20 +95,24 @@ def test_rows_have_beam_schemas():
     assert fields["warm"] is bool and fields["top_score"] is np.float64
     dead = dict(schemas.named_fields_from_element_type(codecs.DeadLetter))
     assert list(dead) == ["key", "value", "headers", "error", "stage"]
-    for row in (DecodedFrame, FeatureRecord):
-        named = dict(schemas.named_fields_from_element_type(row))
-        assert NdArray in named.values()  # the array field is the ndarray logical type
+    for row, field in ((DecodedFrame, "data"), (FeatureRecord, "features")):
+        array = schemas.named_fields_from_element_type(row)[list(row._fields).index(field)][1]
+        assert [n for n, _ in array._fields] == ["dtype", "shape", "data"]  # a plain nested row
         assert beam.coders.registry.get_coder(row).__class__ is beam.coders.RowCoder
 
 
 def test_rows_roundtrip_row_coder_with_arrays():
     x = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    f = DecodedFrame("s", 1, 2, "image", x, 0, 3, b"s", b"v", [codecs.Header("h", b"1")], 9)
+    row = ndarray_row(x)
+    f = DecodedFrame("s", 1, 2, "image", row, 0, 3, b"s", b"v", [codecs.Header("h", b"1")], 9)
     coder = beam.coders.registry.get_coder(DecodedFrame)
     back = coder.decode(coder.encode(f))
-    assert back.data.dtype == np.uint8 and back.data.shape == (2, 3, 3)
-    np.testing.assert_array_equal(back.data, x)
-    assert back.data.flags.writeable  # as after pickling: torch.from_numpy takes it quietly
+    assert (back.data.dtype, list(back.data.shape)) == ("|u1", [2, 3, 3])
+    array = as_array(back.data)
+    assert array.dtype == np.uint8 and array.shape == (2, 3, 3)
+    np.testing.assert_array_equal(array, x)
+    assert array.flags.writeable  # as after pickling: torch.from_numpy takes it quietly
+    assert as_array(x) is x
     assert [tuple(h) for h in back.headers] == [("h", b"1")] and back.timestamp_us == 9
 
 
