@@ -583,7 +583,8 @@ class ExtractFeatures(beam.PTransform):
 
     * ``main``: :class:`~costream.transforms.records.FeatureRecord`, one per good input record,
       carrying stream id, frame index, ts_ms, arrival_ms, the original record and
-      ``features`` (``float32`` (D,), D = :attr:`feature_dim`);
+      ``features`` (``float32`` (D,), D = :attr:`feature_dim`, as an
+      :class:`~costream.transforms.records.NdArray` row: ``as_array`` reads it);
     * ``dead_letter``: :class:`~costream.connectors.codecs.DeadLetter` rows (original
       key/value/headers + ``error`` and ``stage``: ``decode`` for records that break the
       contract, ``features`` for records the backbone cannot take: wrong kind, size or rate,
