@@ -8,6 +8,11 @@ read bandwidth, the time a step cannot beat when every weight must come from mem
 
     .venv/bin/python benchmarks/bench_step.py            # full table + out/bench_step.png
     .venv/bin/python benchmarks/bench_step.py --quick    # B in {1, 8}, fewer repeats
+    .venv/bin/python benchmarks/bench_step.py --two-block  # only the interleaved 2-block table
+
+The two-block table (issue 15, item 4) times the continual and the regular 2-block encoder in
+alternation, one call of each per round, and reports per-side medians over the rounds, so a
+load change on the shared machine hits both sides alike.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,6 +38,62 @@ def timeit(fn, min_time: float, min_reps: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved(sides: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each side, timing one call of every side per round in turn."""
+    for fn in sides.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def two_block_table(
+    batches: list[int], rounds: int, extra: dict[str, nn.Module] | None = None
+) -> list[tuple[int, dict[str, float]]]:
+    """Continual vs regular 2-block encoder, paper configuration, interleaved; prints ratios.
+
+    ``extra`` adds more continual encoders (same weights) as further interleaved sides, e.g. an
+    older revision for a before/after comparison.
+    """
+    d, n, h, f = 1024, 64, 8, 1024
+    regular, enc = build(2, d, n, h, f)
+    continual = {"continual": enc, **(extra or {})}
+    names = list(continual)
+    print(f"two blocks, d={d}, n={n}, h={h}, FFN={f}; {rounds} interleaved rounds, medians")
+    header = f"{'B':>5} {'regular ms':>11} " + " ".join(
+        f"{name + ' ms':>14} {'ratio':>6}" for name in names
+    )
+    print(header)
+    print("-" * len(header))
+    table = []
+    with torch.no_grad():
+        for B in batches:
+            x, window = torch.randn(B, d), torch.randn(B, n, d)
+            sides: dict[str, Callable[[], object]] = {
+                "regular": lambda window=window: regular(window)[:, -1]
+            }
+            for name, model in continual.items():
+                state = model.init_state(B)
+                for _ in range(n + 1):  # warm state (guarded retroactive path in steady state)
+                    model.step(torch.randn(B, d), state)
+                sides[name] = lambda model=model, x=x, state=state: model.step(x, state)
+            med = interleaved(sides, rounds)
+            table.append((B, med))
+            print(
+                f"{B:>5} {med['regular'] * 1e3:>11.2f} "
+                + " ".join(
+                    f"{med[name] * 1e3:>14.2f} {med['regular'] / med[name]:>5.2f}x"
+                    for name in names
+                ),
+                flush=True,
+            )
+    return table
 
 
 def read_bandwidth(nbytes: int = 512 << 20) -> float:
@@ -57,8 +119,13 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=None)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", type=Path, default=Path("out"))
+    ap.add_argument("--two-block", action="store_true", help="only the interleaved 2-block table")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (2-block table)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.two_block:
+        two_block_table(args.batches or [1, 8, 64, 256], args.rounds or 9)
+        return
     d, n, h, f = 1024, 64, 8, 1024
     batches = args.batches or ([1, 8] if args.quick else [1, 8, 64, 256])
     min_time = 0.3 if args.quick else 1.0
@@ -118,6 +185,8 @@ def main() -> None:
                         f"{bw / 1e9:.1f} GB/s = {roofline * 1e3:.3f} ms; best step "
                         f"{best_co * 1e3:.3f} ms = {best_co / roofline:.2f}x roofline"
                     )
+    print()
+    two_block_table(batches, args.rounds or (3 if args.quick else 9))
     plot(rows, args.out / "bench_step.png")
 
 

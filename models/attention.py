@@ -163,6 +163,31 @@ class MultiheadWeights(nn.Module):
         o = self.merge(o.transpose(1, 2))  # (B, n_q, d)
         return o[:, 0] if last_only else o
 
+    def attend_last(self, x: Tensor, x_q: Tensor) -> Tensor:
+        """One query row ``x_q`` (B, d) against keys and values of ``x`` (B, n, d) -> (B, d).
+
+        Equals ``attend_window(x, last_only=True)`` when ``x_q`` is one of the rows of ``x``,
+        without projecting the n keys and values (2 n d^2 MACs): by associativity each head's
+        score is ``q.(W_k x_i) = (W_k^T q).x_i`` and its output ``sum_i a_i W_v x_i =
+        W_v (sum_i a_i x_i)``, so the query is pulled back to input space (d^2) and the weighted
+        sum of inputs pushed through W_v once (d^2), leaving 2 n h d for the n rows. The key bias
+        adds the same score to every row of a head (softmax ignores it); the value bias passes
+        through because each row of weights sums to 1. Rows of ``x`` may be in any order.
+        """
+        B, n, d = x.shape
+        h, d_h = self.num_heads, self.head_dim
+        W, b = self.in_proj_weight, self.in_proj_bias
+        q = F.linear(x_q, W[:d], None if b is None else b[:d]) * d_h**-0.5  # (B, d)
+        W_k = W[d : 2 * d].view(h, d_h, d)  # (h, d_h, d)
+        W_v = W[2 * d :].view(h, d_h, d)  # (h, d_h, d)
+        qk = torch.bmm(q.view(B, h, d_h).transpose(0, 1), W_k)  # (h, B, d): W_k^T q per head
+        s = torch.bmm(qk.transpose(0, 1), x.transpose(1, 2))  # (B, h, n) scores
+        z = torch.bmm(torch.softmax(s, dim=-1), x)  # (B, h, d): attention-weighted inputs
+        o = torch.bmm(z.transpose(0, 1), W_v.transpose(1, 2)).transpose(0, 1)  # (B, h, d_h)
+        if b is not None:
+            o = o + b[2 * d :].view(h, d_h)
+        return self.merge(o)  # (B, d)
+
 
 class _ContinualAttention(MultiheadWeights):
     """Shared plumbing: window size, public ``init_state`` / ``step`` over the engine interface.
@@ -282,6 +307,19 @@ class ContinualRetroactiveAttention(_ContinualAttention):
         return ring | sums
 
     def step_tensors(self, u: Tensor, tensors: dict[str, Tensor], t: Tensor) -> Tensor:
+        o = self.step_heads(u, tensors, t)  # (B, n, d), slot order
+        order = temporal_order(t + 1, self.window)  # (B, n): oldest slot first
+        o = o.gather(1, order.unsqueeze(-1).expand_as(o))  # (B, n, d), temporal order
+        return self.out_proj(o)  # (B, n, d)
+
+    def step_heads(self, u: Tensor, tensors: dict[str, Tensor], t: Tensor) -> Tensor:
+        """As ``step_tensors``, stopping before the out-projection and the temporal reorder.
+
+        Returns the n rows' concatenated head outputs (B, n, d) in *slot* order: row ``i`` is
+        the token in ring slot ``i``, the newest being slot ``t % n`` (``t`` pre-step). The
+        encoder consumes this directly (token-wise layers and unmasked softmax attention are
+        indifferent to row order, and it fuses the out-projection with the residual).
+        """
         B, n = u.shape[0], self.window
         Q, K, V, AV = (tensors[k] for k in ("q", "k", "v", "av"))  # (B, h, n, d_h)
         D, C, Err = (tensors[k] for k in ("d", "c", "err"))  # (B, h, n)
@@ -289,11 +327,15 @@ class ContinualRetroactiveAttention(_ContinualAttention):
         q, k, v = self.project(u)  # each (B, h, d_h)
         q = q * self.head_dim**-0.5
         rows, p = torch.arange(B, device=u.device), t % n
-        k_old, v_old = K[rows, :, p], V[rows, :, p]  # evicted token, (B, h, d_h)
+        if B == 1 and u.device.type == "cpu":  # views (read before the write below), no gather
+            k_old, v_old = K[:, :, int(p[0])], V[:, :, int(p[0])]
+        else:
+            k_old, v_old = K[rows, :, p], V[rows, :, p]  # evicted token, (B, h, d_h)
 
         slide_softmax_sums(Q, k_old, v_old, k, v, D, AV, C, Err, eps)
 
-        Q[rows, :, p], K[rows, :, p], V[rows, :, p] = q, k, v
+        for ring, new in ((Q, q), (K, k), (V, v)):
+            write_slots(ring, p, new)
 
         # Rows to sum afresh: the new token's row always, and rows whose cancellation bound
         # exceeds the budget (or that cancelled to <= 0). Phantom rows of warm-up are skipped.
@@ -303,10 +345,11 @@ class ContinualRetroactiveAttention(_ContinualAttention):
         self._recompute(stale & real.unsqueeze(1), Q, K, V, D, AV, C, Err, eps)
 
         # Rows of never-written (phantom) slots have D = 0 during warm-up; give them 0, not NaN.
-        o = AV / torch.where(D > 0, D, 1).unsqueeze(-1)  # (B, h, n, d_h), slot order
-        order = temporal_order(t + 1, n)  # (B, n): oldest slot first
-        o = o.gather(2, order[:, None, :, None].expand_as(o))  # (B, h, n, d_h), temporal order
-        return self.merge(o.transpose(1, 2))  # (B, n, d)
+        # The quotient is written straight into the (B, n, h, d_h) layout the out-projection
+        # reads, so the heads need no separate concatenating copy.
+        o = torch.empty(B, n, self.num_heads, self.head_dim, dtype=AV.dtype, device=AV.device)
+        torch.div(AV, torch.where(D > 0, D, 1).unsqueeze(-1), out=o.transpose(1, 2))
+        return o.view(B, n, self.d_model)  # (B, n, d), slot order
 
     def _recompute(
         self,

@@ -28,6 +28,7 @@ from .attention import (
     ContinualSingleOutputAttention,
     MultiheadWeights,
     temporal_order,
+    write_slots,
 )
 from .nystrom import (
     ContinualNystromRetroactiveAttention,
@@ -99,6 +100,42 @@ class EncoderLayer(nn.Module):
     def forward_last(self, x: Tensor) -> Tensor:
         """Regular layer, newest token only: (B, n, d) -> (B, d)."""
         return self.post(x[:, -1], self.self_attn.attend_window(self.pre(x), last_only=True))
+
+    # -- fast forms for the continual step (softmax attention; tested against the above) -------
+    def post_heads(self, x: Tensor, o: Tensor) -> Tensor:
+        """``post(x, out_proj(o))`` for rows ``x``, ``o`` (B, n, d) -> (B, n, d).
+
+        The out-projection and both residual additions are ``addmm`` calls (one matmul writing
+        ``x + o W^T``), saving a pass over the n rows each.
+        """
+        B, n, d = x.shape
+        W_o, b_o = self.self_attn.out_proj.weight, self.self_attn.out_proj.bias
+        y = torch.addmm(x.reshape(B * n, d), o.reshape(B * n, d), W_o.t())  # (B n, d)
+        if b_o is not None:
+            y += b_o
+        if self.norm_first:
+            z = self._ff_residual(y, self.norm2(y))
+        else:
+            y = self.norm1(y)
+            z = self.norm2(self._ff_residual(y, y))
+        return z.view(B, n, d)
+
+    def _ff_residual(self, y: Tensor, u: Tensor) -> Tensor:
+        """``y + FFN(u)`` for (R, d) rows, the second FFN matmul accumulating onto ``y``."""
+        z = torch.addmm(y, self.activation(self.linear1(u)), self.linear2.weight.t())  # (R, d)
+        if self.linear2.bias is not None:
+            z += self.linear2.bias
+        return z
+
+    def step_last(self, x: Tensor, newest: Tensor) -> Tensor:
+        """``forward_last`` for rows ``x`` (B, n, d) in any order: (B, d).
+
+        The newest token of stream b is row ``newest[b]``. Keys and values of the n rows are
+        never projected (``MultiheadWeights.attend_last``).
+        """
+        u = self.pre(x)  # (B, n, d)
+        x_new, u_new = _rows_at(x, newest), _rows_at(u, newest)  # (B, d)
+        return self.post(x_new, self.self_attn.attend_last(u, u_new))
 
 
 class ContinualEncoder(nn.Module):
@@ -242,10 +279,21 @@ class ContinualEncoder(nn.Module):
         self.check_state(state)
         t = state.t
         first, *rest = self.layers
-        a = first.self_attn.step_tensors(first.pre(x), _layer_tensors(state, "l0"), t)
+        l0 = _layer_tensors(state, "l0")
         if not rest:
-            y = first.post(x, a)  # (B, d)
-        else:
+            y = first.post(x, first.self_attn.step_tensors(first.pre(x), l0, t))  # (B, d)
+        elif self.attention == "softmax":
+            # Rows stay in ring-slot order throughout: token-wise parts and unmasked softmax
+            # attention do not care about row order, and the last layer reads the newest slot.
+            res, slot = state.tensors["res"], t % n  # (B, n, d) layer inputs, slot order
+            write_slots(res.unsqueeze(1), slot, x.unsqueeze(1))
+            o = first.self_attn.step_heads(first.pre(x), l0, t)  # (B, n, d) slot order
+            h = first.post_heads(res, o)  # (B, n, d): all n refreshed rows
+            for layer in rest[:-1]:
+                h = layer(h)
+            y = rest[-1].step_last(h, slot)  # (B, d)
+        else:  # Nyström landmarks are segment means: rows must be in temporal order
+            a = first.self_attn.step_tensors(first.pre(x), l0, t)  # (B, n, d) temporal order
             res = state.tensors["res"]  # (B, n, d) slot order
             res[torch.arange(B, device=x.device), t % n] = x
             order = temporal_order(t + 1, n)  # (B, n)
@@ -272,6 +320,13 @@ class ContinualEncoder(nn.Module):
             h = layer(h)  # (B, n, d)
         y = last.forward_last(h)  # (B, d)
         return self.norm(y) if self.norm is not None else y
+
+
+def _rows_at(x: Tensor, index: Tensor) -> Tensor:
+    """``x[b, index[b]]`` for every stream b: (B, n, d), (B,) -> (B, d); a slice at one stream."""
+    if x.shape[0] == 1 and x.device.type == "cpu":
+        return x[:, int(index[0])]
+    return x[torch.arange(x.shape[0], device=x.device), index]
 
 
 def _layer_tensors(state: StreamState, prefix: str) -> dict[str, Tensor]:

@@ -105,3 +105,46 @@ def test_from_torch_refuses_unsupported_attention():
         ContinualSingleOutputAttention.from_torch(nn.Linear(8, 8), window=3)
     with pytest.raises(ValueError, match="positive"):
         ContinualSingleOutputAttention(8, 2, window=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("heads", [1, 4])
+@pytest.mark.parametrize("input_major", [True, False])
+def test_attend_last_equals_last_row_of_window_attention_in_any_row_order(
+    heads, bias, dtype, input_major
+):
+    from costream.models import MultiheadWeights, input_major_
+
+    d, B, n = 16, 3, 9
+    att = MultiheadWeights.from_torch(torch_mha(d, heads, bias, dtype))
+    if input_major:
+        input_major_(att)
+    X = 3 * torch.randn(B, n, d, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = att.attend_window(X, last_only=True)  # (B, d): query = newest row
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(6))
+        got = att.attend_last(X[:, perm], X[:, -1])  # keys/values shuffled: same result
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def test_retroactive_step_heads_are_slot_ordered_rows_before_out_projection():
+    d, h, n, B = 8, 2, 4, 2
+    att = ContinualRetroactiveAttention(d, h, n).double().eval()
+    s1, s2 = att.init_state(B), att.init_state(B)
+    s2.t[1] = 2  # rows at different positions
+    s1.t[1] = 2
+    g = torch.Generator().manual_seed(7)
+    for _ in range(2 * n + 1):
+        x = torch.randn(B, d, dtype=torch.float64, generator=g)
+        t = s1.t.clone()
+        with torch.no_grad():
+            ordered = att.step_tensors(x, s1.tensors, t)  # (B, n, d) temporal order
+            heads = att.step_heads(x, s2.tensors, t)  # (B, n, d) slot order
+        s1.t += 1
+        s2.t += 1
+        for b in range(B):
+            newest = int(t[b]) % n  # slot of the token just written
+            slots = [(newest + 1 + i) % n for i in range(n)]  # oldest -> newest
+            torch.testing.assert_close(att.out_proj(heads[b, slots]), ordered[b])
