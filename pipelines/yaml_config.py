@@ -245,11 +245,14 @@ class ExtractFeaturesConfig:
     """Decode records and turn each frame into backbone features, batched across streams."""
 
     backbone: str = _key(
-        "`resnet18`, `resnet18_small`, `logmel` (audio) or `identity` (features).", "resnet18"
+        "`resnet18`, `resnet18_small`, `logmel` (audio), `vggish` (audio: 0.25 s chunks, each "
+        "stream's last 1 s embedded; docs/audio-setting.md) or `identity` (features).",
+        "resnet18",
     )
     weights: str | None = _key(
-        "ResNets: a safetensors file (a relative path is looked up in the working directory, "
-        "then in costream's package) or `random` (seeded, demos and tests); others: null.",
+        "ResNets and `vggish`: a safetensors file (a relative path is looked up in the working "
+        "directory, then in costream's package) or `random` (seeded, demos and tests); others: "
+        "null.",
         None,
         path=True,
     )
@@ -268,7 +271,7 @@ class ExtractFeaturesConfig:
     input_size: int | list[int] | None = _key(
         "ResNet input size, one int or [height, width]; null: by name (224, small: 112).", None
     )
-    rate: int = _key("`logmel`: sample rate in Hz.", 16000)
+    rate: int = _key("`logmel`: sample rate in Hz; `vggish`: 16000 only.", 16000)
     n_mels: int = _key("`logmel`: mel bins.", 64)
     patch: int = _key("`logmel`: spectrogram frames per token (one chunk).", 8)
     hop_length: int = _key("`logmel`: samples between spectrogram frames.", 160)

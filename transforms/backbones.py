@@ -15,6 +15,14 @@ itself is built only in :meth:`FeatureModelHandler.load_model`, once per worker 
   (for tests and demos only) and must be asked for explicitly.
 * ``logmel``: :class:`~costream.transforms.audio_features.LogMelSpectrogram`, one L16 PCM chunk
   of ``patch * hop_length`` samples -> one token (``n_mels * patch`` values) of the audio model.
+* ``vggish``: the papers' audio setting (docs/audio-setting.md): one L16 PCM chunk of 0.25 s
+  (4000 samples at 16 kHz) per record and per token. ``ExtractFeatures`` first assembles each
+  stream's last 1 s (:class:`~costream.transforms.subclips.AssembleSubclips`, the previous 0.75 s
+  in Beam keyed state, silence before a stream's first chunk and after a gap), then
+  :class:`~costream.models.vggish.VGGishFrontEnd` turns each 1 s sub-clip into a 128-d
+  embedding. Weights: a safetensors file written by ``costream.models.vggish.save_vggish`` (its
+  metadata gives the architecture; converted torchvggish weights load as the full network), or
+  ``"random"`` (seeded; the full-size network).
 * ``identity``: precomputed ``application/x-costream-features`` vectors pass through (optionally
   checked against ``dim``).
 
@@ -48,7 +56,8 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from costream.connectors import codecs
 from costream.connectors.codecs import DeadLetter
-from costream.models.weights import load_weights, weights_sha256
+from costream.models import vggish
+from costream.models.weights import WeightsError, load_weights, weights_sha256
 from costream.transforms.audio_features import LogMelSpectrogram
 from costream.transforms.counters import Counter
 from costream.transforms.decode import DecodeFrames, decode_record, image_size_hw
@@ -63,6 +72,7 @@ from costream.transforms.records import (
     to_dead_letter,
     typed_outputs,
 )
+from costream.transforms.subclips import AssembleSubclips, SubclipAssembler
 from torch import Tensor, nn
 
 __all__ = [
@@ -178,12 +188,18 @@ class _Family:
     kind: str  # the DecodedFrame.kind it accepts
     width: float | None = None
     input_size: int | None = None
+    weighted: bool = False  # takes weights: a safetensors path or "random"
+    subclips: bool = False  # takes each stream's last 1 s, assembled from 0.25 s chunks
+
+
+_IMAGE_FAMILIES = dict(kind="image", weighted=True)
 
 
 BACKBONES: dict[str, _Family] = {
-    "resnet18": _Family("image", width=1.0, input_size=224),
-    "resnet18_small": _Family("image", width=0.25, input_size=112),
+    "resnet18": _Family(**_IMAGE_FAMILIES, width=1.0, input_size=224),
+    "resnet18_small": _Family(**_IMAGE_FAMILIES, width=0.25, input_size=112),
     "logmel": _Family("audio"),
+    "vggish": _Family("audio", weighted=True, subclips=True),
     "identity": _Family("features"),
 }
 """Backbone names accepted by :class:`ExtractFeatures` and what they take."""
@@ -195,12 +211,13 @@ class BackboneConfig:
 
     Args:
         name: one of :data:`BACKBONES`.
-        weights: ResNets: a safetensors path, or ``"random"`` for seeded random weights (must be
-            explicit); ``logmel`` / ``identity`` have no weights and take None.
+        weights: ResNets and ``vggish``: a safetensors path, or ``"random"`` for seeded random
+            weights (must be explicit); ``logmel`` / ``identity`` have no weights and take None.
         seed: the seed of ``weights="random"``.
         width: ResNet width multiplier (default by name: 1.0 / 0.25).
         input_size: ResNet input (height, width) or an int (default by name: 224 / 112).
-        rate, n_mels, patch, hop_length, win_length, n_fft: ``logmel`` front-end settings.
+        rate, n_mels, patch, hop_length, win_length, n_fft: ``logmel`` front-end settings
+            (``vggish`` takes ``rate`` = 16000 only: its chunks are 0.25 s, its sub-clips 1 s).
         dim: ``identity``: the expected feature dim (None accepts any, per record).
     """
 
@@ -223,7 +240,7 @@ class BackboneConfig:
             raise ValueError(
                 f"Unknown backbone {self.name!r}; choose one of {', '.join(BACKBONES)}."
             )
-        if family.kind == "image":
+        if family.weighted:
             if self.weights is None:
                 raise ValueError(
                     f"Backbone {self.name!r} needs weights: a safetensors file path, or "
@@ -231,15 +248,22 @@ class BackboneConfig:
                 )
             if not isinstance(self.weights, str | Path) or not str(self.weights):
                 raise ValueError(f"weights must be a file path or 'random', got {self.weights!r}.")
+        if family.kind == "image":
             if self.width is not None and not self.width > 0:
                 raise ValueError(f"width must be positive, got {self.width!r}.")
             if self.input_size is not None:
                 image_size_hw(self.input_size)
-        elif self.weights is not None:
+        if not family.weighted and self.weights is not None:
             raise ValueError(
                 f"Backbone {self.name!r} has no weights; leave weights unset (got {self.weights!r})."
             )
-        if family.kind == "audio":
+        if family.subclips and self.rate != vggish.VGGISH_RATE:
+            raise ValueError(
+                f"Backbone {self.name!r} takes {vggish.VGGISH_RATE} Hz audio (rate: "
+                f"{vggish.VGGISH_RATE}); got rate {self.rate}. Resample at the producer "
+                f"(costream produce --rate {vggish.VGGISH_RATE})."
+            )
+        elif family.kind == "audio":
             LogMelSpectrogram(**self._logmel_kwargs())  # validates the settings (cheap)
         if self.dim is not None and (not isinstance(self.dim, int) or self.dim <= 0):
             raise ValueError(f"dim must be a positive int, got {self.dim!r}.")
@@ -261,14 +285,29 @@ class BackboneConfig:
         """D of the output features (None for ``identity`` without ``dim``)."""
         if self.kind == "image":
             return max(1, round(512 * (self.width or BACKBONES[self.name].width)))
+        if self.name == "vggish":
+            return self._vggish_config().embedding
         if self.kind == "audio":
             return self.n_mels * self.patch
         return self.dim
 
     @property
     def chunk_samples(self) -> int | None:
-        """Samples per audio chunk (``logmel``), else None."""
+        """Samples per audio chunk (one record, one token), else None."""
+        if self.subclip_samples is not None:
+            return vggish.TOKEN_HOP_SAMPLES  # 0.25 s
         return self.patch * self.hop_length if self.kind == "audio" else None
+
+    @property
+    def subclip_samples(self) -> int | None:
+        """Samples per sub-clip the backbone reads (``vggish``: 1 s), else None (one chunk)."""
+        return vggish.SUBCLIP_SAMPLES if BACKBONES[self.name].subclips else None
+
+    def _vggish_config(self) -> vggish.VGGishConfig:
+        """The VGGish architecture: the full one for random weights, else the file's metadata."""
+        if self.weights == RANDOM or not Path(self.weights).is_file():
+            return vggish.VGGishConfig()
+        return _vggish_file_config(self.weights)
 
     def _logmel_kwargs(self) -> dict[str, Any]:
         return {
@@ -282,7 +321,7 @@ class BackboneConfig:
 
     def identity(self) -> str:
         """``name@<weights sha256 prefix>`` (``@random-seed<N>`` for random weights)."""
-        if self.kind != "image":
+        if not BACKBONES[self.name].weighted:
             return self.name
         if self.weights == RANDOM:
             return f"{self.name}@random-seed{self.seed}"
@@ -290,6 +329,12 @@ class BackboneConfig:
 
     def build(self) -> nn.Module:
         """Build the module in eval mode, loading weights (raises ``WeightsError`` on a bad file)."""
+        if self.name == "vggish":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                if self.weights == RANDOM:
+                    return vggish.VGGishFrontEnd(vggish.VGGishConfig()).eval()
+                return vggish.VGGishFrontEnd(vggish=vggish.load_vggish(self.weights)).eval()
         if self.kind == "audio":
             return LogMelSpectrogram(**self._logmel_kwargs()).eval()
         if self.kind == "features":
@@ -313,6 +358,14 @@ class BackboneConfig:
             want = (*self.image_size, 3)
             if shape != want or dtype != np.uint8:
                 return f"Backbone {self.name!r} takes uint8 images of shape {want}; got {dtype} {shape}."
+        elif self.subclip_samples is not None:
+            if frame.rate != self.rate:
+                return f"Backbone {self.name!r} takes audio at {self.rate} Hz; this chunk is at {frame.rate} Hz."
+            if shape != (self.subclip_samples,):
+                return (
+                    f"Backbone {self.name!r} takes sub-clips of {self.subclip_samples} samples "
+                    f"(1 s at {self.rate} Hz, assembled from each stream's chunks); got {shape[0]}."
+                )
         elif self.kind == "audio":
             if frame.rate != self.rate:
                 return f"Backbone 'logmel' takes audio at {self.rate} Hz; this chunk is at {frame.rate} Hz."
@@ -325,6 +378,44 @@ class BackboneConfig:
         elif self.dim is not None and shape != (self.dim,):
             return f"Backbone 'identity' expects features of dim {self.dim}; got dim {shape[0]}."
         return None
+
+    def check_chunk(self, frame: DecodedFrame) -> str | None:
+        """Why the chunk ``frame`` cannot be assembled into sub-clips (``vggish``); None when it can."""
+        if frame.kind != self.kind:
+            return (
+                f"Backbone {self.name!r} takes {self.kind} records; this record holds {frame.kind}."
+            )
+        if frame.rate != self.rate:
+            return f"Backbone {self.name!r} takes audio at {self.rate} Hz; this chunk is at {frame.rate} Hz."
+        n = tuple(frame.data.shape)
+        if n != (self.chunk_samples,):
+            return (
+                f"Backbone {self.name!r} takes chunks of {self.chunk_samples} samples (0.25 s at "
+                f"{self.rate} Hz, one token: costream produce --chunk-ms 250); this chunk holds "
+                f"{n[0] if len(n) == 1 else n} samples."
+            )
+        return None
+
+
+def _vggish_file_config(path: str | Path) -> vggish.VGGishConfig:
+    """The architecture in a VGGish weights file's metadata (``save_vggish``), without loading it.
+
+    Files without it (converted torchvggish weights) are the full network, as ``load_vggish``
+    reads them. Raises ``WeightsError`` for a file safetensors cannot read.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for unreadable files
+        raise WeightsError(f"Cannot read weights file {path}: {e}.") from e
+    raw = json.loads(meta.get(vggish._CONFIG_KEY, "{}"))  # the key save_vggish writes
+    return vggish.VGGishConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    )
 
 
 # -- Beam: model handler ---------------------------------------------------------------------------
@@ -474,18 +565,27 @@ def record_features(
 
     The pipeline's own path without Beam: ``decode_record`` (decode, resize to the backbone's
     input), the backbone config's input check, then ``net`` (``cfg.build()``) in batches. For
-    training on exactly what a spec's ``ExtractFeatures`` step will produce.
+    training on exactly what a spec's ``ExtractFeatures`` step will produce. Backbones that take
+    sub-clips (``vggish``) assemble them per stream in record order, as the pipeline does.
 
     Raises:
         ValueError: a record does not decode or does not fit the backbone (the reason says why).
     """
     decoded = []
+    assembler = None
+    if cfg.subclip_samples is not None:
+        assembler = SubclipAssembler(cfg.chunk_samples, cfg.subclip_samples)
+    history: dict[str, bytes | None] = {}
     for rec in records:
         f = decode_record(rec.key, rec.value, rec.headers, image_size=cfg.image_size, now_ms=0)
-        reason = cfg.check(f)
+        reason = cfg.check(f) if assembler is None else cfg.check_chunk(f)
         if reason is not None:
             raise ValueError(reason)
-        decoded.append(as_array(f.data))
+        x = as_array(f.data)
+        if assembler is not None:
+            blob, x, _ = assembler.process(history.get(f.stream_id), f.frame_index, f.ts_ms, x)
+            history[f.stream_id] = blob if blob is not None else history.get(f.stream_id)
+        decoded.append(x)
     rows = []
     for s in range(0, len(decoded), batch_size):
         rows.extend(_features(net, decoded[s : s + batch_size]))
@@ -575,7 +675,9 @@ class ExtractFeatures(beam.PTransform):
     """Kafka records -> decoded, batched backbone features per frame, plus dead letters.
 
     Steps: ``Decode`` (:class:`~costream.transforms.decode.DecodeFrames`, images resized to the
-    backbone's input size) -> ``Backbone`` (Beam ``RunInference`` with
+    backbone's input size) -> for ``vggish`` only, ``Subclips``
+    (:class:`~costream.transforms.subclips.AssembleSubclips`: each stream's last 1 s, one per
+    0.25 s chunk, the previous 0.75 s in keyed state) -> ``Backbone`` (Beam ``RunInference`` with
     :class:`FeatureModelHandler`: batches of ``min_batch_size..batch_size`` frames, across
     streams, waiting at most ``max_batch_duration_secs`` for a batch to fill) -> ``Route``.
 
@@ -599,8 +701,9 @@ class ExtractFeatures(beam.PTransform):
     batch flushed at the end of a bounded input is stamped with the window's end).
 
     Args:
-        backbone: ``resnet18``, ``resnet18_small``, ``logmel`` or ``identity``.
-        weights: see :class:`BackboneConfig` (ResNets: a safetensors path or ``"random"``).
+        backbone: ``resnet18``, ``resnet18_small``, ``logmel``, ``vggish`` or ``identity``.
+        weights: see :class:`BackboneConfig` (ResNets and ``vggish``: a safetensors path or
+            ``"random"``).
         batch_size: the largest batch; ``min_batch_size`` the smallest Beam aims for.
         max_batch_duration_secs: longest wait for a batch to fill (stateful batching across
             bundles, for streams); None batches within a bundle only. Ignored, with a logged
@@ -697,10 +800,15 @@ class ExtractFeatures(beam.PTransform):
         decoded = pcoll | "Decode" >> DecodeFrames(
             image_size=self.config.image_size, max_payload_bytes=self.max_payload_bytes
         )
+        frames, dead_frames = decoded[MAIN], [decoded[DEAD_LETTER]]
+        if self.config.subclip_samples is not None:  # vggish: each stream's last 1 s
+            subclips = frames | "Subclips" >> AssembleSubclips(
+                self.config.chunk_samples, self.config.subclip_samples, self.config.check_chunk
+            )
+            frames = subclips[MAIN]
+            dead_frames.append(subclips[DEAD_LETTER])
         handler = self._handler_for(pcoll.pipeline)
-        outcomes, failed = (
-            decoded[MAIN] | "Backbone" >> RunInference(handler).with_exception_handling()
-        )
+        outcomes, failed = frames | "Backbone" >> RunInference(handler).with_exception_handling()
         routed = typed_outputs(
             outcomes
             | "Route"
@@ -712,7 +820,7 @@ class ExtractFeatures(beam.PTransform):
             _FailedBatchToDeadLetters()
         ).with_output_types(DeadLetter)
         dead = (
-            decoded[DEAD_LETTER],
+            *dead_frames,
             routed[DEAD_LETTER],
             failed_batches,
         ) | "DeadLetters" >> beam.Flatten().with_output_types(DeadLetter)
