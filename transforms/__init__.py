@@ -7,6 +7,8 @@ The main entry points, re-exported lazily so that ``import costream.transforms``
 - :mod:`~costream.transforms.backbones`: ``ExtractFeatures`` (RunInference), ``BackboneConfig``,
   ``FeatureModelHandler``, ``BACKBONES``;
 - :mod:`~costream.transforms.audio_features`: ``LogMelSpectrogram``;
+- :mod:`~costream.transforms.subclips`: ``AssembleSubclips`` and the plain ``SubclipAssembler``
+  (each stream's last 1 s from 0.25 s chunks, for the ``vggish`` backbone);
 - :mod:`~costream.transforms.inference`: ``ContinualInference`` (each stream's continual state in
   Beam keyed state), its DoFn, and the plain per-stream state update ``StreamStepper``;
 - :mod:`~costream.transforms.records`: the records between stages and the output tags.
@@ -28,6 +30,8 @@ _EXPORTS = {
     "FeatureModelHandler": "backbones",
     "BACKBONES": "backbones",
     "LogMelSpectrogram": "audio_features",
+    "AssembleSubclips": "subclips",
+    "SubclipAssembler": "subclips",
     "ContinualInference": "inference",
     "ContinualInferenceFn": "inference",
     "GapPolicy": "inference",

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_CHUNK_MS,
         help=f"audio chunk length in ms (default {DEFAULT_CHUNK_MS}: what the logmel backbone of "
-        "pipelines/specs/audio.yaml takes at 16 kHz)",
+        "pipelines/specs/audio.yaml takes at 16 kHz; 250 for the vggish backbone of "
+        "pipelines/specs/gtzan.yaml)",
     )
     parser.add_argument("--limit", type=int, default=None, help="publish at most this many records")
     parser.add_argument(
