@@ -9,9 +9,9 @@ plain expressions and Beam encodes it without pickle. The rows, stage by stage:
 * :class:`DecodedFrame` (``DecodeFrames``) and :class:`FeatureRecord` (``ExtractFeatures``):
   their numpy arrays are :class:`NdArray` rows ``(dtype, shape, data)`` (numpy's dtype string,
   the dimensions, the C-order bytes), made by :func:`ndarray_row` and read by :func:`as_array`.
-  Plain schema types, so any Beam worker and any SDK decodes them (a Python logical type would
-  need costream imported in every SDK harness before its coders are built, which Flink's
-  workers do not do);
+  Plain schema types, so any Beam worker and any SDK (Java, SQL) decodes them; a Python
+  logical type would need costream imported in every SDK harness before it builds a bundle's
+  coders, which harnesses do not do by themselves;
 * :class:`~costream.connectors.codecs.Detection` (``ContinualInference``);
 * :class:`~costream.connectors.codecs.DeadLetter` (every ``dead_letter`` output).
 
