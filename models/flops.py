@@ -41,12 +41,16 @@ LayerKind = Literal["regular", "single", "retroactive", "last"]
 Convention = Literal["clean", "paper"]
 
 
-def encoder_layer_macs(kind: LayerKind, *, d: int, n: int, f: int) -> int:
+def encoder_layer_macs(kind: LayerKind, *, d: int, n: int, f: int, h: int = 1) -> int:
     """Clean MACs of one encoder layer per prediction (§8.1).
 
     ``regular``: a full layer over the n-token window; ``single``: continual single-output;
     ``retroactive``: continual retroactive (all n rows); ``last``: the newest token's row against
-    keys/values of n freshly changed tokens (the last layer after a retroactive one).
+    n freshly changed tokens (the last layer after a retroactive one). The last layer never
+    projects those n rows: each of the ``h`` heads maps its query back through the key weights
+    (d² over all heads), scores the n input rows and sums them in input space (2 n d per head),
+    and projects that sum through the value weights once (d²): ``4 d² + 2 n h d + 2 d f`` with
+    the query and output projections (``models/attention.py``, ``attend_last``).
     """
     if kind == "regular":
         return 4 * n * d * d + 2 * n * n * d + 2 * n * d * f
@@ -55,12 +59,15 @@ def encoder_layer_macs(kind: LayerKind, *, d: int, n: int, f: int) -> int:
     if kind == "retroactive":
         return 3 * d * d + 7 * n * d + n * d * d + 2 * n * d * f
     if kind == "last":
-        return 2 * n * d * d + 2 * d * d + 2 * n * d + 2 * d * f
+        return 4 * d * d + 2 * n * h * d + 2 * d * f
     raise ValueError(f"Unknown layer kind {kind!r}; choose regular, single, retroactive or last.")
 
 
-def encoder_macs(*, layers: int, d: int, n: int, f: int, continual: bool) -> int:
-    """Clean MACs per prediction of an L-layer encoder (regular: every layer over the window)."""
+def encoder_macs(*, layers: int, d: int, n: int, f: int, continual: bool, h: int = 1) -> int:
+    """Clean MACs per prediction of an L-layer encoder (regular: every layer over the window).
+
+    ``h`` (heads) matters only for the last layer of a continual encoder of 2 or more layers.
+    """
     if layers < 1:
         raise ValueError(f"An encoder has at least one layer, got {layers}.")
     if not continual:
@@ -71,7 +78,7 @@ def encoder_macs(*, layers: int, d: int, n: int, f: int, continual: bool) -> int
     return (
         encoder_layer_macs("retroactive", d=d, n=n, f=f)
         + middle
-        + encoder_layer_macs("last", d=d, n=n, f=f)
+        + encoder_layer_macs("last", d=d, n=n, f=f, h=h)
     )
 
 
@@ -100,7 +107,7 @@ def oadtr_macs(
     D, d, n, h, f, C, L = d_in, d_model, window, heads, ffn, classes, blocks
     if convention == "clean":
         tokens = 1 if continual else n
-        enc = encoder_macs(layers=L, d=d, n=n, f=f, continual=continual)
+        enc = encoder_macs(layers=L, d=d, n=n, f=f, continual=continual, h=h)
         return tokens * D * d + enc + tokens * d * C
     if convention != "paper":
         raise ValueError(f"Unknown convention {convention!r}; choose 'clean' or 'paper'.")
@@ -255,7 +262,9 @@ def audio_setting_table(target: float = 51.5) -> list[dict[str, object]]:
     rows.append(
         _row("clean MACs (costream): regular = all n rows, head on every token", *both("clean"))
     )
-    last_row = n * D * d + encoder_layer_macs("last", d=d, n=n, f=f) + d * C
+    # a regular layer computing only the newest row: all n keys and values projected
+    newest_row = 2 * n * d * d + 2 * d * d + 2 * n * d + 2 * d * f
+    last_row = n * D * d + newest_row + d * C
     rows.append(
         _row("clean MACs, regular computes the newest row only", last_row, both("clean")[1])
     )

@@ -189,8 +189,10 @@ def nystrom_encoder_macs_delta(
     Add it to a softmax encoder count (``flops.encoder_macs``) to count the Nyström variant:
     regular layers swap 2 n² d for :func:`nystrom_macs`; a continual single-output first layer swaps
     2 n d, a retroactive one 7 n d, for :func:`continual_nystrom_macs`; the last layer after a
-    retroactive one swaps 2 n d for a one-row Nyström over the window. ``pinv`` is counted as the
-    iteration either way (nominal for the exact pinv).
+    retroactive one runs a one-row Nyström over the window, with the keys and values of all n rows
+    projected (2 n d² + 2 d² + 2 d f besides), in place of softmax's projection-free last layer
+    (``flops.encoder_layer_macs("last")``). ``pinv`` is counted as the iteration either way
+    (nominal for the exact pinv).
     """
     m, k = landmarks, pinv_iters
     full = nystrom_macs(n, d, h, m, k) - 2 * n * n * d
@@ -199,8 +201,12 @@ def nystrom_encoder_macs_delta(
     if layers == 1:
         return continual_nystrom_macs(n, d, h, m, False, landmark_mode, k) - 2 * n * d
     first = continual_nystrom_macs(n, d, h, m, True, landmark_mode, k) - 7 * n * d
-    last = nystrom_macs(n, d, h, m, k, rows=1) - 2 * n * d
-    return first + (layers - 2) * full + last
+    from .flops import encoder_layer_macs
+
+    f = 0  # the FFN terms cancel: both last layers run it on one row
+    softmax_last = encoder_layer_macs("last", d=d, n=n, f=f, h=h)
+    nystrom_last = 2 * n * d * d + 2 * d * d + nystrom_macs(n, d, h, m, k, rows=1)
+    return first + (layers - 2) * full + nystrom_last - softmax_last
 
 
 def validate_options(

@@ -542,5 +542,7 @@ def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "p
             classes=c.classes, blocks=c.blocks, continual=continual, convention=convention,
         )  # fmt: skip
     tokens = 1 if continual else c.window  # regular: every token of the window is embedded
-    enc = encoder_macs(layers=c.blocks, d=c.d_model, n=c.window, f=c.ffn, continual=continual)
+    enc = encoder_macs(
+        layers=c.blocks, d=c.d_model, n=c.window, f=c.ffn, continual=continual, h=c.heads
+    )
     return nystrom + tokens * c.embedding_macs() + enc + tokens * c.d_model * c.classes

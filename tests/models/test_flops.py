@@ -68,7 +68,7 @@ def test_formulas_match_torch_flop_counter(layers):
         layers=layers, d=d, n=n, f=f, continual=False
     )
     continual = measured_macs(lambda: enc.step(torch.randn(1, d), state))
-    formula = encoder_macs(layers=layers, d=d, n=n, f=f, continual=True)
+    formula = encoder_macs(layers=layers, d=d, n=n, f=f, continual=True, h=h)
     if layers == 1:
         assert continual == formula
     else:
