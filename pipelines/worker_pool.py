@@ -23,8 +23,8 @@ __all__ = ["serve"]
 
 log = logging.getLogger(__name__)
 
-# costream's element schemas name a logical type (numpy arrays) that must be registered before
-# the harness builds the pipeline's coders, i.e. before any costream DoFn is unpickled.
+# costream's element schemas are registered (RowCoder) before the harness builds the pipeline's
+# coders, so a worker decodes costream's rows as the submitting process encoded them.
 _HARNESS = (
     "import sys, torch; torch.set_num_threads(1); import costream.transforms.records; "
     "from apache_beam.runners.worker.sdk_worker import SdkHarness; "

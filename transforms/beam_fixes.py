@@ -23,6 +23,7 @@ __all__ = ["apply"]
 
 log = logging.getLogger(__name__)
 _APPLIED = False
+_BEAM_CLEAR: Any = None  # Beam's own clear, kept for tests and for undoing the fix
 
 
 def _clear(self: Any, state_key: Any) -> Any:
@@ -35,7 +36,7 @@ def _clear(self: Any, state_key: Any) -> Any:
 
 def apply() -> bool:
     """Install the fix in this process; returns whether it is in place."""
-    global _APPLIED
+    global _APPLIED, _BEAM_CLEAR
     if _APPLIED:
         return True
     try:
@@ -52,6 +53,7 @@ def apply() -> bool:
     ):
         log.warning("Beam's state cache changed: cleared stream state stays cached.")
         return False
+    _BEAM_CLEAR = GlobalCachingStateHandler.clear
     GlobalCachingStateHandler.clear = _clear
     _APPLIED = True
     return True

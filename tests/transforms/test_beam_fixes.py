@@ -56,10 +56,12 @@ def _churn(handler, cache, n):
     return size
 
 
-def test_cleared_cells_leave_no_cache_entries():
-    cache = StateCache(1 << 20)
-    left_before = _churn(sdk_worker.GlobalCachingStateHandler(cache, _Runner()), cache, 50)
-    assert beam_fixes.apply() and beam_fixes.apply()  # idempotent
+def test_cleared_cells_leave_no_cache_entries(monkeypatch):
+    assert beam_fixes.apply() and beam_fixes.apply()  # idempotent (other tests may have applied it)
+    with monkeypatch.context() as m:  # Beam's own clear, for the "before"
+        m.setattr(sdk_worker.GlobalCachingStateHandler, "clear", beam_fixes._BEAM_CLEAR)
+        cache = StateCache(1 << 20)
+        left_before = _churn(sdk_worker.GlobalCachingStateHandler(cache, _Runner()), cache, 50)
     cache = StateCache(1 << 20)
     left_after = _churn(sdk_worker.GlobalCachingStateHandler(cache, _Runner()), cache, 50)
     assert left_before == 50 and left_after == 0, (left_before, left_after)
