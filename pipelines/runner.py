@@ -97,7 +97,12 @@ def make_options(runner: str, extra: Sequence[str]) -> Any:
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     args = list(extra)
-    if runner not in EMBEDDED_RUNNERS:
+    if runner in EMBEDDED_RUNNERS:
+        # Beam YAML's own entry point pickles with cloudpickle; Beam 2.62's default (dill) cannot
+        # pickle some of Beam YAML's transforms (LogForTesting: "maximum recursion depth").
+        # In process only: Flink workers unpickle with the harness's default.
+        args = _with_defaults(args, {"pickle_library": "cloudpickle"})
+    else:
         args = [f"--runner={runner}", *args]
         # portable SDK workers keep Beam's state cache off unless asked (docs: ~86x slower reads)
         args = _with_defaults(args, {"max_cache_memory_usage_mb": "256"})

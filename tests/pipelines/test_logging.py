@@ -254,9 +254,9 @@ def test_costream_run_logs_for_people(kafka_broker, kafka_topics, tmp_path):
     )
 
     env["COSTREAM_GROUP_ID"] = f"g-{uuid.uuid4().hex[:8]}"
-    # Beam's dill pickler cannot pickle LogForTesting's function; Beam YAML's own entry point
-    # runs with cloudpickle, which costream run takes as a Beam option
-    beam_options = ["--pickle_library=cloudpickle"]
+    # Beam's dill pickler cannot pickle LogForTesting's function; costream run on the embedded
+    # runner pickles with cloudpickle as Beam YAML's own entry point does (no option needed)
+    beam_options: list[str] = []
     err = costream(env, "run", spec, "--until-idle", "2", "--status-every", "1", *beam_options)
     assert noise_in(err) == {}
     assert re.search(r'^\S+ \S+ INFO logtest: \{"greeting": "hello"\}$', err, re.M)  # LogForTesting
