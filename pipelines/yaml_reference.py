@@ -77,11 +77,11 @@ python -m apache_beam.yaml.main --yaml_pipeline_file=pipelines/specs/features.ya
 ```
 
 On Flink: `--runner=PortableRunner --job_endpoint=HOST:8099 --environment_type=EXTERNAL
---environment_config=HOST:50000 --streaming` (`costream flink status` prints the endpoints).
-Beam's default `DirectRunner` also runs them (without `--runner`): on the in-process runner
-`ContinualInference` declares no timer (its TTL check and idle sweep do that work), so Beam does
-not hand the pipeline to its bundle-based runner, which cannot run the Kafka reader. The
-FnApiRunner is what `costream run` uses.
+--environment_config=HOST:50000 --streaming` (`costream flink status` prints the endpoints). Beam's
+default `DirectRunner` cannot run these specs: `ContinualInference` declares a processing-time
+timer, for which Beam's direct runner hands the pipeline to its bundle-based runner, which does
+not run the Kafka reader's splittable DoFn. Use the FnApiRunner (what `costream run` uses), or
+`--runner=PortableRunner --job_endpoint=embed`.
 
 Values may be `${NAME}` or `${NAME:-default}`, read from the environment by the transforms
 themselves (so `yaml.main` gets them too); text becomes the number, boolean or null a key takes.

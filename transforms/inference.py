@@ -608,12 +608,6 @@ class ContinualInferenceFn(beam.DoFn):
         stream=beam.DoFn.StateParam(STREAM),
         idle=beam.DoFn.TimerParam(IDLE),
     ) -> Iterator[Any]:
-        yield from self._step(element, stream)
-        if self.idle_timer and self.idle_timeout_s is not None and element[1].frame_index != _SWEEP:
-            idle.set(Timestamp.now() + Duration(seconds=self.idle_timeout_s))
-
-    def _step(self, element: tuple[str, Any], stream: Any) -> Iterator[Any]:
-        """One element of the keyed input: a frame (or a sweep token) against its stream's cell."""
         stream_id, rec = element
         if rec.frame_index == _SWEEP:
             self._expire(stream_id, rec.ts_ms, stream)
@@ -657,6 +651,8 @@ class ContinualInferenceFn(beam.DoFn):
             self.state_size.update(result.state_bytes)
             if self._streams is not None:
                 self._streams.seen(stream_id, int(time.time() * 1000), len(blob))
+        if self.idle_timer and self.idle_timeout_s is not None:
+            idle.set(Timestamp.now() + Duration(seconds=self.idle_timeout_s))
         self.read_us.update(round((t1 - t0) / 1e3))
         self.serde_us.update(round(result.decode_us + result.encode_us))
         det = result.detection
@@ -674,22 +670,6 @@ class ContinualInferenceFn(beam.DoFn):
     def on_idle(self, stream=beam.DoFn.StateParam(STREAM)) -> None:
         stream.clear()
         self.idle_cleared.inc()
-
-
-class _TtlInferenceFn(ContinualInferenceFn):
-    """:class:`ContinualInferenceFn` without the idle timer (``idle_timer=False``).
-
-    The TTL and the sweep do the timer's work. Declaring no timer matters: Beam's DirectRunner
-    sends any pipeline with a processing-time timer to its bundle-based runner, which cannot run
-    the Kafka reader.
-    """
-
-    def process(  # type: ignore[override]
-        self, element: tuple[str, Any], stream=beam.DoFn.StateParam(ContinualInferenceFn.STREAM)
-    ) -> Iterator[Any]:
-        yield from self._step(element, stream)
-
-    on_idle = None  # type: ignore[assignment]  # no timer, no callback
 
 
 class ContinualInference(beam.PTransform):
@@ -732,8 +712,9 @@ class ContinualInference(beam.PTransform):
             raise ValueError(f"max_fill must be >= 0 frames, got {max_fill}.")
         if max_jump < 1:
             raise ValueError(f"max_jump must be >= 1 frame, got {max_jump}.")
-        fn_class = ContinualInferenceFn if idle_timer else _TtlInferenceFn
-        self.fn = fn_class(weights, gap_policy, max_fill, idle_timeout_s, idle_timer, max_jump)
+        self.fn = ContinualInferenceFn(
+            weights, gap_policy, max_fill, idle_timeout_s, idle_timer, max_jump
+        )
         self.sweep_every_s = 1.0  # seconds between idle sweeps where a TTL replaces the timer
 
     def expand(self, frames: beam.PCollection) -> dict[str, beam.PCollection]:

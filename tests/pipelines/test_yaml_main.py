@@ -170,9 +170,7 @@ def test_beams_own_transforms_between_costreams(kafka_broker, kafka_topics, tmp_
     producer.flush()
     producer.close()
 
-    # Beam's default runner, as a Beam user would run it (no --runner): the TTL variant of the
-    # inference DoFn declares no timer, so the DirectRunner does not pick its bundle-based runner
-    run_yaml_main(spec, os.environ.copy(), ROOT)
+    run_yaml_main(spec, os.environ.copy(), ROOT, FN_API_RUNNER)
 
     out = [strip(m.value) for m in consume_all(kafka_broker.bootstrap, t_out)]
     every = {(d["stream_id"], d["frame_index"]): d for d in out}
