@@ -221,7 +221,9 @@ def test_submitter_command_parses_with_cli_and_beam(services, monkeypatch):
     loaded = load_spec(spec)  # validates every costream transform's config
     types = [t["type"] for t in loaded["pipeline"]["transforms"]]
     assert "ExtractFeatures" in types and "ContinualInference" in types
-    reads = [t["config"] for t in loaded["pipeline"]["transforms"] if t["type"] == "ReadFramesFromKafka"]
+    reads = [
+        t["config"] for t in loaded["pipeline"]["transforms"] if t["type"] == "ReadFramesFromKafka"
+    ]
     assert reads and all(r["bootstrap_servers"] == "kafka:9092" for r in reads)
 
     opts = PipelineOptions(extra)
