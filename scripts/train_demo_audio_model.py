@@ -15,7 +15,7 @@ backbone (16 kHz, 64 mels, patch 8 x hop 160: one 80 ms chunk of 1280 samples ->
    (``SyntheticAudio.chunk_labels``: the label covering most of each chunk).
 2. Turn every chunk into a token exactly as the pipeline does: stream-contract record ->
    :func:`costream.transforms.decode.decode_record` (L16 -> float) -> the backbone of
-   ``BackboneConfig("logmel")`` (:class:`~costream.transforms.audio_features.LogMelSpectrogram`,
+   ``BackboneConfig("logmel")`` (:class:`~costream.models.logmel.LogMelSpectrogram`,
    batched, as ``FeatureModelHandler``).
 3. Train a small ``audio_b2`` (conv front-end, 2 blocks, d = 32, window 8 = 640 ms: 21 k
    parameters, 92 kB), check the continual model's validation mAP equals the regular
@@ -34,9 +34,11 @@ import torch
 from costream.connectors.sources import DEFAULT_CHUNK_MS, SYNTHETIC_AUDIO_SECONDS, open_source
 from costream.connectors.synthetic import AUDIO_CLASSES, synthetic_audio
 from costream.models.data import OadDataset, Video, one_hot
+from costream.models.logmel import LogMelOptions
 from costream.models.train import TrainConfig, check_continual, train_model
 from costream.models.zoo import get_model, save_model
-from costream.transforms.backbones import BackboneConfig, record_features
+from costream.transforms.backbones import BackboneConfig
+from costream.transforms.feature_handler import record_features
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     # 1-2. synthetic clips -> pipeline records -> logmel tokens (train and validation seeds differ)
-    bcfg = BackboneConfig(BACKBONE, rate=RATE)
+    bcfg = BackboneConfig(BACKBONE, logmel=LogMelOptions(rate=RATE))
     if bcfg.chunk_samples != round(RATE * DEFAULT_CHUNK_MS / 1000):
         raise SystemExit(f"open_source's {DEFAULT_CHUNK_MS} ms chunks do not fit {bcfg}")
     net = bcfg.build()
@@ -118,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         "backbone": {
             "name": BACKBONE,
             "rate": RATE,
-            "n_mels": bcfg.n_mels,
-            "patch": bcfg.patch,
-            "hop_length": bcfg.hop_length,
+            "n_mels": bcfg.logmel.n_mels,
+            "patch": bcfg.logmel.patch,
+            "hop_length": bcfg.logmel.hop_length,
             "chunk_samples": bcfg.chunk_samples,
             "feature_dim": bcfg.feature_dim,
         },

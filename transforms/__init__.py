@@ -4,9 +4,9 @@ The main entry points, re-exported lazily so that ``import costream.transforms``
 (torch and Beam load on first use, as in :mod:`costream.connectors`):
 
 - :mod:`~costream.transforms.decode`: ``DecodeFrames``, ``decode_record``;
-- :mod:`~costream.transforms.backbones`: ``ExtractFeatures`` (RunInference), ``BackboneConfig``,
-  ``FeatureModelHandler``, ``BACKBONES``;
-- :mod:`~costream.transforms.audio_features`: ``LogMelSpectrogram``;
+- :mod:`~costream.transforms.features`: ``ExtractFeatures`` (RunInference);
+- :mod:`~costream.transforms.backbones`: ``BackboneConfig``, ``BACKBONES``;
+- :mod:`~costream.transforms.feature_handler`: ``FeatureModelHandler``;
 - :mod:`~costream.transforms.subclips`: ``AssembleSubclips`` and the plain ``SubclipAssembler``
   (each stream's last 1 s from 0.25 s chunks, for the ``vggish`` backbone);
 - :mod:`~costream.transforms.inference`: ``ContinualInference`` (each stream's continual state in
@@ -25,11 +25,10 @@ from typing import Any
 _EXPORTS = {
     "DecodeFrames": "decode",
     "decode_record": "decode",
-    "ExtractFeatures": "backbones",
+    "ExtractFeatures": "features",
     "BackboneConfig": "backbones",
-    "FeatureModelHandler": "backbones",
+    "FeatureModelHandler": "feature_handler",
     "BACKBONES": "backbones",
-    "LogMelSpectrogram": "audio_features",
     "AssembleSubclips": "subclips",
     "SubclipAssembler": "subclips",
     "ContinualInference": "inference",

@@ -508,7 +508,7 @@ def test_near_limit_input_is_dead_lettered_by_extract_features_and_truncated(
 ):
     # An input record the broker took (it fits in 1 MiB) whose audio the logmel backbone
     # refuses: its dead letter (the record plus the reason) is over 1 MiB and is cut to fit.
-    from costream.transforms.backbones import ExtractFeatures
+    from costream.transforms.features import ExtractFeatures
     from costream.transforms.records import DEAD_LETTER
 
     bs, t_in, t_dlq = kafka_broker.bootstrap, kafka_topics(), kafka_topics()

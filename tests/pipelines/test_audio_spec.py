@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from costream.connectors import codecs, sources
 from costream.connectors.synthetic import synthetic_audio
+from costream.models.logmel import LogMelOptions
 from costream.models.zoo import read_card
 from costream.pipelines.offline import score_records
 from costream.pipelines.spec import load_spec
@@ -36,7 +37,7 @@ def test_default_audio_chunk_is_the_spec_backbone_chunk(spec_defaults):
 
     config = next(t["config"] for t in load_spec(SPEC)["pipeline"]["transforms"]
                   if t["type"] == "ExtractFeatures")  # fmt: skip
-    backbone = BackboneConfig(config["backbone"], rate=config["rate"])
+    backbone = BackboneConfig(config["backbone"], logmel=LogMelOptions(rate=config["rate"]))
     assert sources.DEFAULT_CHUNK_MS == DEFAULT_CHUNK_MS == backbone.chunk_samples * 1000 // 16000
     (rec,) = produced(1)
     frame = codecs.decode_frame(rec.key, rec.value, rec.headers)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from costream.connectors import codecs, sources
 from costream.connectors.synthetic import synthetic_audio
+from costream.models.logmel import LogMelOptions
 from costream.models.vggish import VGGishConfig, VGGishFrontEnd, save_vggish
 from costream.models.zoo import read_card
 from costream.pipelines.offline import score_records
@@ -43,7 +44,9 @@ def small_vggish(tmp_path, monkeypatch):
 def spec_backbone():
     config = next(t["config"] for t in load_spec(SPEC)["pipeline"]["transforms"]
                   if t["type"] == "ExtractFeatures")  # fmt: skip
-    return BackboneConfig(config["backbone"], weights=config["weights"], rate=config["rate"])
+    return BackboneConfig(
+        config["backbone"], weights=config["weights"], logmel=LogMelOptions(rate=config["rate"])
+    )
 
 
 def chunks(stream, seconds, seed, skip=()):

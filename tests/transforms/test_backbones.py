@@ -1,4 +1,3 @@
-import math
 from pathlib import Path
 
 import apache_beam as beam
@@ -11,22 +10,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from costream.connectors import codecs
 from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
 from costream.connectors.kafka_io import as_outgoing
+from costream.models.logmel import LogMelOptions, LogMelSpectrogram
+from costream.models.resnet import resnet18
 from costream.models.weights import WeightsError, save_weights
-from costream.transforms.audio_features import (
-    LogMelSpectrogram,
-    hz_to_mel,
-    logmel_tokens,
-    mel_filterbank,
-    mel_to_hz,
-)
-from costream.transforms.backbones import (
-    BackboneConfig,
-    ExtractFeatures,
-    FeatureModelHandler,
-    normalize_imagenet,
-    resnet18,
-)
+from costream.transforms.backbones import BackboneConfig
 from costream.transforms.decode import decode_record, resize_rgb
+from costream.transforms.feature_handler import FeatureModelHandler
+from costream.transforms.features import ExtractFeatures
 from costream.transforms.records import FeatureRecord, as_array
 
 
@@ -54,23 +44,13 @@ def _small(**kw):
 
 
 # -- CNN -------------------------------------------------------------------------------------------
-def test_resnet18_parameter_count_and_dims():
-    assert sum(p.numel() for p in resnet18().parameters()) == 11_176_512  # torchvision minus fc
-    assert resnet18(0.25).dim == 128
+def test_backbone_dims_by_name():
+    # the module itself: tests/models/test_resnet.py
     assert BackboneConfig("resnet18", weights="random").feature_dim == 512
     assert BackboneConfig("resnet18", weights="random").image_size == (224, 224)
     assert BackboneConfig("resnet18_small", weights="random").image_size == (112, 112)
-    keys = set(resnet18().state_dict())
-    assert {"conv1.weight", "bn1.running_var", "layer2.0.downsample.0.weight"} <= keys
-    assert not any(k.startswith("fc.") for k in keys)
-
-
-def test_normalize_imagenet_by_hand():
-    x = torch.tensor([[[[0, 255, 128]]]], dtype=torch.uint8)  # (1, 1, 1, 3)
-    y = normalize_imagenet(x)
-    assert y.shape == (1, 3, 1, 1)
-    want = [(0 - 0.485) / 0.229, (1 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
-    torch.testing.assert_close(y.flatten(), torch.tensor(want))
+    assert BackboneConfig("logmel").feature_dim == 512
+    assert BackboneConfig("logmel", logmel=LogMelOptions(patch=4)).chunk_samples == 640
 
 
 def test_resnet_shape_determinism_and_batch_rows():
@@ -107,39 +87,6 @@ def test_weights_round_trip_and_refusals(tmp_path):
         BackboneConfig("vgg")
     with pytest.raises(TypeError, match="colour"):
         ExtractFeatures("identity", colour=1)
-
-
-# -- log-mel ---------------------------------------------------------------------------------------
-def test_mel_filterbank_hand_computed():
-    # 8 kHz, 8-point FFT: bins at 0, 1, 2, 3, 4 kHz; one triangle from 0 Hz to 4 kHz whose
-    # peak sits halfway in HTK mel: 700 * (sqrt(1 + 4000/700) - 1) Hz.
-    c = 700 * (math.sqrt(47 / 7) - 1)
-    assert mel_to_hz(hz_to_mel(4000.0) / 2) == pytest.approx(c)
-    fb = mel_filterbank(1, 8, 8000)
-    assert fb.shape == (5, 1)
-    want = [0.0, 1000 / c, (4000 - 2000) / (4000 - c), (4000 - 3000) / (4000 - c), 0.0]
-    np.testing.assert_allclose(fb[:, 0], want, rtol=1e-6)
-    fb = mel_filterbank(64, 512, 16000)
-    assert fb.shape == (257, 64) and fb.max() <= 1.0 and (fb.sum(axis=0) > 0).all()
-
-
-def test_logmel_tone_lands_in_its_mel_band():
-    fe = LogMelSpectrogram()
-    assert (fe.chunk_samples, fe.dim, fe.chunk_ms) == (1280, 512, 80.0)
-    t = np.arange(1280) / 16000
-    tone = torch.from_numpy((0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))[None]
-    y = fe(tone).reshape(64, 8)  # mel-bin major
-    fb = mel_filterbank(64, 512, 16000)
-    assert int(y.mean(dim=1).argmax()) == int(fb[32].argmax())  # bin 32 = 1000 Hz
-    with pytest.raises(ValueError, match="1280 samples"):
-        fe(torch.zeros(1, 1000))
-    # A whole signal, token by token, equals the chunks one at a time.
-    x = np.random.default_rng(0).standard_normal(1280 * 3 + 100).astype(np.float32) * 0.1
-    tokens = logmel_tokens(x, fe)
-    assert tokens.shape == (3, 512)
-    torch.testing.assert_close(
-        torch.from_numpy(tokens[2]), fe(torch.from_numpy(x[2560:3840])[None])[0]
-    )
 
 
 # -- handler, without Beam ----------------------------------------------------------------------
@@ -275,7 +222,7 @@ def test_extract_features_loses_nothing_and_never_moves_time_back(duration, runn
         yield e, ts
 
     pipeline = BeamPipeline() if runner == "FnApiRunner" else _TestPipeline(runner=runner)
-    with caplog.at_level("WARNING", logger="costream.transforms.backbones"), pipeline as p:
+    with caplog.at_level("WARNING", logger="costream.transforms.features"), pipeline as p:
         out = (
             p
             | beam.Create(recs)
@@ -337,7 +284,7 @@ def test_extract_features_refuses_bad_max_payload_bytes(bad):
 
 @pytest.mark.parametrize("spec", ["video", "audio", "features"])
 def test_specs_take_max_payload_bytes_from_the_environment(spec, monkeypatch):
-    from costream.pipelines import yaml_config
+    from costream.pipelines import configs as yaml_config
     from costream.pipelines.spec import load_spec
 
     path = Path(__file__).resolve().parents[2] / "pipelines" / "specs" / f"{spec}.yaml"
@@ -355,7 +302,7 @@ def test_specs_take_max_payload_bytes_from_the_environment(spec, monkeypatch):
 
 
 def test_record_features_is_the_pipelines_path_offline():
-    from costream.transforms.backbones import BackboneConfig, record_features
+    from costream.transforms.feature_handler import record_features
 
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((5, 6)).astype(np.float32)
@@ -371,7 +318,7 @@ def test_record_features_is_the_pipelines_path_offline():
 @pytest.mark.parametrize("backbone", ["resnet18_small", "logmel"])
 def test_features_do_not_depend_on_how_frames_are_batched(backbone):
     """Streaming batches group frames by arrival; `costream score` must see the same features."""
-    from costream.transforms.backbones import BackboneConfig, _features
+    from costream.transforms.feature_handler import batch_features
 
     cfg = BackboneConfig(backbone, **({"weights": "random"} if backbone != "logmel" else {}))
     net, rng = cfg.build(), np.random.default_rng(0)
@@ -379,10 +326,10 @@ def test_features_do_not_depend_on_how_frames_are_batched(backbone):
         inputs = [rng.standard_normal(cfg.chunk_samples).astype(np.float32) for _ in range(9)]
     else:
         inputs = [rng.integers(0, 255, (*cfg.image_size, 3), dtype=np.uint8) for _ in range(9)]
-    batched = _features(net, inputs)
+    batched = batch_features(net, inputs)
     for i in (0, 4, 8):
-        np.testing.assert_array_equal(_features(net, [inputs[i]])[0], batched[i])
-    np.testing.assert_array_equal(_features(net, inputs[3:5])[1], batched[4])
+        np.testing.assert_array_equal(batch_features(net, [inputs[i]])[0], batched[i])
+    np.testing.assert_array_equal(batch_features(net, inputs[3:5])[1], batched[4])
 
 
 def test_feature_counters_have_stage_names():

@@ -8,6 +8,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from costream.connectors import codecs
 from costream.connectors.kafka_io import KafkaRecord
+from costream.models.logmel import LogMelOptions
 from costream.models.state import StateFormatError
 from costream.models.vggish import (
     SUBCLIP_SAMPLES,
@@ -18,7 +19,9 @@ from costream.models.vggish import (
     save_vggish,
     vggish_patches,
 )
-from costream.transforms.backbones import BackboneConfig, ExtractFeatures, record_features
+from costream.transforms.backbones import BackboneConfig
+from costream.transforms.feature_handler import record_features
+from costream.transforms.features import ExtractFeatures
 from costream.transforms.records import as_array
 from costream.transforms.subclips import History, SubclipAssembler
 
@@ -123,7 +126,7 @@ def test_vggish_backbone_config():
     with pytest.raises(ValueError, match="needs weights"):
         BackboneConfig("vggish")
     with pytest.raises(ValueError, match="16000 Hz"):
-        BackboneConfig("vggish", weights="random", rate=8000)
+        BackboneConfig("vggish", weights="random", logmel=LogMelOptions(rate=8000))
 
 
 def chunk_records(stream, x, start=0):

@@ -19,23 +19,96 @@ docs/continual-attention.md §6.1):
    ``melscale_fbanks(..., norm=None, mel_scale="htk")``).
 4. ``log(mel + 1e-6)`` (natural log).
 
-Training data for the audio model must be made with the same module (:func:`logmel_tokens`), so
-that what a stream sees equals what the model was trained on.
+The settings are one :class:`LogMelOptions` (the single definition of their names, defaults and
+checks; the ``logmel`` backbone takes the same object). Training data for the audio model must
+be made with the same module (:func:`logmel_tokens`), so that what a stream sees equals what
+the model was trained on.
 
 Example:
     >>> import torch
-    >>> fe = LogMelSpectrogram(rate=16000, n_mels=64, patch=8)
+    >>> fe = LogMelSpectrogram(LogMelOptions(rate=16000, n_mels=64, patch=8))
     >>> fe.chunk_samples, fe(torch.zeros(2, 1280)).shape
     (1280, torch.Size([2, 512]))
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LogMelSpectrogram", "hz_to_mel", "logmel_tokens", "mel_filterbank", "mel_to_hz"]
+__all__ = [
+    "LogMelOptions",
+    "LogMelSpectrogram",
+    "hz_to_mel",
+    "logmel_tokens",
+    "mel_filterbank",
+    "mel_to_hz",
+]
+
+
+@dataclass(frozen=True)
+class LogMelOptions:
+    """Settings of the log-mel front-end; :meth:`validate` says whether they can run.
+
+    Args:
+        rate: sample rate in Hz.
+        n_mels: mel bins per frame.
+        patch: spectrogram frames per token (one chunk = one model step).
+        hop_length: samples between spectrogram frames.
+        win_length: Hann window length in samples (at most ``n_fft``).
+        n_fft: FFT size.
+        f_min, f_max: the filterbank's frequency range in Hz (``f_max`` None: ``rate / 2``).
+        eps: added to the mel power before the log.
+
+    Construction does not validate (a backbone config carries these defaults even when its
+    backbone has no log-mel front-end); :class:`LogMelSpectrogram` and the ``logmel`` backbone
+    call :meth:`validate`.
+
+    Example:
+        >>> LogMelOptions(patch=4).chunk_samples
+        640
+    """
+
+    rate: int = 16000
+    n_mels: int = 64
+    patch: int = 8
+    hop_length: int = 160
+    win_length: int = 400
+    n_fft: int = 512
+    f_min: float = 0.0
+    f_max: float | None = None
+    eps: float = 1e-6
+
+    @property
+    def chunk_samples(self) -> int:
+        """Samples per chunk (= per model step): ``patch * hop_length``."""
+        return self.patch * self.hop_length
+
+    @property
+    def dim(self) -> int:
+        """Values per token: ``n_mels * patch``."""
+        return self.n_mels * self.patch
+
+    @property
+    def chunk_ms(self) -> float:
+        """Chunk duration in ms."""
+        return 1000.0 * self.chunk_samples / self.rate
+
+    def validate(self) -> None:
+        """Raise ``ValueError``, in a sentence, if the front-end cannot run with these settings."""
+        sizes = (self.rate, self.n_mels, self.patch, self.hop_length, self.win_length, self.n_fft)
+        if min(sizes) < 1:
+            raise ValueError("rate, n_mels, patch, hop_length, win_length, n_fft must be positive.")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length={self.win_length} must not exceed n_fft={self.n_fft}.")
+        if self.n_fft // 2 >= self.chunk_samples:
+            raise ValueError(
+                f"A chunk of {self.chunk_samples} samples is too short for reflect padding of "
+                f"n_fft // 2 = {self.n_fft // 2}; use a larger patch or hop_length."
+            )
 
 
 def hz_to_mel(f: np.ndarray | float) -> np.ndarray | float:
@@ -76,52 +149,37 @@ class LogMelSpectrogram(nn.Module):
     """PCM chunks (B, patch * hop_length) in [-1, 1) -> log-mel tokens (B, n_mels * patch).
 
     Has no parameters (window and filterbank are non-persistent buffers), so it needs no weights.
-    Raises ``ValueError`` when a chunk does not hold exactly :attr:`chunk_samples` samples.
+    Raises ``ValueError`` for settings :meth:`LogMelOptions.validate` refuses, and when a chunk
+    does not hold exactly :attr:`chunk_samples` samples.
     """
 
-    def __init__(
-        self,
-        rate: int = 16000,
-        n_mels: int = 64,
-        patch: int = 8,
-        hop_length: int = 160,
-        win_length: int = 400,
-        n_fft: int = 512,
-        f_min: float = 0.0,
-        f_max: float | None = None,
-        eps: float = 1e-6,
-    ) -> None:
+    def __init__(self, options: LogMelOptions | None = None) -> None:
         super().__init__()
-        if min(rate, n_mels, patch, hop_length, win_length, n_fft) < 1:
-            raise ValueError("rate, n_mels, patch, hop_length, win_length, n_fft must be positive.")
-        if win_length > n_fft:
-            raise ValueError(f"win_length={win_length} must not exceed n_fft={n_fft}.")
-        self.rate, self.n_mels, self.patch = rate, n_mels, patch
-        self.hop_length, self.win_length, self.n_fft, self.eps = hop_length, win_length, n_fft, eps
-        if n_fft // 2 >= self.chunk_samples:
-            raise ValueError(
-                f"A chunk of {self.chunk_samples} samples is too short for reflect padding of "
-                f"n_fft // 2 = {n_fft // 2}; use a larger patch or hop_length."
-            )
-        window = torch.hann_window(win_length, periodic=True, dtype=torch.float32)
+        options = LogMelOptions() if options is None else options
+        options.validate()
+        self.options = options
+        self.rate, self.n_mels, self.patch = options.rate, options.n_mels, options.patch
+        self.hop_length, self.win_length = options.hop_length, options.win_length
+        self.n_fft, self.eps = options.n_fft, options.eps
+        window = torch.hann_window(self.win_length, periodic=True, dtype=torch.float32)
         self.register_buffer("window", window, persistent=False)
-        fb = torch.from_numpy(mel_filterbank(n_mels, n_fft, rate, f_min, f_max))  # (F, M)
-        self.register_buffer("fb", fb, persistent=False)
+        fb = mel_filterbank(self.n_mels, self.n_fft, self.rate, options.f_min, options.f_max)
+        self.register_buffer("fb", torch.from_numpy(fb), persistent=False)  # (F, M)
 
     @property
     def chunk_samples(self) -> int:
         """Samples per chunk (= per model step): ``patch * hop_length``."""
-        return self.patch * self.hop_length
+        return self.options.chunk_samples
 
     @property
     def dim(self) -> int:
         """Values per token: ``n_mels * patch``."""
-        return self.n_mels * self.patch
+        return self.options.dim
 
     @property
     def chunk_ms(self) -> float:
         """Chunk duration in ms."""
-        return 1000.0 * self.chunk_samples / self.rate
+        return self.options.chunk_ms
 
     def forward(self, x: Tensor) -> Tensor:
         """Log-mel tokens of a batch of chunks: (B, chunk_samples) -> (B, n_mels * patch)."""
