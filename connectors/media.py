@@ -60,18 +60,36 @@ def _resize(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
+def _upright(rgb: np.ndarray, rotation: int | float | None) -> np.ndarray:
+    """Turn a decoded frame the way its display matrix says (``VideoFrame.rotation``).
+
+    ``rotation`` is the counter-clockwise angle in degrees that the display matrix applies (a
+    phone's ``rotate: 90`` tag reads back as -90, a quarter turn clockwise), as ffmpeg's own
+    ``autorotate`` applies it. Only quarter turns occur in practice; others are rounded to one.
+    """
+    k = int(round((rotation or 0) / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+
 def read_video_frames(
     path: str | os.PathLike[str],
     fps: float | None = None,
     size: tuple[int, int] | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Decode the first video stream of any container ffmpeg reads.
+    """Decode the first video stream of any container ffmpeg reads, one frame at a time.
 
-    Yields ``(index, ts_ms, rgb)`` with consecutive indices from 0. Without ``fps`` every decoded
-    frame is yielded with its presentation time. With ``fps`` the output is resampled to a fixed
-    grid: output frame ``k`` has ``ts_ms = round(1000 * k / fps)`` and shows the first source frame
-    whose time is at or after that instant (frames are dropped to slow down, repeated to speed
-    up). ``size=(width, height)`` resizes with OpenCV (area interpolation when shrinking).
+    Yields ``(index, ts_ms, rgb)`` with consecutive indices from 0, lazily: memory does not grow
+    with the file's length. Frames come out upright: a display matrix (the ``rotate`` tag of
+    phone videos) is applied as ffmpeg's ``autorotate`` does, so a portrait clip stored as
+    landscape yields portrait frames. Without ``fps`` every decoded frame is yielded with its
+    presentation time. With ``fps`` the output is resampled to a fixed grid: output frame ``k``
+    has ``ts_ms = round(1000 * k / fps)`` and shows the first source frame whose time is at or
+    after that instant (frames are dropped to slow down, repeated to speed up); the grid covers
+    the clip's whole duration (the last frame lasts its own duration), so 10 s at any source rate
+    give ``10 * fps`` frames. Times are compared within one tick of the stream's time base,
+    because containers store rounded times (Matroska keeps milliseconds: frame 599 of a 60 fps
+    clip is at 9.983 s, not 9.98333 s). ``size=(width, height)`` resizes the upright frame with
+    OpenCV (area interpolation when shrinking).
     """
     if fps is not None and fps <= 0:
         raise ValueError(f"fps must be positive or None, got {fps!r}.")
@@ -81,53 +99,78 @@ def read_video_frames(
             raise MediaError(f"{os.fspath(path)!r} has no video stream.")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        tick = float(stream.time_base) if stream.time_base else 0.0
+        tol = max(1e-6, min(tick, 0.25 / rate))  # one tick, never a sizeable part of a frame
         t0: float | None = None
         index = 0
-        for frame in container.decode(stream):
-            t = (
-                float(frame.time)
-                if frame.time is not None
-                else index / float(stream.average_rate or 25)
-            )
+        last: tuple[float, float, av.VideoFrame] | None = None  # (time, duration, frame)
+
+        def rgb_of(frame: av.VideoFrame) -> np.ndarray:
+            return _resize(_upright(frame.to_ndarray(format="rgb24"), frame.rotation), size)
+
+        for n, frame in enumerate(container.decode(stream)):
+            t = float(frame.time) if frame.time is not None else n / rate
             t0 = t if t0 is None else t0
             t -= t0
-            rgb: np.ndarray | None = None
             if fps is None:
-                rgb = _resize(frame.to_ndarray(format="rgb24"), size)
-                yield index, int(round(t * 1000)), rgb
+                yield index, int(round(t * 1000)), rgb_of(frame)
                 index += 1
                 continue
+            duration = float(frame.duration * frame.time_base) if frame.duration else 0.0
+            last = (t, duration if duration > 0 else 1.0 / rate, frame)
             # Emit this frame for every grid slot it is the first frame at or after.
-            while index / fps <= t + 1e-6:
+            rgb: np.ndarray | None = None
+            while index / fps <= t + tol:
                 if rgb is None:
-                    rgb = _resize(frame.to_ndarray(format="rgb24"), size)
+                    rgb = rgb_of(frame)
+                yield index, int(round(1000 * index / fps)), rgb
+                index += 1
+        if last is not None:  # the slots within the last frame's duration show the last frame
+            t, duration, frame = last
+            rgb = None
+            while index / fps < t + duration - tol:
+                if rgb is None:
+                    rgb = rgb_of(frame)
                 yield index, int(round(1000 * index / fps)), rgb
                 index += 1
 
 
 def read_audio_chunks(
-    path: str | os.PathLike[str], rate: int, chunk_samples: int
+    path: str | os.PathLike[str], rate: int, chunk_samples: int, *, stream: int = 0
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Decode the first audio stream, mix to mono, resample to ``rate`` Hz, cut into chunks.
+    """Decode one audio stream, mix to mono, resample to ``rate`` Hz, cut into chunks.
 
-    Yields ``(index, ts_ms, samples)`` with ``samples`` float32 of shape (chunk_samples,) and
-    ``ts_ms = round(1000 * index * chunk_samples / rate)``. The last chunk is zero-padded.
+    ``stream`` is the index among the file's audio streams (0: the first, also the audio track
+    of a video file). Yields ``(index, ts_ms, samples)`` lazily with ``samples`` float32 of shape
+    (chunk_samples,) and ``ts_ms = round(1000 * index * chunk_samples / rate)``. The last chunk
+    is zero-padded.
+
+    Raises:
+        MediaError: the file has no audio stream, or fewer than ``stream + 1``.
     """
     if rate <= 0 or chunk_samples <= 0:
         raise ValueError(
             f"rate and chunk_samples must be positive, got {rate} and {chunk_samples}."
         )
+    if isinstance(stream, bool) or not isinstance(stream, int) or stream < 0:
+        raise ValueError(f"stream must be an audio stream index >= 0, got {stream!r}.")
     with _open(path) as container:
         if not container.streams.audio:
             raise MediaError(f"{os.fspath(path)!r} has no audio stream.")
-        stream = container.streams.audio[0]
+        if stream >= len(container.streams.audio):
+            raise MediaError(
+                f"{os.fspath(path)!r} has {len(container.streams.audio)} audio stream(s), so no "
+                f"audio stream {stream}; valid: 0 to {len(container.streams.audio) - 1}."
+            )
+        audio = container.streams.audio[stream]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
         pending: list[np.ndarray] = []
         buffered = 0
         index = 0
 
         def frames() -> Iterator[av.AudioFrame]:
-            for frame in container.decode(stream):
+            for frame in container.decode(audio):
                 yield from resampler.resample(frame)
             yield from resampler.resample(None)  # flush the resampler
 

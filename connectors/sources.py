@@ -58,6 +58,7 @@ def open_source(
     start_ms: int | None = None,
     jpeg_quality: int = 90,
     seed: int = 0,
+    audio_stream: int | None = None,
 ) -> Source:
     """Open ``source`` and return its records lazily (see the module docstring).
 
@@ -67,9 +68,15 @@ def open_source(
     Audio is resampled to ``rate`` Hz mono and cut into ``chunk_ms`` chunks (default
     :data:`DEFAULT_CHUNK_MS` = 80 ms, what the ``logmel`` backbone takes at 16 kHz; the last chunk
     of ``synthetic:audio`` is zero-padded to full length). ``limit`` caps the number of records.
+    A media file with video gives its video frames unless ``audio_stream`` picks one of its
+    audio streams by index (0: the first; e.g. the sound track of a video, for an audio model).
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be a positive number of records, got {limit}.")
+    if audio_stream is not None and (
+        isinstance(audio_stream, bool) or not isinstance(audio_stream, int) or audio_stream < 0
+    ):
+        raise ValueError(f"audio_stream must be an index >= 0, got {audio_stream!r}.")
     start = int(time.time() * 1000) if start_ms is None else int(start_ms)
 
     def frames_to_records(
@@ -173,18 +180,26 @@ def open_source(
 
     try:
         with av.open(source) as probe:
-            has_video, has_audio = bool(probe.streams.video), bool(probe.streams.audio)
+            has_video, n_audio = bool(probe.streams.video), len(probe.streams.audio)
             n_video = probe.streams.video[0].frames if has_video else 0
     except av.FFmpegError as err:
         raise media.MediaError(f"ffmpeg cannot open {source!r}: {err}.") from err
-    if has_video and (content_type is None or content_type in IMAGE_CONTENT_TYPES):
+    if audio_stream is not None and audio_stream >= n_audio:
+        raise media.MediaError(
+            f"{source!r} has {n_audio} audio stream(s), so no audio stream {audio_stream}"
+            + (f"; valid: 0 to {n_audio - 1}." if n_audio else ".")
+        )
+    if (
+        has_video
+        and audio_stream is None
+        and (content_type is None or content_type in IMAGE_CONTENT_TYPES)
+    ):
         count = None if fps is not None or not n_video else min(n_video, limit or n_video)
         return Source("video", frames_to_records(media.read_video_frames(source, fps, size)), count)
-    if has_audio:
+    if n_audio:
         _audio_only(content_type, rate, source)
-        return Source(
-            "audio", chunks_to_records(media.read_audio_chunks(source, rate, chunk_samples)), None
-        )
+        chunks = media.read_audio_chunks(source, rate, chunk_samples, stream=audio_stream or 0)
+        return Source("audio", chunks_to_records(chunks), None)
     raise media.MediaError(f"{source!r} has neither a video nor an audio stream.")
 
 

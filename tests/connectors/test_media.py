@@ -28,8 +28,11 @@ def test_video_resample_and_resize(video_file):
     assert slow[0][2].shape == (24, 32, 3)
     fast = list(media.read_video_frames(path, fps=20))
     assert [i for i, _, _ in fast] == list(range(len(fast)))
-    assert len(fast) == 59  # 2 slots per source frame, the last slot lies after the last frame
+    # 2 slots per source frame over the clip's 3 s (issue 16: the slot at 2950 ms, within the
+    # last frame's 100 ms, used to be dropped: 59)
+    assert len(fast) == 60
     np.testing.assert_array_equal(fast[1][2], fast[2][2])  # slots 50 and 100 ms: source frame 1
+    np.testing.assert_array_equal(fast[58][2], fast[59][2])  # 2900 and 2950 ms: the last frame
 
 
 def test_audio_file_to_fixed_chunks(tmp_path):
