@@ -2,7 +2,7 @@
 
 Three parts, all in one run:
 
-1. MACs per frame (clean convention: matmuls only, docs §8.1 / §7.7) and measured per-step
+1. MACs per frame (clean convention: matmuls only, docs/continual-attention.md#macs-per-frame) and measured per-step
    latency of one encoder layer at the paper configuration (d=1024, n=64, h=8, f=1024), for the
    regular windowed layer (softmax and Nyström), the continual single-output layer (CoSi) and
    continual Nyström single-output layers with m ∈ {2, 4, 8, 16} (continual and fixed landmarks).
@@ -31,7 +31,7 @@ from torch import nn
 
 # -- 1. MACs and latency at the paper configuration ----------------------------------------------
 def layer_macs(attn: float, *, d: int, n: int, f: int, continual: bool) -> float:
-    """Clean MACs per frame of one layer = projections + attention + FFN (one output, §8.1)."""
+    """Clean MACs per frame of one layer = projections + attention + FFN (one output)."""
     rows = 1 if continual else n
     return rows * 4 * d * d + attn + rows * 2 * d * f
 

@@ -1,14 +1,14 @@
 """Continual scaled dot-product attention (Hedegaard & Iosifidis, ICLR 2023).
 
 Two continual forms of multi-head attention over a sliding window of the last ``n`` tokens, each
-next to the regular computation it reproduces (docs/continual-attention.md §3-§5):
+next to the regular computation it reproduces (docs/continual-attention.md):
 
 * ``ContinualSingleOutputAttention`` (CoSi): keeps rings of the last n keys and values; a step
   projects only the new token and attends with its query alone. Equals the newest row of regular
   attention on the window, at O(n d) instead of O(n^2 d).
 * ``ContinualRetroactiveAttention`` (CoRe): also refreshes the n-1 older rows by subtracting the
   evicted key's term from each row's softmax sums and adding the new key's. Equals all n rows of
-  regular attention on the window. The running sums are guarded (§4.7): each row keeps its own
+  regular attention on the window. The running sums are guarded (docs/continual-attention.md#guarded-softmax-sums): each row keeps its own
   exponent offset (no overflow) and an error budget; a row whose cancellation error could exceed a
   few fresh sums is recomputed from the rings (rare; the new row is always fresh).
 
@@ -70,7 +70,7 @@ def slide_softmax_sums(
     Err: Tensor,
     eps: float,
 ) -> None:
-    """Slide guarded softmax sums by one token, in place (§4.1, §4.7).
+    """Slide guarded softmax sums by one token, in place.
 
     Each query row r (``Q`` (..., r, d_h), scaled) keeps ``D = sum exp(s - C)`` and
     ``AV = sum exp(s - C) v`` over the window, relative to its own exponent offset ``C``, plus a
@@ -148,7 +148,7 @@ class MultiheadWeights(nn.Module):
         """Regular attention over a window: (B, n, d) -> (B, n, d), or (B, d) with ``last_only``.
 
         ``last_only`` computes the newest token's row alone (one query against all n keys), which
-        is what a last layer needs once its inputs all change every step (§6.3).
+        is what a last layer needs once its inputs all change every step.
         """
         B, n, _ = x.shape
         shape = (B, n, self.num_heads, self.head_dim)
@@ -243,7 +243,7 @@ class _ContinualAttention(MultiheadWeights):
 
 
 class ContinualSingleOutputAttention(_ContinualAttention):
-    """Continual single-output attention (CoSi, §3): the newest token's row, O(n d) per step.
+    """Continual single-output attention (CoSi): the newest token's row, O(n d) per step.
 
     Example:
         >>> att = ContinualSingleOutputAttention(d_model=8, num_heads=2, window=4).eval()
@@ -275,9 +275,9 @@ class ContinualSingleOutputAttention(_ContinualAttention):
 
 
 class ContinualRetroactiveAttention(_ContinualAttention):
-    """Continual retroactive attention (CoRe, §4): all n rows, refreshed in O(n d) per step.
+    """Continual retroactive attention (CoRe): all n rows, refreshed in O(n d) per step.
 
-    State per head: rings of scaled queries, keys and values (slot layout, §4.2), and per row
+    State per head: rings of scaled queries, keys and values (slot layout), and per row
     (slot) the softmax denominator ``d`` and numerator ``av`` stored relative to the row's own
     exponent offset ``c`` (so exp never overflows), plus an error bound ``err`` on ``d``.
 
@@ -285,7 +285,7 @@ class ContinualRetroactiveAttention(_ContinualAttention):
 
     Args:
         kappa: a row is recomputed from the rings once its accumulated rounding bound exceeds
-            ``kappa`` fresh n-term sums (§4.7; 8 keeps the error within a few times regular
+            ``kappa`` fresh n-term sums (8 keeps the error within a few times regular
             attention's at ~1% extra rows).
     """
 

@@ -4,7 +4,7 @@ The audio model of the zoo (``audio_b2`` / ``co_audio_b2``) classifies a stream 
 frames into GTZAN-style genres. One *token* is a patch of ``patch`` consecutive log-mel frames
 (``n_mels`` bins each); a small 1-D convolution stack runs over the frames **inside** the patch
 only, so the front-end is token-wise and the continual model stays exactly equal to the regular
-one (docs/continual-attention.md §6.1: anything token-wise is free). The encoder then mixes the
+one (docs/continual-attention.md#token-wise-parts: anything token-wise is free). The encoder then mixes the
 last ``window`` tokens::
 
     (B, n_mels, patch) -> Conv1d(n_mels→c, 3) -> GELU -> Conv1d(c→c, 3) -> GELU -> mean over patch
@@ -117,7 +117,7 @@ class GtzanConfig:
     a window of n = 120 tokens spans a 30 s clip; d = 192, h = 16 (d_h = 12), FFN 192, 10 genres.
     The reference code (Atamarado/continual_nystrom ``audio_classification``) embeds with
     ``Linear(128 -> 192)`` and a learned recycling table of 192 rows; here the table has
-    ``pe_size`` = 2n - 1 = 239 rows so no two tokens of one window share a row (docs §6.5), and
+    ``pe_size`` = 2n - 1 = 239 rows so no two tokens of one window share a row (docs/continual-attention.md#positional-phase), and
     both twins use it (a window-position encoding would break continual == regular).
     """
 

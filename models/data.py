@@ -24,7 +24,7 @@ opened with ``allow_pickle=False``):
          target_perframe/<video>.npy          # (T, 22) THUMOS14, (T, 31) TVSeries, one-hot
          data_info.json                       # optional, LSTR's file (see below)
 
-   Features are ``concat(rgb, flow)`` per step (docs §10.1; 3072 for RGB 2048 + flow 1024).
+   Features are ``concat(rgb, flow)`` per step (docs/continual-attention.md#the-oad-model-and-its-protocol; 3072 for RGB 2048 + flow 1024).
    There must be exactly one ``rgb_*`` and at most one ``flow_*`` folder, or pass ``rgb=`` and
    ``flow=`` explicitly. Splits: LSTR's ``data_info.json`` (a top-level object per dataset with
    ``class_names``, ``ignore_index`` and ``train_session_set`` / ``test_session_set``) in DATA or

@@ -1,6 +1,6 @@
 """Continual Transformer encoder built from a trained ``torch.nn.TransformerEncoder``.
 
-Layer stacking (docs/continual-attention.md §6.2-§6.4): residuals, LayerNorm and the FFN act on
+Layer stacking (docs/continual-attention.md#layer-stacking): residuals, LayerNorm and the FFN act on
 each token alone, so only attention needs a continual form.
 
 * 1 layer: continual single-output attention; everything else runs on the new token only.

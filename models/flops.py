@@ -1,16 +1,17 @@
-"""Multiply-accumulates (MACs) per prediction, continual and regular (docs §8).
+"""Multiply-accumulates (MACs) per prediction, continual and regular (docs/continual-attention.md#macs-per-frame).
 
 "FLOPs" in the Continual Transformers papers means MACs. Two conventions:
 
-* ``"clean"`` (§8.1): matmuls only (biases, LayerNorm, activations, softmax and exp ignored). This
+* ``"clean"``: matmuls only (biases, LayerNorm, activations, softmax and exp ignored). This
   is what the implementation here performs, and what ``torch.utils.flop_counter`` measures
   (it reports 2 FLOPs per MAC); :func:`measured_macs` runs that cross-check.
-* ``"paper"`` (§8.2): the ptflops-based counts behind the paper's tables, artefacts included
+* ``"paper"``: the ptflops-based counts behind the paper's tables, artefacts included
   (bias counted once per linear, regular OadTR attention matmuls not counted, Q counted for all n
   tokens in the last layer, b2's last-layer FFN not counted, GELU counted). It reproduces
   CoOadTR-b1 = 9,598,998 MACs for D_in = 3072.
 
-The GTZAN audio setting has its own ``"paper"`` convention (:func:`gtzan_macs`): ptflops 0.6.7 on
+:func:`nystrom_macs` / :func:`continual_nystrom_macs` count Nyström attention (§7.7) and
+:func:`macs_per_frame` counts a zoo model from its config. The GTZAN audio setting has its own ``"paper"`` convention (:func:`gtzan_macs`): ptflops 0.6.7 on
 the reference audio model, whose channel-first linears are miscounted; it reproduces the paper's
 51.5x for one block (docs/audio-setting.md). :func:`vggish_macs` counts the VGGish front-end and
 :func:`audio_setting_table` / :func:`nystrom_regime_table` are the tables behind
@@ -20,20 +21,30 @@ the reference audio model, whose channel-first linears are miscounted; it reprod
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from .nystrom import NystromOptions, parse_attention
+
+if TYPE_CHECKING:
+    from .online import ModelConfig
+
 __all__ = [
     "audio_setting_table",
+    "continual_nystrom_macs",
     "encoder_layer_macs",
     "encoder_macs",
     "gtzan_macs",
+    "macs_per_frame",
     "measured_macs",
+    "nystrom_encoder_macs_delta",
+    "nystrom_macs",
     "nystrom_regime_table",
     "oadtr_macs",
+    "paper_single_output_macs",
     "vggish_macs",
 ]
 
@@ -42,7 +53,7 @@ Convention = Literal["clean", "paper"]
 
 
 def encoder_layer_macs(kind: LayerKind, *, d: int, n: int, f: int, h: int = 1) -> int:
-    """Clean MACs of one encoder layer per prediction (§8.1).
+    """Clean MACs of one encoder layer per prediction (clean convention).
 
     ``regular``: a full layer over the n-token window; ``single``: continual single-output;
     ``retroactive``: continual retroactive (all n rows); ``last``: the newest token's row against
@@ -82,6 +93,17 @@ def encoder_macs(*, layers: int, d: int, n: int, f: int, continual: bool, h: int
     )
 
 
+def paper_single_output_macs(*, d: int, n: int, h: int, projected: int) -> int:
+    """Paper-convention (ptflops) MACs of one single-output attention over a window of n tokens.
+
+    ``3 projected d² + h (2 n d_h + 2 d_h) + d (d + 1)``: the Q, K, V projections of
+    ``projected`` tokens (1 for a continual step, n in forward mode), each head's scores and
+    weighted sum, and the out-projection with its bias.
+    """
+    dh = d // h
+    return 3 * projected * d * d + h * (2 * n * dh + 2 * dh) + d * (d + 1)
+
+
 def oadtr_macs(
     *,
     d_in: int,
@@ -116,7 +138,7 @@ def oadtr_macs(
         layer = 3 * n * d * d + (n * d * d + d) + (n * d * f + f) + (n * f * d + d) + n * f
         return (n * D * d + d) + L * layer + (n * d * C + C)
     embed_head = (D * d + d) + (d * C + C)
-    single_attn = 3 * d * d + h * (2 * n * dh + 2 * dh) + d * (d + 1)
+    single_attn = paper_single_output_macs(d=d, n=n, h=h, projected=1)
     if L == 1:
         return embed_head + single_attn + (d * f + f) + (f * d + d) + 2 * f
     if L == 2:
@@ -127,7 +149,7 @@ def oadtr_macs(
             + 2 * n * (d * f + f)
             + n * f
         )
-        last = 3 * n * d * d + h * (2 * n * dh + 2 * dh) + d * (d + 1)
+        last = paper_single_output_macs(d=d, n=n, h=h, projected=n)
         return embed_head + retro + last
     raise ValueError(
         "The paper convention covers 1 and 2 continual blocks only; use convention='clean'."
@@ -182,7 +204,7 @@ def gtzan_macs(
     if L not in (1, 2):
         raise ValueError("The paper convention covers 1 and 2 blocks only; use convention='clean'.")
     dh = d // h
-    single_fwd = 3 * n * d * d + h * (2 * n * dh + 2 * dh) + d * (d + 1)  # CoSi, forward mode
+    single_fwd = paper_single_output_macs(d=d, n=n, h=h, projected=n)  # CoSi, forward mode
     token_ffn = (d * f + f) + (f * d + d)  # FFN of one (1, d) token, counted correctly
     if not continual:
         embed = D * n * n + n  # channel-first artefact: prod((1, D, n)) * n + n
@@ -193,7 +215,7 @@ def gtzan_macs(
         return embed + retro_fwd + n * token_ffn + single_fwd + tail
     embed_head = (D * d + d) + (d * C + C)
     if L == 1:
-        single_step = 3 * d * d + h * (2 * n * dh + 2 * dh) + d * (d + 1)
+        single_step = paper_single_output_macs(d=d, n=n, h=h, projected=1)
         return embed_head + single_step + token_ffn
     retro_step = 3 * d * d + h * (7 * n * dh + 2 * n - 3 * dh) + n * d * (d + 1)
     return embed_head + retro_step + n * token_ffn + single_fwd
@@ -224,6 +246,115 @@ def vggish_macs(
     return total
 
 
+# -- Nyström attention (§7.1, §7.7; attention part only, all heads) ---------------------------
+def nystrom_macs(
+    n: int, d: int, h: int, m: int, pinv_iters: int = 6, rows: int | None = None
+) -> int:
+    """Regular Nyström attention over a window of n tokens, ``rows`` outputs (default n).
+
+    4 n m d + h n m² + m² d + 4 k h m³ for all n rows (§7.7 with k = 6 Newton-Schulz iterations;
+    the exact pinv is counted the same, nominally). With one output row the F and output terms
+    shrink to 1 row: (2 n + 2) m d + h m² + m² d + 4 k h m³.
+    """
+    r = n if rows is None else rows
+    return 2 * n * m * d + 2 * r * m * d + h * r * m * m + m * m * d + 4 * pinv_iters * h * m**3
+
+
+def continual_nystrom_macs(
+    n: int,
+    d: int,
+    h: int,
+    m: int,
+    retroactive: bool = False,
+    landmark_mode: str = "continual",
+    pinv_iters: int = 6,
+) -> float:
+    """Per-step MACs of continual Nyström attention (all heads).
+
+    Amortised over the s = n/m schedule for continual landmarks; the §7.7 formulas::
+
+        single, fixed:       7 m d + h m²
+        retroactive, fixed:  n m d + 7 m d + h m²
+        continual landmarks: + (m/n)(2 n d + 2 m d + m² d + 4 k h m³)   [+ (m/n)(n m d + h n m²) retro]
+
+    (This implementation recomputes A from the landmarks, m² d, instead of updating it with a new
+    row and column, 2 m d; the formula keeps both terms as §7.7 does, an upper bound by 2 m d.)
+    """
+    fixed = 7 * m * d + h * m * m + (n * m * d if retroactive else 0)
+    if landmark_mode == "fixed":
+        return float(fixed)
+    update = 2 * n * d + 2 * m * d + m * m * d + 4 * pinv_iters * h * m**3
+    if retroactive:
+        update += n * m * d + h * n * m * m
+    return fixed + m / n * update
+
+
+def nystrom_encoder_macs_delta(
+    *, layers: int, n: int, d: int, h: int, continual: bool, options: NystromOptions
+) -> float:
+    """Per-frame MACs of an encoder's Nyström attention minus its softmax attention (clean, §8.1).
+
+    Add it to a softmax encoder count (:func:`encoder_macs`) to count the Nyström variant:
+    regular layers swap 2 n² d for :func:`nystrom_macs`; a continual single-output first layer swaps
+    2 n d, a retroactive one 7 n d, for :func:`continual_nystrom_macs`; the last layer after a
+    retroactive one runs a one-row Nyström over the window, with the keys and values of all n rows
+    projected (2 n d² + 2 d² + 2 d f besides), in place of softmax's projection-free last layer
+    (``encoder_layer_macs("last")``). ``options.pinv`` is counted as the iteration either way
+    (nominal for the exact pinv).
+    """
+    m, k, mode = options.landmarks, options.pinv_iters, options.landmark_mode
+    full = nystrom_macs(n, d, h, m, k) - 2 * n * n * d
+    if not continual:
+        return layers * full
+    if layers == 1:
+        return continual_nystrom_macs(n, d, h, m, False, mode, k) - 2 * n * d
+    first = continual_nystrom_macs(n, d, h, m, True, mode, k) - 7 * n * d
+    f = 0  # the FFN terms cancel: both last layers run it on one row
+    softmax_last = encoder_layer_macs("last", d=d, n=n, f=f, h=h)
+    nystrom_last = 2 * n * d * d + 2 * d * d + nystrom_macs(n, d, h, m, k, rows=1)
+    return first + (layers - 2) * full + nystrom_last - softmax_last
+
+
+# -- a zoo model, from its config -------------------------------------------------------------
+def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "paper") -> int:
+    """MACs per frame (docs §8) of a zoo model: embedding + encoder + head.
+
+    The OadTR family supports the paper's counting convention (``"paper"``, reproduces
+    CoOadTR-b1 = 9,598,998 for D_in = 3072) and the clean one (``"clean"``, matmuls only); so does
+    the GTZAN family (its ``"paper"`` count reproduces the papers' 51.5x for one block,
+    :func:`gtzan_macs`; the VGGish front-end is not included, :func:`vggish_macs`). GTZAN
+    models with Nyström attention are counted with the clean convention: the paper's regular
+    count holds no n^2 attention term for the Nyström one to replace. The
+    audio family is counted with the clean convention (its conv front-end is not in the paper);
+    ``convention="paper"`` falls back to it.
+    """
+    c = config
+    kind, options = parse_attention(c.attention, c.window)
+    nystrom = 0  # Nyström attention replaces the softmax attention terms (clean, §7.7)
+    if kind == "nystrom":
+        nystrom = round(nystrom_encoder_macs_delta(
+            layers=c.blocks, n=c.window, d=c.d_model, h=c.heads, continual=continual,
+            options=NystromOptions(**options),  # type: ignore[arg-type]
+        ))  # fmt: skip
+    if c.family == "oadtr":
+        return nystrom + oadtr_macs(
+            d_in=c.d_in, d_model=c.d_model, window=c.window, heads=c.heads, ffn=c.ffn,
+            classes=c.classes, blocks=c.blocks, continual=continual, convention=convention,
+        )  # fmt: skip
+    if c.family == "gtzan":
+        if kind == "nystrom":
+            convention = "clean"
+        return nystrom + gtzan_macs(
+            d_in=c.d_in, d_model=c.d_model, window=c.window, heads=c.heads, ffn=c.ffn,
+            classes=c.classes, blocks=c.blocks, continual=continual, convention=convention,
+        )  # fmt: skip
+    tokens = 1 if continual else c.window  # regular: every token of the window is embedded
+    enc = encoder_macs(
+        layers=c.blocks, d=c.d_model, n=c.window, f=c.ffn, continual=continual, h=c.heads
+    )
+    return nystrom + tokens * c.embedding_macs() + enc + tokens * c.d_model * c.classes
+
+
 # -- the audio-setting tables (costream flops --table gtzan; docs/audio-setting.md) ----------------
 GTZAN = dict(d_in=128, d_model=192, window=120, heads=16, ffn=192, classes=10)
 """The papers' GTZAN sizes: 128-d VGGish tokens, d 192, n 120, 16 heads, FFN 192, 10 genres."""
@@ -252,8 +383,7 @@ def audio_setting_table(target: float = 51.5) -> list[dict[str, object]]:
     D, d, n, h, f, C = (P[k] for k in ("d_in", "d_model", "window", "heads", "ffn", "classes"))
     rows.append(_row("paper: ptflops 0.6.7 on the reference model (n=120, d=192)", *both("paper")))
     reg, co = both("paper")
-    dh = d // h
-    single_fwd = 3 * n * d * d + h * (2 * n * dh + 2 * dh) + d * (d + 1)
+    single_fwd = paper_single_output_macs(d=d, n=n, h=h, projected=n)
     correct = (n * D * d + d) + single_fwd + (d * f + f) + (f * d + d) + (d * C + C)
     rows.append(_row("paper, linears counted correctly (embedding n D d, FFN/head on 1 token)",
                      correct, co))  # fmt: skip
@@ -291,8 +421,6 @@ def nystrom_regime_table(
     ratio for comparison (``softmax_ratio``, CoSi), and the attention part alone (``attn_ratio``:
     2 n^2 d of regular softmax attention over 7 m d + h m^2 per step).
     """
-    from .nystrom import continual_nystrom_macs
-
     P, rows = GTZAN, []
     d, h = P["d_model"], P["heads"]
     for n in windows:

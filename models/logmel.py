@@ -7,7 +7,7 @@ hop 160 = 10 ms, patch 8) that is 1280 samples = 80 ms of audio per chunk and pe
 (``costream produce --chunk-ms 80``).
 
 Per chunk, independently of the previous one (so the front-end is stateless and token-wise,
-docs/continual-attention.md §6.1):
+docs/continual-attention.md#token-wise-parts):
 
 1. STFT (``torch.stft``): ``n_fft`` = 512 points, a periodic Hann window of ``win_length`` = 400
    samples (25 ms) centred in the FFT frame, hop 160, ``center=True`` with reflect padding; of the

@@ -11,7 +11,7 @@ together), per class, then average over the action classes.
 * **Ties.** Frames with equal scores form one threshold: the precision used for every positive
   in a tie group is the precision after the whole group (as scikit-learn's
   ``average_precision_score``), so the result does not depend on the order of equal scores.
-* **THUMOS14 protocol** (docs §10.4, as OadTR/LSTR): frames whose ground truth is *Ambiguous*
+* **THUMOS14 protocol** (docs/continual-attention.md#the-oad-model-and-its-protocol, as OadTR/LSTR): frames whose ground truth is *Ambiguous*
   are dropped; the Ambiguous logit is dropped; softmax over the rest (Background + actions);
   AP per action class, Background excluded from the mean. Classes with no positive frame have
   no AP and are left out of the mean (LSTR's rule), and reported in ``classes_without_positives``.

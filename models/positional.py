@@ -1,4 +1,4 @@
-"""Recycling positional encoding (docs/continual-attention.md §6.5).
+"""Recycling positional encoding (docs/continual-attention.md#positional-phase).
 
 Absolute positions inside the window break continual inference: a token's encoding would change
 every time the window slides, and with it its cached key and value. A recycling encoding instead

@@ -1,14 +1,14 @@
 """Train a regular zoo model on windows; evaluate it regularly and as a continual stream.
 
-Training follows the CoOadTR recipe (docs §10.3) with small-model-friendly defaults: windows of
+Training follows the CoOadTR recipe (docs/continual-attention.md#the-oad-model-and-its-protocol) with small-model-friendly defaults: windows of
 n frames end at random frames of random training videos (stride 1 over all frames with index
 >= n-1; windows whose last frame is Ambiguous are skipped), the loss is soft-target cross-entropy
 on the last frame's label with per-class weights (frequent Background weighs less), AdamW with a
 linear warm-up then cosine decay, gradient clipping, and a random positional phase per window so
-the model does not depend on where a stream started (§6.5).
+the model does not depend on where a stream started (docs/continual-attention.md#positional-phase).
 
 Evaluation scores every frame that has a full window behind it (frames n-1 … T-1 of each video,
-as the continual warm-up and §10.4): :func:`predict_windows` runs the regular model on each
+as the continual warm-up and the THUMOS14 protocol): :func:`predict_windows` runs the regular model on each
 window with the phase the stream would give it, :func:`predict_stream` steps the continual twin
 frame by frame over all videos at once (one stream row per video), and :func:`evaluate`
 computes mAP / mcAP (models/metrics.py) from either.

@@ -1,6 +1,6 @@
 """Model zoo: CoOadTR, audio classifiers, regular and continual twins, plus model files.
 
-Every zoo model is one network (docs/continual-attention.md §10.2)::
+Every zoo model is one network (docs/continual-attention.md#the-oad-model-and-its-protocol)::
 
     x_t (D_in) -> token embedding (Linear; audio: conv front-end) -> + recycling PE(arrival t)
                -> Transformer encoder (1 or 2 post-norm GELU blocks, bias-free MHA) -> LayerNorm
@@ -80,7 +80,7 @@ CARD_FORMAT = "costream.model/1"
 
 @dataclass(frozen=True)
 class OadTRConfig:
-    """CoOadTR configuration (paper defaults: docs §8.3, §10.2)."""
+    """CoOadTR configuration (paper defaults: docs/continual-attention.md#the-oad-model-and-its-protocol)."""
 
     d_in: int = 3072
     d_model: int = 1024
@@ -205,7 +205,7 @@ class ContinualOnlineTransformer(nn.Module):
         _check_config(config)
         regular = regular if regular is not None else OnlineTransformer(config)
         self.config, self.name = config, name
-        # Token-wise parts are copied as they are; only the encoder changes form (§6.1).
+        # Token-wise parts are copied as they are; only the encoder changes form (docs/continual-attention.md#token-wise-parts).
         self.embed = copy.deepcopy(regular.embed)
         self.pe = copy.deepcopy(regular.pe)
         self.norm = copy.deepcopy(regular.norm)
@@ -333,9 +333,9 @@ register_model(
     help="log-mel patches -> conv -> 2-block encoder -> 10 genres",
 )
 register_model("co_audio_b2", "audio", continual=True, help="continual twin of audio_b2")
-# Nyström attention (issue 5). Learned fixed landmarks keep "stream == regular model" at every
+# Nyström attention. Learned fixed landmarks keep "stream == regular model" at every
 # step; continual (segment-mean) landmarks, e.g. attention="nystrom:m=4", equal it only at
-# landmark updates (every n/m steps) and lag by up to n/m - 1 tokens in between (docs §7.6).
+# landmark updates (every n/m steps) and lag by up to n/m - 1 tokens in between (docs/continual-attention.md#what-continual-nyström-equals).
 _NYSTROM = "nystrom:m=4,landmarks=fixed"
 for _co in (False, True):
     _p = "co_" if _co else ""
@@ -347,7 +347,7 @@ for _co in (False, True):
         f"{_p}nystrom_audio_b2", "audio", continual=_co, attention=_NYSTROM,
         help=f"{'continual ' if _co else ''}audio_b2, Nyström attention, 4 learned landmarks",
     )  # fmt: skip
-# The papers' GTZAN setting (issue 13, docs/audio-setting.md): 128-d VGGish token per 1 s sub-clip
+# The papers' GTZAN setting (docs/audio-setting.md): 128-d VGGish token per 1 s sub-clip
 # every 0.25 s, n = 120 (30 s), d 192, 16 heads, FFN 192, 10 genres; Nyström with about n/10
 # learned fixed landmarks (exact at every step, like the other zoo Nyström entries).
 _GTZAN_NYSTROM = "nystrom:m=12,landmarks=fixed"
@@ -508,7 +508,7 @@ def _default_classes(cfg: ModelConfig) -> list[str]:
 
 # -- cost ------------------------------------------------------------------------------------------
 def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "paper") -> int:
-    """MACs per frame (docs §8) of a zoo model: embedding + encoder + head.
+    """MACs per frame (docs/continual-attention.md#macs-per-frame) of a zoo model: embedding + encoder + head.
 
     The OadTR family supports the paper's counting convention (``"paper"``, reproduces
     CoOadTR-b1 = 9,598,998 for D_in = 3072) and the clean one (``"clean"``, matmuls only); so does
@@ -524,7 +524,7 @@ def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "p
 
     c = config
     kind, options = parse_attention(c.attention, c.window)
-    nystrom = 0  # Nyström attention replaces the softmax attention terms (clean, §7.7)
+    nystrom = 0  # Nyström attention replaces the softmax attention terms (clean convention)
     if kind == "nystrom":
         nystrom = round(nystrom_encoder_macs_delta(
             layers=c.blocks, n=c.window, d=c.d_model, h=c.heads, continual=continual, **options

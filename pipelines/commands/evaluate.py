@@ -7,7 +7,7 @@ import argparse
 HELP = "Per-frame mAP (THUMOS14 protocol) and mcAP (TVSeries) of a saved model; --continual streams it frame by frame."
 
 # The streamed (continual) and windowed (regular) scores are the same function of the data; they
-# differ by float rounding only (docs §6.8: ~1e-6 in float32), far below anything mAP resolves.
+# differ by float rounding only (docs/continual-attention.md#exactness-conditions: ~1e-6 in float32), far below anything mAP resolves.
 SCORE_TOL = 1e-3
 MAP_TOL = 1e-4
 

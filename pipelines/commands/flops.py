@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--convention",
         choices=["paper", "clean"],
         default=None,
-        help="paper (default for OadTR and GTZAN): the ptflops counts behind the papers' numbers; clean (default for audio): matmuls only (docs §8)",
+        help="paper (default for OadTR and GTZAN): the ptflops counts behind the papers' numbers; clean (default for audio): matmuls only (docs/continual-attention.md#macs-per-frame)",
     )
     parser.add_argument(
         "--with-frontend",
