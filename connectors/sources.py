@@ -24,11 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from costream.connectors import codecs, media, synthetic
+from costream.connectors import contract, media, synthetic
 
 __all__ = ["DEFAULT_CHUNK_MS", "IMAGE_CONTENT_TYPES", "Source", "open_source"]
 
-IMAGE_CONTENT_TYPES = (codecs.CT_JPEG, codecs.CT_PNG)
+IMAGE_CONTENT_TYPES = (contract.CT_JPEG, contract.CT_PNG)
 SYNTHETIC_VIDEO_FRAMES = 300
 SYNTHETIC_AUDIO_SECONDS = 30.0
 DEFAULT_CHUNK_MS = 80
@@ -41,7 +41,7 @@ class Source:
     """Records of one stream: ``(record, media_time_s)`` pairs, plus a count when known."""
 
     kind: str  # "video", "audio", "images", "features"
-    records: Iterator[tuple[codecs.OutgoingRecord, float]]
+    records: Iterator[tuple[contract.OutgoingRecord, float]]
     count: int | None
 
 
@@ -81,35 +81,39 @@ def open_source(
 
     def frames_to_records(
         frames: Iterator[tuple[int, int, np.ndarray]],
-    ) -> Iterator[tuple[codecs.OutgoingRecord, float]]:
-        ct = content_type or codecs.CT_JPEG
+    ) -> Iterator[tuple[contract.OutgoingRecord, float]]:
+        ct = content_type or contract.CT_JPEG
         for i, (index, ts_ms, rgb) in enumerate(frames):
             if limit is not None and i >= limit:
                 return
             payload = (
-                codecs.encode_jpeg(rgb, jpeg_quality)
-                if ct == codecs.CT_JPEG
-                else codecs.encode_png(rgb)
+                contract.encode_jpeg(rgb, jpeg_quality)
+                if ct == contract.CT_JPEG
+                else contract.encode_png(rgb)
             )
-            yield codecs.frame_record(stream_id, index, start + ts_ms, ct, payload), ts_ms / 1000.0
+            yield (
+                contract.frame_record(stream_id, index, start + ts_ms, ct, payload),
+                ts_ms / 1000.0,
+            )
 
     def chunks_to_records(
         chunks: Iterator[tuple[int, int, np.ndarray]],
-    ) -> Iterator[tuple[codecs.OutgoingRecord, float]]:
-        ct = codecs.audio_content_type(rate)
+    ) -> Iterator[tuple[contract.OutgoingRecord, float]]:
+        ct = contract.audio_content_type(rate)
         for i, (index, ts_ms, samples) in enumerate(chunks):
             if limit is not None and i >= limit:
                 return
             yield (
-                codecs.frame_record(
-                    stream_id, index, start + ts_ms, ct, codecs.encode_l16(samples)
+                contract.frame_record(
+                    stream_id, index, start + ts_ms, ct, contract.encode_l16(samples)
                 ),
                 ts_ms / 1000.0,
             )
 
     if content_type is not None and content_type not in IMAGE_CONTENT_TYPES:
         if not (
-            content_type.startswith(codecs.AUDIO_L16) or content_type.startswith(codecs.FEATURES)
+            content_type.startswith(contract.AUDIO_L16)
+            or content_type.startswith(contract.FEATURES)
         ):
             raise ValueError(
                 f"content type {content_type!r} is not supported; for frames use one of "
@@ -156,12 +160,12 @@ def open_source(
         gen = ((i, int(round(i * step)), media.read_image(p, size)) for i, p in enumerate(paths))
         return Source("images", frames_to_records(gen), min(len(paths), limit or len(paths)))
     if source.endswith(".npy"):
-        feats = np.load(source, allow_pickle=False)
+        feats = np.load(source, allow_pickle=False, mmap_mode="r")  # rows read as published
         if feats.ndim != 2 or feats.shape[1] == 0 or not np.issubdtype(feats.dtype, np.floating):
             raise ValueError(
                 f"A features file must hold a float array of shape (T, D); {source!r} has {feats.dtype} {feats.shape}."
             )
-        ct = codecs.features_content_type(int(feats.shape[1]))
+        ct = contract.features_content_type(int(feats.shape[1]))
         if content_type is not None and content_type != ct:
             raise ValueError(
                 f"{source!r} holds features of content type {ct!r}, not {content_type!r}."
@@ -169,11 +173,11 @@ def open_source(
         step = 1000.0 / (fps or 10.0)
         n = min(feats.shape[0], limit or feats.shape[0])
 
-        def feature_records() -> Iterator[tuple[codecs.OutgoingRecord, float]]:
+        def feature_records() -> Iterator[tuple[contract.OutgoingRecord, float]]:
             for i in range(n):
-                payload, _ = codecs.encode_features(feats[i])
+                payload, _ = contract.encode_features(feats[i])
                 ts = int(round(i * step))
-                yield codecs.frame_record(stream_id, i, start + ts, ct, payload), ts / 1000.0
+                yield contract.frame_record(stream_id, i, start + ts, ct, payload), ts / 1000.0
 
         return Source("features", feature_records(), n)
     import av
@@ -211,8 +215,8 @@ def _frames_only(content_type: str | None, source: str) -> None:
 
 
 def _audio_only(content_type: str | None, rate: int, source: str) -> None:
-    if content_type is not None and content_type != codecs.audio_content_type(rate):
+    if content_type is not None and content_type != contract.audio_content_type(rate):
         raise ValueError(
-            f"{source!r} gives audio chunks of content type {codecs.audio_content_type(rate)!r}; "
+            f"{source!r} gives audio chunks of content type {contract.audio_content_type(rate)!r}; "
             f"got --content-type {content_type!r} (set the rate with --rate)."
         )

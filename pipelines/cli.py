@@ -10,12 +10,18 @@ Beam pipelines hand them to ``PipelineOptions``, all others refuse them.
 Every command runs inside one logging setup (:func:`costream.pipelines.logs.configured`) at the
 command's ``LOG_LEVEL`` (``"INFO"`` for the commands that run pipelines; others: ``"WARNING"``),
 or at ``--log-level``, given before or after the command name.
+
+A user error (an exception class of costream's own, such as a bad spec, weights file or media
+file, or a file the OS cannot open) ends the command with one line on stderr,
+``costream COMMAND: error: MESSAGE``, and exit status 2; the traceback is shown only with
+``--log-level DEBUG`` or ``COSTREAM_TRACEBACK=1``. Other exceptions (bugs) keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -70,8 +76,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(args._module)
     if extra and not getattr(module, "ACCEPTS_PIPELINE_OPTIONS", False):
         parser.error(f"unrecognized arguments for 'costream {args.command}': {' '.join(extra)}")
-    with logs.configured(args.log_level or getattr(module, "LOG_LEVEL", "WARNING")):
-        return int(module.run(args, extra) or 0)
+    level = args.log_level or getattr(module, "LOG_LEVEL", "WARNING")
+    try:
+        with logs.configured(level):
+            return int(module.run(args, extra) or 0)
+    except Exception as err:
+        if not is_user_error(err) or level == "DEBUG" or os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"costream {args.command}: error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+TRACEBACK_ENV = "COSTREAM_TRACEBACK"
+"""Set (to anything non-empty) to see the traceback of a user error."""
+USER_ERROR_EXIT = 2
+"""Exit status of a command that stopped on a user error (argparse's, for a bad argument)."""
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` reports a mistake in the input rather than a bug: one line is enough.
+
+    costream's own exception classes (``SpecError``, ``WeightsError``, ``MediaError``,
+    ``ConfigError``, ``CodecError``, ``BrokerUnavailableError``, ...) state what was wrong in a
+    sentence, and so does the OS for a file it cannot open (``OSError`` with a file name).
+    """
+    if isinstance(err, OSError) and err.filename is not None:
+        return True
+    return any(c.__module__.startswith("costream.") for c in type(err).__mro__)
 
 
 if __name__ == "__main__":

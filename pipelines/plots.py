@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_score_timeline", "plot_training_curve"]
+__all__ = [
+    "plot_score_timeline",
+    "plot_top_scores",
+    "plot_training_curve",
+    "score_timeline_figure",
+    "top_scores_figure",
+]
 
 
 def _pyplot():
@@ -26,6 +33,15 @@ def _intervals(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
+def _save(fig, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_score_timeline(
     scores: np.ndarray,
     labels: Sequence[str],
@@ -39,13 +55,35 @@ def plot_score_timeline(
     max_classes: int = 8,
     ignored: np.ndarray | None = None,
 ) -> Path:
+    """Write :func:`score_timeline_figure` (the same arguments) as a PNG to ``path``."""
+    fig = score_timeline_figure(
+        scores, labels, gt, first_frame=first_frame, classes=classes, skip=skip, title=title,
+        max_classes=max_classes, ignored=ignored,
+    )  # fmt: skip
+    return _save(fig, path)
+
+
+def score_timeline_figure(
+    scores: np.ndarray,
+    labels: Sequence[str],
+    gt: np.ndarray,
+    *,
+    first_frame: int = 0,
+    classes: Sequence[int] | None = None,
+    skip: Sequence[int] = (),
+    title: str | None = None,
+    max_classes: int = 8,
+    ignored: np.ndarray | None = None,
+) -> Any:
     """Per-class scores over frames, one strip per class, ground-truth intervals shaded.
+
+    Returns the matplotlib ``Figure``; its top strip carries the legend (score, ground truth,
+    ignored frames when there are any).
 
     Args:
         scores: ``(T, C)`` per-frame class scores (probabilities in [0, 1] read best).
         labels: the C class names.
         gt: ``(T, C)`` per-frame targets (>= 0.5 is positive), aligned with ``scores``.
-        path: PNG file to write.
         first_frame: frame index of row 0 (e.g. n-1 when the first n-1 frames were warm-up).
         classes: which classes to draw; default: the classes (not in ``skip``) that occur in
             ``gt`` or reach a score of 0.3, at most ``max_classes``, most frequent first.
@@ -80,16 +118,50 @@ def plot_score_timeline(
         ax.set_ylabel(labels[c], rotation=0, ha="right", va="center", fontsize=8)
         ax.set_yticks([0, 1])
         ax.grid(alpha=0.3)
+    from matplotlib.patches import Patch
+
+    handles = [
+        plt.Line2D([], [], color="tab:blue", lw=1.2, label="score"),
+        Patch(color="tab:green", alpha=0.25, label="ground truth"),
+    ]
+    if ignored is not None and np.asarray(ignored, dtype=bool).any():
+        handles.append(Patch(color="0.6", alpha=0.25, label="ignored"))
+    axes[0, 0].legend(handles=handles, loc="upper right", fontsize=7, ncol=len(handles))
     axes[-1, 0].set_xlabel("frame (feature step)")
-    fig.suptitle(
-        title or "per-frame class scores (green: ground truth, grey: ignored)", fontsize=10
-    )
+    fig.suptitle(title or "per-frame class scores", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_top_scores(series: Mapping[str, Sequence[tuple[int, float]]], path: str | Path) -> Path:
+    """Write :func:`top_scores_figure` of ``series`` as a PNG to ``path``."""
+    return _save(top_scores_figure(series), path)
+
+
+def top_scores_figure(
+    series: Mapping[str, Sequence[tuple[int, float]]], title: str | None = None
+) -> Any:
+    """Each stream's top score over its frame index, one line per stream, with a legend.
+
+    Args:
+        series: stream id -> ``(frame_index, top_score)`` pairs (any order; drawn sorted).
+        title: figure title.
+
+    Returns the matplotlib ``Figure``.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    for stream, points in series.items():
+        pts = sorted(points)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2, label=stream)
+    ax.set_xlabel("frame index")
+    ax.set_ylabel("top score")
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(title="stream", fontsize=8)
+    fig.suptitle(title or "top score per frame", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def plot_training_curve(
@@ -112,8 +184,4 @@ def plot_training_curve(
     ax2.grid(alpha=0.3)
     fig.suptitle(title or "training curve", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="stop after S seconds without a record",
     )
+    parser.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        default=None,
+        help="at the end, write a PNG of each stream's top score over its frame index",
+    )
 
 
 def record_to_json(record) -> tuple[str, bool]:  # noqa: ANN001 - kafka ConsumerRecord
@@ -37,28 +43,28 @@ def record_to_json(record) -> tuple[str, bool]:  # noqa: ANN001 - kafka Consumer
     import base64
     import json
 
-    from costream.connectors import codecs
+    from costream.connectors import contract
 
     headers = [(k, bytes(v or b"")) for k, v in record.headers]
     where = {"partition": record.partition, "offset": record.offset}
     key = None if record.key is None else record.key.decode("utf-8", "replace")
     try:
-        error = codecs.header_value(headers, codecs.HEADER_ERROR)
-    except codecs.CodecError:
+        error = contract.header_value(headers, contract.HEADER_ERROR)
+    except contract.CodecError:
         error = b"(malformed costream.error header)"
     if error is not None:
-        stage = codecs.header_value(headers, codecs.HEADER_STAGE) or b""
+        stage = contract.header_value(headers, contract.HEADER_STAGE) or b""
         obj = {"dead_letter": True, "key": key, "error": error.decode("utf-8", "replace"),
                "stage": stage.decode("utf-8", "replace"), "value_bytes": len(record.value or b""), **where}  # fmt: skip
         return json.dumps(obj), True
     try:
-        det = codecs.decode_detection(record.value or b"")
-    except codecs.CodecError as err:
+        det = contract.decode_detection(record.value or b"")
+    except contract.CodecError as err:
         preview = base64.b64encode((record.value or b"")[:48]).decode()
         return json.dumps(
             {"invalid": str(err), "key": key, "value_b64_prefix": preview, **where}
         ), False
-    return json.dumps(codecs.detection_to_dict(det)), True
+    return json.dumps(contract.detection_to_dict(det)), True
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -96,6 +102,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         )
         return 1
     printed = invalid = 0
+    top_scores: dict[str, list[tuple[int, float]]] = {}
     last = time.monotonic()
     try:
         while args.max is None or printed < args.max:
@@ -109,6 +116,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                 print(line, flush=True)
                 printed += 1
                 invalid += not ok
+                if ok and args.plot is not None:
+                    _add_top_score(top_scores, line)
                 if args.max is not None and printed >= args.max:
                     break
             if records:
@@ -124,4 +133,18 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             f"costream consume: {invalid} of {printed} records were not valid detections.",
             file=sys.stderr,
         )
+    if args.plot is not None:
+        from costream.pipelines.plots import plot_top_scores
+
+        path = plot_top_scores(top_scores, args.plot)
+        print(f"costream consume: plot of {len(top_scores)} stream(s) in {path}", file=sys.stderr)
     return 0
+
+
+def _add_top_score(series: dict[str, list[tuple[int, float]]], line: str) -> None:
+    """Add a detection line's (frame index, top score) to its stream's series (dead letters: no)."""
+    import json
+
+    obj = json.loads(line)
+    if "top" in obj:
+        series.setdefault(obj["stream_id"], []).append((obj["frame_index"], obj["top"]["score"]))

@@ -54,7 +54,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--partitions", type=int, default=1, help="partitions when creating the topic (default 1)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of synthetic sources")
+    parser.add_argument(
+        "--audio-stream",
+        type=int,
+        default=None,
+        metavar="N",
+        help="publish audio stream N of the file (0: the first; e.g. the sound of a video file) "
+        "instead of its video",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of synthetic sources (synthetic:video: grey frames with moving distractors and "
+        "red_square / blue_circle actions; synthetic:audio: 880 Hz tones and noise bursts)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -100,6 +114,7 @@ def open_source_from_args(args: argparse.Namespace) -> Source:
         chunk_ms=args.chunk_ms,
         limit=args.limit,
         seed=args.seed,
+        audio_stream=args.audio_stream,
     )
 
 
