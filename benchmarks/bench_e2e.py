@@ -1,6 +1,6 @@
 """End-to-end streaming on the embedded runner: frames/s, p50/p99 latency, where per-frame time goes.
 
-Issue 6. Specs ``features`` (64-d feature records: model cost only) and ``video`` (320x240 JPEG
+Specs ``features`` (64-d feature records: model cost only) and ``video`` (320x240 JPEG
 frames through the ``resnet18_small`` backbone), each with S in {1, 8, 32} concurrent streams.
 One embedded tansu broker; per run fresh topics, the spec on ``run_spec(..., "DirectRunner")``
 (the in-process FnApiRunner) in this process, and a driver in a child process that produces

@@ -1,7 +1,7 @@
-"""Encode/decode cost per element at each stage boundary, before and after schema'd rows (issue 12).
+"""Encode/decode cost per element at each stage boundary, before and after schema'd rows.
 
-Before issue 12 the elements crossing costream's stage boundaries were encoded as follows, and
-since then as Beam rows (``RowCoder``); this script times both side by side, in one process, on
+Before costream's stage boundaries carried schema'd rows, their elements were encoded as follows;
+now they are Beam rows (``RowCoder``); this script times both side by side, in one process, on
 the same elements. What the runner does at a fusion break is one encode and one decode, so
 ``enc`` and ``dec`` are what each boundary costs per element (``coder.get_impl()``, the path
 Beam's runners call).
@@ -45,7 +45,7 @@ from costream.connectors import codecs, kafka_io
 from costream.connectors.kafka_io import KafkaRecord, OutgoingRecordCoder
 from costream.transforms.records import DecodedFrame, FeatureRecord, as_array, ndarray_row
 
-# --- the coder KafkaRecord had before issue 12 (connectors/kafka_io.py at 9da1489) -------------
+# --- the coder KafkaRecord had before schema'd rows (connectors/kafka_io.py at 9da1489) -------------
 _U32 = struct.Struct(">I")
 _REC_TAIL = struct.Struct(">iqq")
 

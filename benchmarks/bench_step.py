@@ -10,7 +10,7 @@ read bandwidth, the time a step cannot beat when every weight must come from mem
     .venv/bin/python benchmarks/bench_step.py --quick    # B in {1, 8}, fewer repeats
     .venv/bin/python benchmarks/bench_step.py --two-block  # only the interleaved 2-block table
 
-The two-block table (issue 15, item 4) times the continual and the regular 2-block encoder in
+The two-block table times the continual and the regular 2-block encoder in
 alternation, one call of each per round, and reports per-side medians over the rounds, so a
 load change on the shared machine hits both sides alike.
 """

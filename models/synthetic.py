@@ -16,7 +16,7 @@ Chance level: a scorer that ranks frames at random has an expected AP equal to t
 of positive frames, so the chance mAP is the mean positive fraction of the action classes
 (:func:`chance_map`), about 0.1 with the defaults.
 
-The GTZAN-style generator (:func:`make_gtzan_dataset`, issue 13) makes clips of VGGish-like
+The GTZAN-style generator (:func:`make_gtzan_dataset`) makes clips of VGGish-like
 128-d embeddings, one per 1 s sub-clip every 0.25 s, labelled with one of the 10 genres on every
 token (``background`` and ``ambiguous`` None): see :class:`GtzanSyntheticConfig`.
 
@@ -143,7 +143,7 @@ def chance_map(dataset: OadDataset, window: int = 1) -> float:
     return float(np.mean(fracs))
 
 
-# -- GTZAN-style clips of VGGish-like embeddings (issue 13) ----------------------------------------
+# -- GTZAN-style clips of VGGish-like embeddings ---------------------------------------------------
 @dataclass(frozen=True)
 class GtzanSyntheticConfig:
     """Clips of synthetic VGGish-like embeddings; ``seed`` fixes the genre prototypes.

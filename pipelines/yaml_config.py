@@ -197,7 +197,7 @@ class WriteDetectionsToKafkaConfig(_WriteConfig):
 
     format: str | None = _key(
         "How elements become record values: null (the default) writes detection rows as "
-        "costream's detection JSON (DESIGN.md) and records as they are; `json` writes any "
+        "costream's detection JSON (docs/stream-contract.md) and records as they are; `json` writes any "
         "schema'd row as one JSON object (Beam's `format`; `JSON` is accepted).",
         None,
         convert=lambda v: None if v is None else v.lower(),
@@ -374,9 +374,9 @@ TYPES: dict[str, YamlType] = {
             {
                 "topics": "the key is `topic` (Beam's name); it takes one topic or a list.",
                 "client_config": "the key is `consumer_config` (Beam's name).",
-                "format": "costream reads records of its stream contract (DESIGN.md) as they are; "
+                "format": "costream reads records of its stream contract (docs/stream-contract.md) as they are; "
                 "for JSON, Avro or Protobuf records use Beam's `ReadFromKafka`.",
-                "schema": "costream reads records of its stream contract (DESIGN.md) as they are; "
+                "schema": "costream reads records of its stream contract (docs/stream-contract.md) as they are; "
                 "for JSON, Avro or Protobuf records use Beam's `ReadFromKafka`.",
                 "auto_offset_reset_config": "costream's `start` (earliest, latest, committed or a "
                 "timestamp) says where each partition starts.",

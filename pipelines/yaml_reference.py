@@ -33,7 +33,7 @@ The Kafka types are `ReadFramesFromKafka`, `WriteDetectionsToKafka` and
 `WriteDeadLettersToKafka`, so that they do not shadow Beam YAML's built-in `ReadFromKafka` and
 `WriteToKafka`: those stay Beam's, usable in the same spec where Java and Beam's Kafka
 expansion service are available. costream's readers and writers are not Beam's with other
-settings: they read and write costream's stream contract (DESIGN.md: a frame per record,
+settings: they read and write costream's stream contract (docs/stream-contract.md: a frame per record,
 headers for the stream position), commit offsets only after a bundle's output is acknowledged,
 rebuild stream state on restarts and publish their own dead letters.
 

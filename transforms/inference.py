@@ -490,7 +490,7 @@ class ContinualInferenceFn(beam.DoFn):
     Input: ``(stream_id, record)`` where ``record`` has ``stream_id, frame_index, ts_ms,
     features, arrival_ms`` and the original ``key, value, headers`` (for dead letters).
     Main output: :class:`~costream.connectors.codecs.Detection` rows (``WriteToKafka`` writes
-    each as the DESIGN.md JSON, key = stream id). Tagged output ``dead_letter``:
+    each as the detection JSON of docs/stream-contract.md, key = stream id). Tagged output ``dead_letter``:
     :class:`~costream.connectors.codecs.DeadLetter` rows, the original record with stage
     ``inference``.
 
@@ -679,7 +679,7 @@ class ContinualInference(beam.PTransform):
     or any rows with its fields. Returns a dict of PCollections: ``detections``
     (:class:`~costream.connectors.codecs.Detection` rows: ``stream_id, frame_index, ts_ms,
     scores, labels, top_label, top_score, warm, model, latency_ms``; ``WriteToKafka`` writes
-    the DESIGN.md JSON) and ``dead_letter`` (:class:`~costream.connectors.codecs.DeadLetter`
+    the detection JSON of docs/stream-contract.md) and ``dead_letter`` (:class:`~costream.connectors.codecs.DeadLetter`
     rows for ``WriteDeadLetters``). Beam YAML's transforms take the detections as they are::
 
         - type: Filter

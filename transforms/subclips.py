@@ -3,7 +3,7 @@
 The papers' audio setting (docs/audio-setting.md) makes one token per 0.25 s hop from the last
 1 s of audio (a VGGish embedding of a 1 s sub-clip). A record of the stream contract holds one
 chunk of ``hop`` samples (4000 at 16 kHz), so the backbone needs each stream's previous
-``subclip - hop`` samples (12000) as well. Two layers, as STYLE.md asks:
+``subclip - hop`` samples (12000) as well. Two layers, so the state update is tested without Beam:
 
 * :class:`SubclipAssembler` is the plain update ``(stored bytes, chunk) -> (stored bytes,
   sub-clip)``, unit-tested without Beam. What a stream stores is :class:`History`: the last
