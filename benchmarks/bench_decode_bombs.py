@@ -75,21 +75,21 @@ def peak_mb() -> float:
 
 
 def child(mode: str) -> None:
-    from costream.connectors import codecs
+    from costream.connectors import contract
     from costream.transforms.decode import decode_record
 
     def decode(ct: str, payload: bytes) -> str:
         if mode == "opencv":
             img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
             return "decoded" if img is not None else "None"
-        rec = codecs.frame_record("cam-1", 0, 0, ct, payload)
+        rec = contract.frame_record("cam-1", 0, 0, ct, payload)
         decode_record(rec.key, rec.value, rec.headers, image_size=224)
         return "decoded"
 
     rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     for _ in range(3):  # warm the decoders up on ordinary frames
-        decode(codecs.CT_JPEG, codecs.encode_jpeg(rgb))
-        decode(codecs.CT_PNG, codecs.encode_png(rgb))
+        decode(contract.CT_JPEG, contract.encode_jpeg(rgb))
+        decode(contract.CT_PNG, contract.encode_png(rgb))
     baseline = peak_mb()
     rows = []
     for name, ct, payload in bombs():

@@ -76,16 +76,16 @@ class Plan:
 
 def make_payloads(spec: str, distinct: int = 64) -> tuple[str, list[bytes]]:
     """(content type, payloads) cycled over frames: random 64-d features or synthetic JPEGs."""
-    from costream.connectors import codecs
+    from costream.connectors import contract
 
     if spec == "features":
         rng = np.random.default_rng(0)
-        encoded = [codecs.encode_features(rng.standard_normal(64)) for _ in range(distinct)]
+        encoded = [contract.encode_features(rng.standard_normal(64)) for _ in range(distinct)]
         return encoded[0][1], [payload for payload, _ in encoded]
     from costream.connectors.synthetic import iter_synthetic_video
 
     frames = iter_synthetic_video(distinct, VIDEO_SIZE, 10.0, seed=0)
-    return codecs.CT_JPEG, [codecs.encode_jpeg(rgb, 90) for _, _, rgb, _ in frames]
+    return contract.CT_JPEG, [contract.encode_jpeg(rgb, 90) for _, _, rgb, _ in frames]
 
 
 # --- the driver (child process): produce frames, consume detections ------------------------
@@ -102,7 +102,7 @@ def drive(plan: Plan, content_type: str, payloads: list[bytes], results: Any) ->
 def _drive(plan: Plan, content_type: str, payloads: list[bytes]) -> dict[str, Any]:
     import threading
 
-    from costream.connectors import codecs
+    from costream.connectors import contract
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     producer = KafkaProducer(
@@ -123,7 +123,7 @@ def _drive(plan: Plan, content_type: str, payloads: list[bytes]) -> dict[str, An
     )
 
     def send(stream: str, partition: int, index: int) -> None:
-        rec = codecs.frame_record(
+        rec = contract.frame_record(
             stream, index, int(time.time() * 1000), content_type, payloads[index % len(payloads)]
         )
         producer.send(

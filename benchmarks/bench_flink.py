@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from costream.connectors import codecs
+from costream.connectors import contract
 from costream.connectors.broker import EmbeddedBroker
 from costream.pipelines.flink import FlinkCluster, Ports
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -51,8 +51,8 @@ def feed(bootstrap: str, topic: str, streams: int, fps: float, seconds: float) -
         if delay > 0:
             time.sleep(delay)
         for s in range(streams):
-            payload, ct = codecs.encode_features(x[(i + s) % 64])
-            r = codecs.frame_record(f"s{s}", i, int(time.time() * 1000), ct, payload)
+            payload, ct = contract.encode_features(x[(i + s) % 64])
+            r = contract.frame_record(f"s{s}", i, int(time.time() * 1000), ct, payload)
             producer.send(topic, key=r.key, value=r.value, headers=r.headers)
     producer.flush()
     producer.close()

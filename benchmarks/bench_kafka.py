@@ -23,9 +23,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from costream.connectors import codecs
+from costream.connectors import contract
 from costream.connectors.broker import make_broker
-from costream.connectors.kafka_io import ReadFromKafka
+from costream.connectors.kafka import ReadFromKafka
 from costream.connectors.synthetic import iter_synthetic_video
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -66,7 +66,7 @@ def make_frames(n_distinct: int, noise: float) -> list[bytes]:
             if noise
             else rgb
         )
-        frames.append(codecs.encode_jpeg(noisy, 90))
+        frames.append(contract.encode_jpeg(noisy, 90))
     return frames
 
 
@@ -79,7 +79,7 @@ def produce(
     nbytes = 0
     t0 = time.perf_counter()
     for i in tqdm(range(n), desc="produce", file=sys.stderr, unit="frame"):
-        rec = codecs.frame_record(f"cam-{i % partitions}", i // partitions, start_ms + 40 * i, codecs.CT_JPEG,
+        rec = contract.frame_record(f"cam-{i % partitions}", i // partitions, start_ms + 40 * i, contract.CT_JPEG,
                                   payloads[i % len(payloads)])  # fmt: skip
         producer.send(topic, key=rec.key, value=rec.value, headers=rec.headers, partition=i % partitions,
                       timestamp_ms=start_ms + 40 * i)  # fmt: skip

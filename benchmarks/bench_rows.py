@@ -41,8 +41,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.coders import Coder
 from apache_beam.typehints import typehints
-from costream.connectors import codecs, kafka_io
-from costream.connectors.kafka_io import KafkaRecord, OutgoingRecordCoder
+from costream.connectors import contract
+from costream.connectors.kafka import KafkaRecord, OutgoingRecordCoder, as_outgoing
 from costream.transforms.records import DecodedFrame, FeatureRecord, as_array, ndarray_row
 
 # --- the coder KafkaRecord had before schema'd rows (connectors/kafka_io.py at 9da1489) -------------
@@ -110,41 +110,41 @@ def _pairs(headers: list) -> list[tuple[str, bytes]]:
     return [(k, v) for k, v in headers]
 
 
-def features_input(dim: int = 64) -> codecs.OutgoingRecord:
-    payload, ct = codecs.encode_features(np.random.default_rng(0).standard_normal(dim))
-    return codecs.frame_record("cam-1", 123_456, TS, ct, payload)
+def features_input(dim: int = 64) -> contract.OutgoingRecord:
+    payload, ct = contract.encode_features(np.random.default_rng(0).standard_normal(dim))
+    return contract.frame_record("cam-1", 123_456, TS, ct, payload)
 
 
-def jpeg_input() -> codecs.OutgoingRecord:
+def jpeg_input() -> contract.OutgoingRecord:
     rgb = np.random.default_rng(1).integers(0, 256, (240, 320, 3), dtype=np.uint8)
-    return codecs.frame_record("cam-1", 123_456, TS, codecs.CT_JPEG, codecs.encode_jpeg(rgb))
+    return contract.frame_record("cam-1", 123_456, TS, contract.CT_JPEG, contract.encode_jpeg(rgb))
 
 
-def kafka_record(rec: codecs.OutgoingRecord, pairs: bool) -> KafkaRecord:
-    headers = _pairs(rec.headers) if pairs else codecs.as_headers(rec.headers)
+def kafka_record(rec: contract.OutgoingRecord, pairs: bool) -> KafkaRecord:
+    headers = _pairs(rec.headers) if pairs else contract.as_headers(rec.headers)
     return KafkaRecord(rec.key, rec.value, headers, "costream.frames", 3, 987_654, TS)
 
 
-def decoded(rec: codecs.OutgoingRecord, data: np.ndarray, kind: str, before: bool) -> DecodedFrame:
+def decoded(rec: contract.OutgoingRecord, data: np.ndarray, kind: str, before: bool) -> DecodedFrame:
     """Before: a numpy array and header pairs; after: an NdArray row and Header rows."""
-    headers = _pairs(rec.headers) if before else codecs.as_headers(rec.headers)
+    headers = _pairs(rec.headers) if before else contract.as_headers(rec.headers)
     array = data if before else ndarray_row(data)
     return DecodedFrame(
         "cam-1", 123_456, TS, kind, array, 0, TS + 5, rec.key, rec.value, headers, TS
     )
 
 
-def feature(rec: codecs.OutgoingRecord, dim: int, before: bool) -> FeatureRecord:
-    headers = _pairs(rec.headers) if before else codecs.as_headers(rec.headers)
+def feature(rec: contract.OutgoingRecord, dim: int, before: bool) -> FeatureRecord:
+    headers = _pairs(rec.headers) if before else contract.as_headers(rec.headers)
     vec = np.random.default_rng(2).standard_normal(dim).astype(np.float32)
     features = vec if before else ndarray_row(vec)
     return FeatureRecord("cam-1", 123_456, TS, features, TS + 5, rec.key, rec.value, headers)
 
 
-def detection(classes: int = 6) -> codecs.Detection:
+def detection(classes: int = 6) -> contract.Detection:
     scores = np.random.default_rng(3).dirichlet(np.ones(classes)).tolist()
     labels = ["Background", *(f"action_{i}" for i in range(1, classes - 1)), "Ambiguous"]
-    return codecs.make_detection(
+    return contract.make_detection(
         "cam-1", 123_456, TS, scores, labels, warm=True, model="co_oadtr_b1@0123456789ab",
         latency_ms=12.5,
     )  # fmt: skip
@@ -186,11 +186,11 @@ def main() -> int:
     image = np.random.default_rng(4).integers(0, 256, (112, 112, 3), dtype=np.uint8)
     samples = np.random.default_rng(5).standard_normal(64).astype(np.float32)
     det = detection()
-    det_record = codecs.detection_record(det)
-    dead = codecs.dead_letter(
+    det_record = contract.detection_record(det)
+    dead = contract.dead_letter(
         feats.key, feats.value, feats.headers, "The payload is bad.", "decode"
     )
-    dead_record = codecs.dead_letter_to_record(dead)
+    dead_record = contract.dead_letter_to_record(dead)
 
     cases = [
         ("KafkaRecord", "features 64-d", KafkaRecordCoderBefore(), kafka_record(feats, True),
@@ -205,9 +205,9 @@ def main() -> int:
          row(FeatureRecord), feature(feats, 64, False)),
         ("FeatureRecord", "512-d", pickled, feature(feats, 512, True),
          row(FeatureRecord), feature(feats, 512, False)),
-        ("detection", "C=6", OutgoingRecordCoder(), det_record, row(codecs.Detection), det),
+        ("detection", "C=6", OutgoingRecordCoder(), det_record, row(contract.Detection), det),
         ("dead letter", "features input", OutgoingRecordCoder(), dead_record,
-         row(codecs.DeadLetter), dead),
+         row(contract.DeadLetter), dead),
     ]  # fmt: skip
 
     print(f"us per element (best of {repeats} x {n} calls); B = encoded bytes")
@@ -227,21 +227,21 @@ def main() -> int:
         )
 
     print("\nto wire, us per element: the record the writer publishes (JSON, headers)")
-    row_det = row(codecs.Detection)
+    row_det = row(contract.Detection)
     det_decoded = row_det.decode(row_det.encode(det))  # what a writer after a fusion break gets
 
     def dead_before() -> Any:  # the stage built the record
-        return codecs.dead_letter_record(feats.key, feats.value, feats.headers, "Bad.", "decode")
+        return contract.dead_letter_record(feats.key, feats.value, feats.headers, "Bad.", "decode")
 
     def dead_after() -> Any:  # the stage builds the row, the writer the record
-        row_ = codecs.dead_letter(feats.key, feats.value, feats.headers, "Bad.", "decode")
-        return kafka_io.as_outgoing(row_)
+        row_ = contract.dead_letter(feats.key, feats.value, feats.headers, "Bad.", "decode")
+        return as_outgoing(row_)
 
     print(f"{'':<30} {'before: in the stage':>22} {'after: in the writer':>22}")
     for what, before, after in (
-        ("detection", lambda: codecs.detection_record(det), lambda: kafka_io.as_outgoing(det)),
-        ("detection (RowCoder-decoded)", lambda: codecs.detection_record(det),
-         lambda: kafka_io.as_outgoing(det_decoded)),
+        ("detection", lambda: contract.detection_record(det), lambda: as_outgoing(det)),
+        ("detection (RowCoder-decoded)", lambda: contract.detection_record(det),
+         lambda: as_outgoing(det_decoded)),
         ("dead letter (row + record)", dead_before, dead_after),
     ):  # fmt: skip
         t0, t1 = per_call_us(before, n, repeats), per_call_us(after, n, repeats)

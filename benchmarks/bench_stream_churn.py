@@ -70,7 +70,7 @@ def child(args: argparse.Namespace) -> None:
 
 def produce(bootstrap: str, topic: str, ids: int, frames: int) -> None:
     import numpy as np
-    from costream.connectors import codecs
+    from costream.connectors import contract
     from kafka import KafkaProducer
     from tqdm import tqdm
 
@@ -78,8 +78,8 @@ def produce(bootstrap: str, topic: str, ids: int, frames: int) -> None:
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=1 << 18)
     for k in tqdm(range(ids), desc=f"produce {topic}", unit="id", mininterval=2):
         for i in range(frames):
-            payload, ct = codecs.encode_features(x[(k + i) % 64])
-            r = codecs.frame_record(f"id-{k}", i, 1_000 + 40 * i, ct, payload)
+            payload, ct = contract.encode_features(x[(k + i) % 64])
+            r = contract.frame_record(f"id-{k}", i, 1_000 + 40 * i, ct, payload)
             p.send(topic, key=r.key, value=r.value, headers=r.headers)
     p.flush()
     p.close()

@@ -1,13 +1,14 @@
-"""costream.connectors: Kafka IO for Beam, stream-contract codecs, media readers, local broker.
+"""costream.connectors: Kafka IO for Beam, the stream contract, media readers, local broker.
 
 Import the submodules you need; this package re-exports the main entry points lazily so that
 ``import costream.connectors`` stays cheap (Beam, PyAV and OpenCV load on first use):
 
-- :mod:`~costream.connectors.kafka_io`: ``ReadFromKafka``, ``WriteToKafka``, ``WriteDeadLetters``,
+- :mod:`~costream.connectors.kafka`: ``ReadFromKafka``, ``WriteToKafka``, ``WriteDeadLetters``,
   ``KafkaRecord``, and the errors a pipeline may fail with (``KafkaSecurityError``,
   ``PartitionResetError``, ``BrokerUnavailableError``);
-- :mod:`~costream.connectors.codecs`: header names, content types, ``decode_frame`` and friends,
-  the ``CodecError`` hierarchy, detections and dead-letter records;
+- :mod:`~costream.connectors.contract`: header names, content types, ``decode_frame`` and
+  friends, the ``CodecError`` hierarchy, detections, dead-letter records and record sizing
+  (``RecordTooLargeError``), with neither Beam nor torch imported;
 - :mod:`~costream.connectors.media` and :mod:`~costream.connectors.synthetic`: files and
   generated media to frames / PCM chunks;
 - :mod:`~costream.connectors.sources`: any source to publishable records;
@@ -21,25 +22,25 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ReadFromKafka": "kafka_io",
-    "WriteToKafka": "kafka_io",
-    "WriteDeadLetters": "kafka_io",
-    "RecordTooLargeError": "kafka_io",
-    "KafkaRecord": "kafka_io",
-    "KafkaSecurityError": "kafka_io",
-    "PartitionResetError": "kafka_io",
-    "BrokerUnavailableError": "kafka_io",
-    "OutgoingRecord": "codecs",
-    "CodecError": "codecs",
-    "Frame": "codecs",
-    "Detection": "codecs",
-    "decode_frame": "codecs",
-    "decode_payload": "codecs",
-    "decode_detection": "codecs",
-    "encode_detection": "codecs",
-    "make_detection": "codecs",
-    "dead_letter_record": "codecs",
-    "frame_record": "codecs",
+    "ReadFromKafka": "kafka",
+    "WriteToKafka": "kafka",
+    "WriteDeadLetters": "kafka",
+    "RecordTooLargeError": "contract",
+    "KafkaRecord": "kafka",
+    "KafkaSecurityError": "kafka",
+    "PartitionResetError": "kafka",
+    "BrokerUnavailableError": "kafka",
+    "OutgoingRecord": "contract",
+    "CodecError": "contract",
+    "Frame": "contract",
+    "Detection": "contract",
+    "decode_frame": "contract",
+    "decode_payload": "contract",
+    "decode_detection": "contract",
+    "encode_detection": "contract",
+    "make_detection": "contract",
+    "dead_letter_record": "contract",
+    "frame_record": "contract",
     "EmbeddedBroker": "broker",
     "KafkaBroker": "broker",
     "BrokerError": "broker",

@@ -27,7 +27,7 @@ A just-freed port (TIME_WAIT after a broker stopped) is reused: the free-port ch
 Known tansu 0.6 quirks that matter to clients (measured; Apache Kafka does not have them):
 ``ListOffsets`` by timestamp always answers offset 0, and the "latest" offset of a partition is
 the base offset of its last record batch + 1 rather than the offset after its last record.
-:class:`~costream.connectors.kafka_io.ReadFromKafka` copes with the first; the second only
+:class:`~costream.connectors.kafka.ReadFromKafka` copes with the first; the second only
 affects ``start="latest"`` when the last batch held several records. tansu also writes
 default-valued tagged fields that old librdkafka misreads: Debian 12's ``kcat`` (librdkafka
 2.0.2) cannot talk to it, while librdkafka 2.16 can; against the Kafka broker both work.

@@ -2,7 +2,7 @@
 
 Frames are RGB ``uint8`` arrays of shape (H, W, 3); audio samples are mono ``float32`` in [-1, 1].
 Timestamps are milliseconds from the start of the media (add a capture start time to publish).
-Payload encoders (JPEG, PNG, L16) live in :mod:`costream.connectors.codecs` beside their decoders.
+Payload encoders (JPEG, PNG, L16) live in :mod:`costream.connectors.contract` beside their decoders.
 
 Example:
     >>> for index, ts_ms, rgb in read_video_frames("clip.mp4", fps=10, size=(320, 240)):  # doctest: +SKIP
@@ -19,7 +19,7 @@ from fractions import Fraction
 import av
 import cv2
 import numpy as np
-from costream.connectors import codecs
+from costream.connectors import contract
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -213,11 +213,11 @@ def read_image(
     path: str | os.PathLike[str],
     size: tuple[int, int] | None = None,
     *,
-    max_pixels: int = codecs.DEFAULT_MAX_PIXELS,
+    max_pixels: int = contract.DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Read one image file as RGB ``uint8`` (H, W, 3), optionally resized to (width, height).
 
-    The file must be JPEG, PNG, BMP or WebP (:data:`costream.connectors.codecs.IMAGE_FORMATS`).
+    The file must be JPEG, PNG, BMP or WebP (:data:`costream.connectors.contract.IMAGE_FORMATS`).
     Its size is read from its header first, and an image of more than ``max_pixels`` pixels is
     refused with a :class:`MediaError` before it is decoded (a small file may declare a huge
     image: a decompression bomb).
@@ -230,8 +230,8 @@ def read_image(
     except OSError as err:
         raise MediaError(f"Cannot read the image {name!r}: {err.strerror or err}.") from err
     try:
-        codecs.check_image_size(data, max_pixels)
-    except codecs.CodecError as err:
+        contract.check_image_size(data, max_pixels)
+    except contract.CodecError as err:
         raise MediaError(f"Cannot read the image {name!r}: {err}") from err
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:

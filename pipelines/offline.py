@@ -4,7 +4,7 @@ The spec is expanded exactly as for streaming, with ``ReadFromKafka`` replaced b
 records (the same records ``costream produce`` would publish) and the Kafka writes replaced by
 collectors. Detections therefore come from the same transforms and the same per-stream state
 update as in the streaming pipeline, and the collectors turn the rows they get (detections, dead
-letters) into records with the writers' own function (``kafka_io.as_outgoing``), so what
+letters) into records with the writers' own function (``costream.connectors.kafka.as_outgoing``), so what
 ``costream score`` returns is what the streaming job publishes.
 
 :func:`iter_scores` runs a long file in chunks of records, one pipeline run per chunk, so memory
@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from costream.connectors import codecs
-from costream.connectors.kafka_io import REPLAY_HEADER, KafkaRecord, as_outgoing
+from costream.connectors import contract
+from costream.connectors.contract import REPLAY_HEADER
+from costream.connectors.kafka import KafkaRecord, as_outgoing
 
 from .spec import build_pipeline, load_spec
 
@@ -35,7 +36,7 @@ DEFAULT_CHUNK_RECORDS = 2048
 """Records per pipeline run in :func:`iter_scores` (about 30 MB of 320x240 JPEG frames)."""
 
 _LOCK = threading.Lock()
-_SINKS: dict[str, list[codecs.OutgoingRecord]] = {}
+_SINKS: dict[str, list[contract.OutgoingRecord]] = {}
 
 
 class _Collect(beam.DoFn):
@@ -59,12 +60,12 @@ def _load(spec_path: str | Path) -> dict[str, Any]:
 
 
 def score_records(
-    spec_path: str | Path, records: Sequence[codecs.OutgoingRecord]
-) -> tuple[list[codecs.OutgoingRecord], list[codecs.OutgoingRecord]]:
+    spec_path: str | Path, records: Sequence[contract.OutgoingRecord]
+) -> tuple[list[contract.OutgoingRecord], list[contract.OutgoingRecord]]:
     """Run ``records`` through the spec in process; returns (detection records, dead letters)."""
     spec = _load(spec_path)
     kafka = [
-        KafkaRecord(r.key, r.value, codecs.as_headers(r.headers), "file", 0, i, 0)
+        KafkaRecord(r.key, r.value, contract.as_headers(r.headers), "file", 0, i, 0)
         for i, r in enumerate(records)
     ]
     return _run(spec, kafka)
@@ -72,10 +73,10 @@ def score_records(
 
 def iter_scores(
     spec_path: str | Path,
-    records: Iterable[codecs.OutgoingRecord],
+    records: Iterable[contract.OutgoingRecord],
     *,
     chunk_records: int = DEFAULT_CHUNK_RECORDS,
-) -> Iterator[tuple[list[codecs.OutgoingRecord], list[codecs.OutgoingRecord]]]:
+) -> Iterator[tuple[list[contract.OutgoingRecord], list[contract.OutgoingRecord]]]:
     """Run ``records`` through the spec chunk by chunk; yields (detections, dead letters) per chunk.
 
     ``records`` is consumed lazily, at most ``chunk_records`` at a time, so a file of any length
@@ -102,13 +103,13 @@ def iter_scores(
         if not chunk:
             return
         kafka = [
-            KafkaRecord(r.key, r.value, codecs.as_headers(r.headers), "file", 0, offset + i, 0)
+            KafkaRecord(r.key, r.value, contract.as_headers(r.headers), "file", 0, offset + i, 0)
             for i, r in enumerate(chunk)
         ]
         offset += len(chunk)
         del chunk
         warm = [
-            r._replace(headers=[*r.headers, codecs.Header(REPLAY_HEADER, b"1")])
+            r._replace(headers=[*r.headers, contract.Header(REPLAY_HEADER, b"1")])
             for tail in tails.values()
             for r in tail
         ]
@@ -140,7 +141,7 @@ def _replay_frames(spec: dict[str, Any]) -> int:
 
 def _run(
     spec: dict[str, Any], kafka: list[KafkaRecord]
-) -> tuple[list[codecs.OutgoingRecord], list[codecs.OutgoingRecord]]:
+) -> tuple[list[contract.OutgoingRecord], list[contract.OutgoingRecord]]:
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     run_id = str(id(kafka))
@@ -175,6 +176,6 @@ def _run(
         with _LOCK:
             out, dead = (_SINKS.pop(s) for s in sinks.values())
     out.sort(
-        key=lambda r: (r.key, int(codecs.header_value(r.headers, codecs.HEADER_FRAME_INDEX) or 0))
+        key=lambda r: (r.key, int(contract.header_value(r.headers, contract.HEADER_FRAME_INDEX) or 0))
     )
     return out, dead

@@ -355,7 +355,7 @@ TYPES: dict[str, YamlType] = {
     for t in (
         YamlType(
             "ReadFramesFromKafka",
-            "costream.connectors.kafka_io:ReadFromKafka",
+            "costream.connectors.kafka:ReadFromKafka",
             ReadFramesFromKafkaConfig,
             (
                 (
@@ -438,7 +438,7 @@ TYPES: dict[str, YamlType] = {
         ),
         YamlType(
             "WriteDetectionsToKafka",
-            "costream.connectors.kafka_io:WriteToKafka",
+            "costream.connectors.kafka:WriteToKafka",
             WriteDetectionsToKafkaConfig,
             (),
             """\
@@ -458,7 +458,7 @@ TYPES: dict[str, YamlType] = {
         ),
         YamlType(
             "WriteDeadLettersToKafka",
-            "costream.connectors.kafka_io:WriteDeadLetters",
+            "costream.connectors.kafka:WriteDeadLetters",
             WriteDeadLettersToKafkaConfig,
             (),
             """\

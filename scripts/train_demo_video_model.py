@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from costream.connectors import codecs
+from costream.connectors import contract
 from costream.connectors.synthetic import VIDEO_CLASSES, synthetic_video
 from costream.models.data import OadDataset, Video, load_dataset, one_hot, write_npz_dir
 from costream.models.train import TrainConfig, check_continual, train_model
@@ -73,12 +73,12 @@ def video_features(
 ) -> np.ndarray:
     """(T, D) features of ``frames`` through the pipeline's encode -> decode -> backbone path."""
     records = (
-        codecs.frame_record(
+        contract.frame_record(
             stream_id,
             i,
             int(round(1000 * i / fps)),
-            codecs.CT_JPEG,
-            codecs.encode_jpeg(rgb, JPEG_QUALITY),
+            contract.CT_JPEG,
+            contract.encode_jpeg(rgb, JPEG_QUALITY),
         )
         for i, rgb in enumerate(frames)
     )

@@ -3,12 +3,12 @@
 ``decode_record`` is the plain logic (validate key and headers, decode the JPEG/PNG, PCM or
 feature payload, resize images to the backbone's input size); ``DecodeFrames`` is the Beam step
 around it. Records that do not follow the contract go to the ``dead_letter`` output as
-:class:`~costream.connectors.codecs.DeadLetter` rows with stage ``decode`` and the reason as one
+:class:`~costream.connectors.contract.DeadLetter` rows with stage ``decode`` and the reason as one
 sentence; nothing is dropped.
 
 Example:
     >>> import numpy as np
-    >>> from costream.connectors.codecs import CT_PNG, encode_png, frame_record
+    >>> from costream.connectors.contract import CT_PNG, encode_png, frame_record
     >>> rec = frame_record("cam-1", 7, 1000, CT_PNG, encode_png(np.zeros((30, 40, 3), np.uint8)))
     >>> f = decode_record(rec.key, rec.value, rec.headers, image_size=16, now_ms=5)
     >>> f.stream_id, f.frame_index, f.kind, f.data.shape, f.data.dtype, f.arrival_ms
@@ -25,7 +25,16 @@ from typing import Any
 import apache_beam as beam
 import cv2
 import numpy as np
-from costream.connectors import codecs
+from costream.connectors.contract import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_PIXELS,
+    CodecError,
+    as_headers,
+    dead_letter,
+    decode_frame,
+    decode_payload,
+    media_kind,
+)
 from costream.transforms.counters import Counter
 from costream.transforms.records import (
     DEAD_LETTER,
@@ -93,8 +102,8 @@ def decode_record(
     headers: Sequence[tuple[str, bytes]],
     *,
     image_size: int | Sequence[int] | None = None,
-    max_payload_bytes: int = codecs.DEFAULT_MAX_PAYLOAD_BYTES,
-    max_pixels: int = codecs.DEFAULT_MAX_PIXELS,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     now_ms: int | None = None,
     timestamp_us: int = 0,
 ) -> DecodedFrame:
@@ -102,7 +111,7 @@ def decode_record(
 
     Args:
         key: the record key (the stream id in UTF-8).
-        value: the payload (stream contract, ``DESIGN.md``).
+        value: the payload (stream contract, ``docs/stream-contract.md``).
         headers: the record headers (frame index, ts, content type).
         image_size: resize images to this (height, width) (an int means square); None keeps them.
         max_payload_bytes: largest payload accepted.
@@ -115,21 +124,12 @@ def decode_record(
         CodecError: a subclass whose message says, in one sentence, what is wrong.
     """
     headers = list(headers)
-    frame = codecs.decode_frame(key, value, headers, max_payload_bytes=max_payload_bytes)
-    media_type = frame.content_type.media_type
-    rate = 0
-    if media_type in (codecs.CT_JPEG, codecs.CT_PNG):
-        kind = "image"
-        data = codecs.decode_image(frame, max_pixels=max_pixels)
-        if image_size is not None:
-            data = resize_rgb(data, image_size)
-    elif media_type == codecs.AUDIO_L16.lower():
-        kind = "audio"
-        data = codecs.decode_pcm(frame)
-        rate = int(frame.content_type.params["rate"])
-    else:
-        kind = "features"
-        data = codecs.decode_features(frame)
+    frame = decode_frame(key, value, headers, max_payload_bytes=max_payload_bytes)
+    kind = media_kind(frame.content_type.media_type)  # decode_frame let only known kinds in
+    data = decode_payload(frame, max_pixels=max_pixels)
+    if kind == "image" and image_size is not None:
+        data = resize_rgb(data, image_size)
+    rate = int(frame.content_type.params["rate"]) if kind == "audio" else 0
     arrival = int(time.time() * 1000) if now_ms is None else int(now_ms)
     return DecodedFrame(
         frame.stream_id,
@@ -141,7 +141,7 @@ def decode_record(
         arrival,
         None if key is None else bytes(key),
         b"" if value is None else bytes(value),
-        codecs.as_headers(headers),
+        as_headers(headers),
         int(timestamp_us),
     )
 
@@ -174,11 +174,11 @@ class _DecodeDoFn(beam.DoFn):
                 timestamp_us=timestamp.micros,
             )
         except Exception as err:  # bad bytes are data: route them, never stop the pipeline
-            if not isinstance(err, codecs.CodecError):
+            if not isinstance(err, CodecError):
                 _LOG.warning("Unexpected %s while decoding a record: %s", type(err).__name__, err)
             self._dead.inc()
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, codecs.dead_letter(key, value, headers, err, "decode")
+                DEAD_LETTER, dead_letter(key, value, headers, err, "decode")
             )
             return
         self._decoded.inc()
@@ -195,7 +195,7 @@ class DecodeFrames(beam.PTransform):
 
     * ``main``: :class:`~costream.transforms.records.DecodedFrame`, images resized to
       ``image_size`` (height, width) when given;
-    * ``dead_letter``: :class:`~costream.connectors.codecs.DeadLetter` rows, the original
+    * ``dead_letter``: :class:`~costream.connectors.contract.DeadLetter` rows, the original
       key/value/headers with ``stage = "decode"`` and ``error`` = the reason.
 
     Counters (namespace ``costream.decode``; also in :func:`costream.transforms.counters.snapshot`):
@@ -211,8 +211,8 @@ class DecodeFrames(beam.PTransform):
         self,
         image_size: int | Sequence[int] | None = None,
         *,
-        max_payload_bytes: int = codecs.DEFAULT_MAX_PAYLOAD_BYTES,
-        max_pixels: int = codecs.DEFAULT_MAX_PIXELS,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         self._image_size = None if image_size is None else image_size_hw(image_size)

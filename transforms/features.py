@@ -4,7 +4,7 @@
 ``RunInference`` with :class:`~costream.transforms.feature_handler.FeatureModelHandler` (bounded
 batch size and batching delay, one model per worker process, ``torch.set_num_threads``) ->
 routing. Its outputs: ``main`` (:class:`~costream.transforms.records.FeatureRecord` rows) and
-``dead_letter`` (:class:`~costream.connectors.codecs.DeadLetter` rows, stage ``decode`` or
+``dead_letter`` (:class:`~costream.connectors.contract.DeadLetter` rows, stage ``decode`` or
 ``features``). The backbones and their options are :mod:`costream.transforms.backbones`.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner, SwitchingDirectRunner
-from costream.connectors import codecs
-from costream.connectors.codecs import DeadLetter
+from costream.connectors import contract
+from costream.connectors.contract import DeadLetter
 from costream.models.logmel import LogMelOptions
 from costream.transforms.backbones import BackboneConfig
 from costream.transforms.counters import Counter
@@ -127,7 +127,7 @@ class ExtractFeatures(beam.PTransform):
       carrying stream id, frame index, ts_ms, arrival_ms, the original record and
       ``features`` (``float32`` (D,), D = :attr:`feature_dim`, as an
       :class:`~costream.transforms.records.NdArray` row: ``as_array`` reads it);
-    * ``dead_letter``: :class:`~costream.connectors.codecs.DeadLetter` rows (original
+    * ``dead_letter``: :class:`~costream.connectors.contract.DeadLetter` rows (original
       key/value/headers + ``error`` and ``stage``: ``decode`` for records that break the
       contract, ``features`` for records the backbone cannot take: wrong kind, size or rate,
       non-finite output, a failed forward).
@@ -187,7 +187,7 @@ class ExtractFeatures(beam.PTransform):
         win_length: int = 400,
         n_fft: int = 512,
         dim: int | None = None,
-        max_payload_bytes: int = codecs.DEFAULT_MAX_PAYLOAD_BYTES,
+        max_payload_bytes: int = contract.DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         super().__init__()
         self.max_payload_bytes = _payload_limit(max_payload_bytes)

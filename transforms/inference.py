@@ -62,8 +62,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
-from costream.connectors import codecs
-from costream.connectors.kafka_io import REPLAY_HEADER
+from costream.connectors import contract
+from costream.connectors.contract import REPLAY_HEADER
 from costream.models.state import StateFormatError, StreamState
 from costream.transforms import beam_fixes, counters
 from costream.transforms.records import (
@@ -177,7 +177,7 @@ class StepResult:
     is ``StreamState.to_bytes`` and ``Stored.to_bytes``. A duplicate has only ``decode_us``.
     """
 
-    detection: codecs.Detection | None
+    detection: contract.Detection | None
     events: list[str] = field(
         default_factory=list
     )  # duplicate, gap, gap_reset, gap_fill, model_change, expired, reboot, jump
@@ -286,7 +286,7 @@ class StreamStepper:
         probs = torch.softmax(out.scores[0].double(), dim=-1).tolist()
         t2 = time.perf_counter_ns()
         latency = 0.0 if arrival_ms is None else max(0.0, time.time() * 1000 - arrival_ms)
-        det = codecs.make_detection(
+        det = contract.make_detection(
             stream_id,
             frame_index,
             ts_ms,
@@ -316,7 +316,7 @@ def _us(since_ns: int) -> float:
 
 def iter_detections(
     stepper: StreamStepper, frames: Iterator[tuple[str, int, int, np.ndarray]]
-) -> Iterator[codecs.Detection]:
+) -> Iterator[contract.Detection]:
     """Run frames (stream_id, frame_index, ts_ms, features) through per-stream stored bytes.
 
     The same update the streaming DoFn performs, with a dict in place of Beam state; used by
@@ -489,9 +489,9 @@ class ContinualInferenceFn(beam.DoFn):
 
     Input: ``(stream_id, record)`` where ``record`` has ``stream_id, frame_index, ts_ms,
     features, arrival_ms`` and the original ``key, value, headers`` (for dead letters).
-    Main output: :class:`~costream.connectors.codecs.Detection` rows (``WriteToKafka`` writes
+    Main output: :class:`~costream.connectors.contract.Detection` rows (``WriteToKafka`` writes
     each as the detection JSON of docs/stream-contract.md, key = stream id). Tagged output ``dead_letter``:
-    :class:`~costream.connectors.codecs.DeadLetter` rows, the original record with stage
+    :class:`~costream.connectors.contract.DeadLetter` rows, the original record with stage
     ``inference``.
 
     Replayed frames (header ``costream.replay``, set by ``ReadFromKafka(warm_restart_frames=...)``
@@ -638,7 +638,7 @@ class ContinualInferenceFn(beam.DoFn):
                 e,
             )
             yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, codecs.dead_letter(rec.key, rec.value, rec.headers, e, "inference")
+                DEAD_LETTER, contract.dead_letter(rec.key, rec.value, rec.headers, e, "inference")
             )
             return
         if not replay:
@@ -677,9 +677,9 @@ class ContinualInference(beam.PTransform):
 
     Input: :class:`~costream.transforms.records.FeatureRecord` rows (``ExtractFeatures.main``),
     or any rows with its fields. Returns a dict of PCollections: ``detections``
-    (:class:`~costream.connectors.codecs.Detection` rows: ``stream_id, frame_index, ts_ms,
+    (:class:`~costream.connectors.contract.Detection` rows: ``stream_id, frame_index, ts_ms,
     scores, labels, top_label, top_score, warm, model, latency_ms``; ``WriteToKafka`` writes
-    the detection JSON of docs/stream-contract.md) and ``dead_letter`` (:class:`~costream.connectors.codecs.DeadLetter`
+    the detection JSON of docs/stream-contract.md) and ``dead_letter`` (:class:`~costream.connectors.contract.DeadLetter`
     rows for ``WriteDeadLetters``). Beam YAML's transforms take the detections as they are::
 
         - type: Filter
@@ -725,6 +725,6 @@ class ContinualInference(beam.PTransform):
             beam.typehints.KV[str, FeatureRecord]
         )
         out = keyed | "Step" >> beam.ParDo(self.fn).with_output_types(
-            codecs.Detection
+            contract.Detection
         ).with_outputs(DEAD_LETTER, main=DETECTIONS)
         return dict(typed_outputs(out, main=DETECTIONS))

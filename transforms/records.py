@@ -5,27 +5,27 @@ Every element is a Beam schema: a ``NamedTuple`` with real annotations (this mod
 ``RowCoder``, so Beam YAML's ``Filter``, ``MapToFields``, ``Combine`` and ``Sql`` take it with
 plain expressions and Beam encodes it without pickle. The rows, stage by stage:
 
-* :class:`~costream.connectors.kafka_io.KafkaRecord` (``ReadFromKafka``);
+* :class:`~costream.connectors.kafka.records.KafkaRecord` (``ReadFromKafka``);
 * :class:`DecodedFrame` (``DecodeFrames``) and :class:`FeatureRecord` (``ExtractFeatures``):
   their numpy arrays are :class:`NdArray` rows ``(dtype, shape, data)`` (numpy's dtype string,
   the dimensions, the C-order bytes), made by :func:`ndarray_row` and read by :func:`as_array`.
   Plain schema types, so any Beam worker and any SDK (Java, SQL) decodes them; a Python
   logical type would need costream imported in every SDK harness before it builds a bundle's
   coders, which harnesses do not do by themselves;
-* :class:`~costream.connectors.codecs.Detection` (``ContinualInference``);
-* :class:`~costream.connectors.codecs.DeadLetter` (every ``dead_letter`` output).
+* :class:`~costream.connectors.contract.Detection` (``ContinualInference``);
+* :class:`~costream.connectors.contract.DeadLetter` (every ``dead_letter`` output).
 
 Every row up to inference carries the original Kafka record (``key``, ``value``, ``headers``)
-so that any later stage can dead-letter it with the original bytes (``DESIGN.md``, "Stream
-contract": every input frame yields exactly one output record or one dead-letter record).
-Headers are :class:`~costream.connectors.codecs.Header` rows. Beam's ``RowCoder`` decodes a
+so that any later stage can dead-letter it with the original bytes (``docs/stream-contract.md``:
+every input frame yields exactly one output record or one dead-letter record).
+Headers are :class:`~costream.connectors.contract.Header` rows. Beam's ``RowCoder`` decodes a
 row into a class it generates from the schema: read fields by name, never by ``isinstance``.
 
 Tagged outputs of costream's PTransforms (:class:`~costream.transforms.decode.DecodeFrames`,
-:class:`~costream.transforms.backbones.ExtractFeatures`):
+:class:`~costream.transforms.features.ExtractFeatures`):
 
 * ``"main"`` (:data:`MAIN`): the stage's typed records;
-* ``"dead_letter"`` (:data:`DEAD_LETTER`): :class:`~costream.connectors.codecs.DeadLetter`
+* ``"dead_letter"`` (:data:`DEAD_LETTER`): :class:`~costream.connectors.contract.DeadLetter`
   rows built by :func:`to_dead_letter` (original key, value, headers, the reason and the
   stage), which ``WriteDeadLetters`` turns into the dead-letter topic's records.
 
@@ -44,9 +44,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
 import apache_beam as beam
+import costream.connectors.kafka.records  # noqa: F401 - registers the coders of the contract's rows
 import numpy as np
-from costream.connectors import codecs, kafka_io  # noqa: F401 - kafka_io registers its rows
-from costream.connectors.codecs import DeadLetter, Header
+from costream.connectors.contract import DeadLetter, Header, as_headers, dead_letter
 
 __all__ = [
     "DEAD_LETTER",
@@ -66,7 +66,7 @@ __all__ = [
 MAIN = "main"
 """Tag of the main output of costream PTransforms."""
 DEAD_LETTER = "dead_letter"
-"""Tag of the dead-letter output (:class:`~costream.connectors.codecs.DeadLetter` rows)."""
+"""Tag of the dead-letter output (:class:`~costream.connectors.contract.DeadLetter` rows)."""
 
 KINDS = ("image", "audio", "features")
 """Values of :attr:`DecodedFrame.kind`."""
@@ -166,7 +166,7 @@ def feature_record(frame: DecodedFrame, features: np.ndarray | NdArray) -> Featu
     """The :class:`FeatureRecord` of ``frame`` (any row with its fields) with ``features``.
 
     ``features``: a numpy array or an :class:`NdArray` row. The headers are rebuilt as
-    :class:`~costream.connectors.codecs.Header`: a frame Beam decoded holds header rows of a
+    :class:`~costream.connectors.contract.Header`: a frame Beam decoded holds header rows of a
     class Beam generated, which cost ~100 us each to pickle.
     """
     if isinstance(features, np.ndarray):
@@ -180,7 +180,7 @@ def feature_record(frame: DecodedFrame, features: np.ndarray | NdArray) -> Featu
         arrival if arrival is None or type(arrival) is int else int(arrival),
         frame.key,
         frame.value,
-        codecs.as_headers(frame.headers),
+        as_headers(frame.headers),
     )
 
 
@@ -188,7 +188,7 @@ def to_dead_letter(
     record: DecodedFrame | FeatureRecord, error: str | BaseException, stage: str
 ) -> DeadLetter:
     """The dead-letter row of ``record`` at ``stage`` (``decode`` / ``features`` / ``inference``)."""
-    return codecs.dead_letter(record.key, record.value, record.headers, error, stage)
+    return dead_letter(record.key, record.value, record.headers, error, stage)
 
 
 def typed_outputs(outputs: Any, main: str = MAIN) -> "TaggedOutputs":
@@ -196,7 +196,7 @@ def typed_outputs(outputs: Any, main: str = MAIN) -> "TaggedOutputs":
 
     Beam 2.62 types a ParDo's tagged outputs ``Any`` (``with_output_types`` types the main
     one), so the dead-letter output is given its schema here: Beam YAML and ``Flatten`` then
-    see :class:`~costream.connectors.codecs.DeadLetter` rows, and Beam encodes them with
+    see :class:`~costream.connectors.contract.DeadLetter` rows, and Beam encodes them with
     ``RowCoder``.
     """
     out = TaggedOutputs({main: outputs[main], DEAD_LETTER: outputs[DEAD_LETTER]})

@@ -54,7 +54,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.coders import BytesCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
-from costream.connectors import codecs
+from costream.connectors import contract
 from costream.models.state import StateFormatError
 from costream.transforms.counters import Counter
 from costream.transforms.records import (
@@ -208,7 +208,7 @@ class AssembleSubclipsFn(beam.DoFn):
             frame.arrival_ms,
             frame.key,
             frame.value,
-            codecs.as_headers(frame.headers),
+            contract.as_headers(frame.headers),
             frame.timestamp_us,
         )
 

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from costream.connectors import codecs, media, sources, synthetic
+from costream.connectors import contract, media, sources, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -94,26 +94,26 @@ def test_sources_give_contract_records(tmp_path, video_file):
     )
     recs = list(src.records)
     assert src.kind == "video" and src.count == 30 and len(recs) == 30
-    frame = codecs.decode_frame(recs[4][0].key, recs[4][0].value, recs[4][0].headers)
+    frame = contract.decode_frame(recs[4][0].key, recs[4][0].value, recs[4][0].headers)
     assert (frame.stream_id, frame.frame_index, frame.ts_ms) == ("cam-9", 4, 1_000_400)
-    assert codecs.decode_payload(frame).shape == (48, 64, 3)
+    assert contract.decode_payload(frame).shape == (48, 64, 3)
 
     feats = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.save(tmp_path / "f.npy", feats)
     recs = [
         r for r, _ in sources.open_source(str(tmp_path / "f.npy"), "s", fps=5, start_ms=0).records
     ]
-    got = [codecs.decode_payload(codecs.decode_frame(r.key, r.value, r.headers)) for r in recs]
+    got = [contract.decode_payload(contract.decode_frame(r.key, r.value, r.headers)) for r in recs]
     np.testing.assert_array_equal(np.stack(got), feats)
-    assert [dict(r.headers)[codecs.HEADER_TS_MS] for r in recs] == [b"0", b"200", b"400"]
+    assert [dict(r.headers)[contract.HEADER_TS_MS] for r in recs] == [b"0", b"200", b"400"]
 
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(3):
-        (folder / f"{i:03d}.png").write_bytes(codecs.encode_png(np.full((4, 6, 3), i, np.uint8)))
+        (folder / f"{i:03d}.png").write_bytes(contract.encode_png(np.full((4, 6, 3), i, np.uint8)))
     recs = [r for r, _ in sources.open_source(str(folder), "s", content_type="image/png").records]
     assert [
-        codecs.decode_payload(codecs.decode_frame(r.key, r.value, r.headers))[0, 0, 0] for r in recs
+        contract.decode_payload(contract.decode_frame(r.key, r.value, r.headers))[0, 0, 0] for r in recs
     ] == [0, 1, 2]
 
     audio = sources.open_source("synthetic:audio", "mic", rate=8000, chunk_ms=500, limit=4)

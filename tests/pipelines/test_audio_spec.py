@@ -5,7 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from costream.connectors import codecs, sources
+from costream.connectors import contract, sources
 from costream.connectors.synthetic import synthetic_audio
 from costream.models.logmel import LogMelOptions
 from costream.models.zoo import read_card
@@ -40,8 +40,8 @@ def test_default_audio_chunk_is_the_spec_backbone_chunk(spec_defaults):
     backbone = BackboneConfig(config["backbone"], logmel=LogMelOptions(rate=config["rate"]))
     assert sources.DEFAULT_CHUNK_MS == DEFAULT_CHUNK_MS == backbone.chunk_samples * 1000 // 16000
     (rec,) = produced(1)
-    frame = codecs.decode_frame(rec.key, rec.value, rec.headers)
-    assert codecs.decode_payload(frame).shape == (backbone.chunk_samples,)
+    frame = contract.decode_frame(rec.key, rec.value, rec.headers)
+    assert contract.decode_payload(frame).shape == (backbone.chunk_samples,)
     assert frame.content_type.params["rate"] == str(backbone.rate)
 
 
@@ -53,7 +53,7 @@ def test_shipped_audio_spec_and_model_detect_synthetic_sounds(spec_defaults):
     detections, dead = score_records(SPEC, produced(CHUNKS))
 
     assert not dead
-    got = [codecs.decode_detection(r.value) for r in detections]
+    got = [contract.decode_detection(r.value) for r in detections]
     assert [(d.stream_id, d.frame_index, d.warm) for d in got] == [
         ("mic", i, i >= n - 1) for i in range(CHUNKS)
     ]  # exactly one detection per chunk, warm once a window is full

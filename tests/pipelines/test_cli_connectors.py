@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from costream.connectors import codecs
+from costream.connectors import contract
 from costream.pipelines.cli import build_parser, main
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -72,15 +72,15 @@ def test_produce_synthetic_video_creates_topic_and_publishes_contract_records(ka
             got[0].partition
         }  # one key, one partition
         frames = [
-            codecs.decode_frame(r.key, r.value, r.headers)
+            contract.decode_frame(r.key, r.value, r.headers)
             for r in sorted(got, key=lambda r: r.offset)
         ]
         assert [f.frame_index for f in frames] == list(range(12))
         assert [f.ts_ms - frames[0].ts_ms for f in frames] == [40 * i for i in range(12)]
         assert all(
-            r.timestamp == int(codecs.header_value(r.headers, codecs.HEADER_TS_MS)) for r in got
+            r.timestamp == int(contract.header_value(r.headers, contract.HEADER_TS_MS)) for r in got
         )
-        assert codecs.decode_payload(frames[0]).shape == (48, 64, 3)
+        assert contract.decode_payload(frames[0]).shape == (48, 64, 3)
         assert frames[0].content_type.media_type == "image/jpeg" and frames[0].stream_id == "cam-7"
     finally:
         kafka_broker.delete_topics([topic])
@@ -95,7 +95,7 @@ def test_produce_audio_realtime_and_existing_topic(kafka_broker, kafka_topics, c
     assert rc == 0 and "created topic" not in capsys.readouterr().err
     assert time.monotonic() - t0 >= 0.3  # 4 chunks of 100 ms, paced
     got = read_all(kafka_broker.bootstrap, topic, 4)
-    pcm = [codecs.decode_payload(codecs.decode_frame(r.key, r.value, r.headers)) for r in got]
+    pcm = [contract.decode_payload(contract.decode_frame(r.key, r.value, r.headers)) for r in got]
     assert [p.shape for p in pcm] == [(800,)] * 4
 
     feats = tmp_path / "f.npy"
@@ -126,7 +126,7 @@ def test_produce_default_audio_chunks_run_through_the_audio_spec(chunk_ms, tmp_p
     detections, dead = score_records(AUDIO_SPEC, records)
     if chunk_ms is None:  # the default: one detection per chunk, nothing dead-lettered
         assert not dead
-        got = [codecs.decode_detection(r.value) for r in detections]
+        got = [contract.decode_detection(r.value) for r in detections]
         assert [(d.stream_id, d.frame_index, d.warm) for d in got] == [
             ("mic", i, i >= 3) for i in range(6)
         ]
@@ -134,9 +134,9 @@ def test_produce_default_audio_chunks_run_through_the_audio_spec(chunk_ms, tmp_p
         assert not detections and len(dead) == 6
         for r in dead:
             h = dict(r.headers)
-            assert h[codecs.HEADER_STAGE] == b"features"
-            assert b"takes chunks of 1280 samples" in h[codecs.HEADER_ERROR]
-            assert b"holds 16000 samples" in h[codecs.HEADER_ERROR]
+            assert h[contract.HEADER_STAGE] == b"features"
+            assert b"takes chunks of 1280 samples" in h[contract.HEADER_ERROR]
+            assert b"holds 16000 samples" in h[contract.HEADER_ERROR]
 
 
 def test_produce_refuses_bad_sources(kafka_broker, capsys, tmp_path):
@@ -153,11 +153,11 @@ def test_consume_prints_detections_as_json_lines(kafka_broker, kafka_topics, cap
     topic = kafka_topics()
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
     for i in range(3):
-        det = codecs.make_detection("cam", i, 1000 + i, [0.2, 0.8], ["bg", "act"], warm=i > 0,
+        det = contract.make_detection("cam", i, 1000 + i, [0.2, 0.8], ["bg", "act"], warm=i > 0,
                                     model="m@0123", latency_ms=1.0)  # fmt: skip
-        r = codecs.detection_record(det)
+        r = contract.detection_record(det)
         producer.send(topic, key=r.key, value=r.value, headers=r.headers).get(5)
-    dl = codecs.dead_letter_record(b"cam", b"\xff", [], "The payload is not a JPEG.", "decode")
+    dl = contract.dead_letter_record(b"cam", b"\xff", [], "The payload is not a JPEG.", "decode")
     producer.send(topic, key=dl.key, value=dl.value, headers=dl.headers).get(5)
     producer.send(topic, key=b"cam", value=b"{oops").get(5)
     producer.close()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from costream.connectors import codecs
+from costream.connectors import contract
 from costream.connectors.synthetic import synthetic_video
 from costream.models.zoo import get_model, save_model
 from costream.pipelines.offline import score_records
@@ -26,8 +26,8 @@ def good_records():
         video = synthetic_video(num_frames=FRAMES, size=(96, 72), seed=s)
         per_stream.append(
             [
-                codecs.frame_record(
-                    stream, i, 1_000 + 100 * i, codecs.CT_JPEG, codecs.encode_jpeg(rgb)
+                contract.frame_record(
+                    stream, i, 1_000 + 100 * i, contract.CT_JPEG, contract.encode_jpeg(rgb)
                 )
                 for i, rgb in enumerate(video.frames)
             ]
@@ -36,32 +36,32 @@ def good_records():
 
 
 def bad_records():
-    ok = codecs.frame_record("cam-bad", 0, 1, codecs.CT_JPEG, b"\xff\xd8\xff" + b"garbage" * 20)
+    ok = contract.frame_record("cam-bad", 0, 1, contract.CT_JPEG, b"\xff\xd8\xff" + b"garbage" * 20)
     noise = np.random.default_rng(0).integers(0, 256, (320, 320, 3), dtype=np.uint8)
-    big = codecs.frame_record("cam-big", 0, 1, codecs.CT_PNG, codecs.encode_png(noise))
+    big = contract.frame_record("cam-big", 0, 1, contract.CT_PNG, contract.encode_png(noise))
     # a valid PNG, refused only for its size; small enough for the producers (1 MiB by default)
     assert MAX_PAYLOAD < len(big.value) < 1 << 20
     assert decode_record(big.key, big.value, big.headers).data.shape == (320, 320, 3)
     return {
         "oversized payload": big,
         "corrupt jpeg": ok,
-        "missing headers": codecs.OutgoingRecord(b"cam-bad", b"\xff\xd8\xff\xe0", []),
-        "wrong content type": codecs.OutgoingRecord(
+        "missing headers": contract.OutgoingRecord(b"cam-bad", b"\xff\xd8\xff\xe0", []),
+        "wrong content type": contract.OutgoingRecord(
             b"cam-bad",
             b"hello",
             [
-                (codecs.HEADER_FRAME_INDEX, b"1"),
-                (codecs.HEADER_TS_MS, b"2"),
-                (codecs.HEADER_CONTENT_TYPE, b"text/plain"),
+                (contract.HEADER_FRAME_INDEX, b"1"),
+                (contract.HEADER_TS_MS, b"2"),
+                (contract.HEADER_CONTENT_TYPE, b"text/plain"),
             ],
         ),
-        "malformed frame index": codecs.OutgoingRecord(
+        "malformed frame index": contract.OutgoingRecord(
             b"cam-bad",
             b"\xff\xd8\xff",
             [
-                (codecs.HEADER_FRAME_INDEX, b"-x"),
-                (codecs.HEADER_TS_MS, b"2"),
-                (codecs.HEADER_CONTENT_TYPE, b"image/jpeg"),
+                (contract.HEADER_FRAME_INDEX, b"-x"),
+                (contract.HEADER_TS_MS, b"2"),
+                (contract.HEADER_CONTENT_TYPE, b"image/jpeg"),
             ],
         ),
     }
@@ -122,9 +122,9 @@ def test_video_spec_end_to_end(kafka_broker, kafka_topics, tmp_path, monkeypatch
     assert sorted(m.value for m in dlq) == sorted(r.value for r in bad.values())
     for m in dlq:
         h = dict(m.headers)
-        assert h[codecs.HEADER_STAGE] == b"decode" and h[codecs.HEADER_ERROR]
+        assert h[contract.HEADER_STAGE] == b"decode" and h[contract.HEADER_ERROR]
     (big,) = [m for m in dlq if m.value == bad["oversized payload"].value]
-    assert dict(big.headers)[codecs.HEADER_ERROR].decode() == (
+    assert dict(big.headers)[contract.HEADER_ERROR].decode() == (
         f"The payload is {len(big.value)} bytes, above the limit of {MAX_PAYLOAD} bytes."
     )
     # identical scores to `costream score` on the same frames (latency aside)

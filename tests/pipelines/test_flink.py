@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from costream.connectors import codecs
+from costream.connectors import contract
 from costream.pipelines.offline import score_records
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -60,14 +60,14 @@ def _cancel_leftover_jobs(request):
             cluster.rest(f"/jobs/{j['id']}?mode=cancel", method="PATCH")
 
 
-def features(stream: str, start: int, stop: int) -> list[codecs.OutgoingRecord]:
+def features(stream: str, start: int, stop: int) -> list[contract.OutgoingRecord]:
     seed = sum(map(ord, stream))
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((stop, DIM)).astype(np.float32)
     out = []
     for i in range(start, stop):
-        payload, ct = codecs.encode_features(x[i])
-        out.append(codecs.frame_record(stream, i, 1_000 + 40 * i, ct, payload))
+        payload, ct = contract.encode_features(x[i])
+        out.append(contract.frame_record(stream, i, 1_000 + 40 * i, ct, payload))
     return out
 
 
@@ -188,8 +188,8 @@ def test_features_spec_through_beams_yaml_main_on_flink(flink, kafka_broker, kaf
     topics = kafka_topics(2, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
     streams = ["y0", "y1", "y2"]
     good = interleave(streams, 0, 30)
-    bad, ct = codecs.encode_features(np.zeros(DIM - 1, np.float32))  # wrong dim for the model
-    produce(kafka_broker.bootstrap, topics[0], [*good[:20], codecs.frame_record("y-bad", 0, 1, ct, bad), *good[20:]])  # fmt: skip
+    bad, ct = contract.encode_features(np.zeros(DIM - 1, np.float32))  # wrong dim for the model
+    produce(kafka_broker.bootstrap, topics[0], [*good[:20], contract.frame_record("y-bad", 0, 1, ct, bad), *good[20:]])  # fmt: skip
     env = env_for(flink, kafka_broker, topics)
     before = {j["id"] for j in flink.jobs()}
     cmd = [sys.executable, "-m", "apache_beam.yaml.main", f"--yaml_pipeline_file={FEATURES}"]
@@ -219,7 +219,7 @@ def test_features_spec_through_beams_yaml_main_on_flink(flink, kafka_broker, kaf
     dlq = consume_all(kafka_broker.bootstrap, topics[2])
     per_stream = {s: [d["frame_index"] for d in out if d["stream_id"] == s] for s in streams}
     assert per_stream == {s: list(range(30)) for s in streams} and len(out) == len(good)
-    assert [dict(m.headers)[codecs.HEADER_STAGE] for m in dlq] == [b"features"]
+    assert [dict(m.headers)[contract.HEADER_STAGE] for m in dlq] == [b"features"]
     expected, _ = offline(FEATURES, good, env)
     assert {key(d): strip(d) for d in out} == expected
 
@@ -228,10 +228,10 @@ def test_features_spec_on_flink_exact_ordered_and_accounted(flink, kafka_broker,
     topics = kafka_topics(4, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
     streams = [f"s{i}" for i in range(6)]
     good = interleave(streams, 0, 40)
-    bad, ct = codecs.encode_features(np.zeros(DIM - 1, np.float32))  # wrong dim for the model
+    bad, ct = contract.encode_features(np.zeros(DIM - 1, np.float32))  # wrong dim for the model
     records = list(good)
-    records.insert(50, codecs.frame_record("s-bad", 0, 1, ct, bad))
-    records.insert(90, codecs.OutgoingRecord(b"s-bad", b"\x00" * 8, []))  # no headers at all
+    records.insert(50, contract.frame_record("s-bad", 0, 1, ct, bad))
+    records.insert(90, contract.OutgoingRecord(b"s-bad", b"\x00" * 8, []))  # no headers at all
     per_partition = produce(kafka_broker.bootstrap, topics[0], records)
     env = env_for(flink, kafka_broker, topics)
 
@@ -243,7 +243,7 @@ def test_features_spec_on_flink_exact_ordered_and_accounted(flink, kafka_broker,
     per_stream = {s: [d["frame_index"] for d in out if d["stream_id"] == s] for s in streams}
     assert per_stream == {s: list(range(40)) for s in streams}
     assert len(out) == len(good) and len(dlq) == 2
-    assert sorted(dict(m.headers)[codecs.HEADER_STAGE] for m in dlq) == [b"decode", b"features"]
+    assert sorted(dict(m.headers)[contract.HEADER_STAGE] for m in dlq) == [b"decode", b"features"]
     # identical to `costream score` on the same frames
     expected, _ = offline(FEATURES, good, env)
     assert {key(d): strip(d) for d in out} == expected
@@ -269,14 +269,14 @@ def test_video_spec_on_flink_equals_costream_score(flink, kafka_broker, kafka_to
         video = synthetic_video(num_frames=16, size=(96, 72), seed=s)
         per.append(
             [
-                codecs.frame_record(
-                    f"cam-{s}", i, 1_000 + 100 * i, codecs.CT_JPEG, codecs.encode_jpeg(f)
+                contract.frame_record(
+                    f"cam-{s}", i, 1_000 + 100 * i, contract.CT_JPEG, contract.encode_jpeg(f)
                 )
                 for i, f in enumerate(video.frames)
             ]
         )
     good = [recs[i] for i in range(16) for recs in per]
-    corrupt = codecs.frame_record("cam-x", 0, 1, codecs.CT_JPEG, b"\xff\xd8\xff" + b"junk" * 9)
+    corrupt = contract.frame_record("cam-x", 0, 1, contract.CT_JPEG, b"\xff\xd8\xff" + b"junk" * 9)
     produce(kafka_broker.bootstrap, topics[0], [*good[:10], corrupt, *good[10:]])
     env = env_for(flink, kafka_broker, topics, COSTREAM_WEIGHTS=weights)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from costream.connectors import codecs, sources
+from costream.connectors import contract, sources
 from costream.connectors.synthetic import synthetic_audio
 from costream.models.logmel import LogMelOptions
 from costream.models.vggish import VGGishConfig, VGGishFrontEnd, save_vggish
@@ -53,12 +53,12 @@ def chunks(stream, seconds, seed, skip=()):
     x = synthetic_audio(seconds, 16000, seed).samples
     n = len(x) // HOP
     return [
-        codecs.frame_record(
+        contract.frame_record(
             stream,
             k,
             1_000 + 250 * k,
-            codecs.audio_content_type(16000),
-            codecs.encode_l16(x[k * HOP : (k + 1) * HOP]),
+            contract.audio_content_type(16000),
+            contract.encode_l16(x[k * HOP : (k + 1) * HOP]),
         )
         for k in range(n)
         if k not in skip
@@ -106,8 +106,8 @@ def test_gtzan_spec_end_to_end(kafka_broker, kafka_topics, small_vggish, monkeyp
         monkeypatch.setenv(name, value)
     mic = chunks("mic", CHUNKS * 0.25, seed=7)
     other = chunks("mic-2", 3.0, seed=8, skip={5})  # a lost chunk: the history resets
-    short = codecs.frame_record(  # 1000 samples: not a 0.25 s chunk
-        "mic-2", 12, 4_000, codecs.audio_content_type(16000), codecs.encode_l16(np.zeros(1000))
+    short = contract.frame_record(  # 1000 samples: not a 0.25 s chunk
+        "mic-2", 12, 4_000, contract.audio_content_type(16000), contract.encode_l16(np.zeros(1000))
     )
     good = mic + other
     records = mic[:40] + other[:6] + [short] + mic[40:] + other[6:]
@@ -131,10 +131,10 @@ def test_gtzan_spec_end_to_end(kafka_broker, kafka_topics, small_vggish, monkeyp
     assert {d["model"] for d in out} == {f"{card['continual_name']}@{card['sha256'][:12]}"}
     assert {len(d["scores"]) for d in out} == {10}
     # the short chunk: one dead letter, stage features, original bytes
-    assert [(m.value, dict(m.headers)[codecs.HEADER_STAGE]) for m in dlq] == [
+    assert [(m.value, dict(m.headers)[contract.HEADER_STAGE]) for m in dlq] == [
         (short.value, b"features")
     ]
-    assert b"4000 samples" in dict(dlq[0].headers)[codecs.HEADER_ERROR]
+    assert b"4000 samples" in dict(dlq[0].headers)[contract.HEADER_ERROR]
     # the same scores as `costream score` on the same chunks (latency aside)
     offline, offline_dead = score_records(SPEC, good)
     assert not offline_dead

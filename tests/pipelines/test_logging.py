@@ -15,8 +15,8 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.transforms.util import _BatchSizeEstimator
-from costream.connectors import codecs
-from costream.connectors.kafka_io import WriteToKafka
+from costream.connectors import contract
+from costream.connectors.kafka import WriteToKafka
 from costream.pipelines import logs
 from costream.pipelines.cli import build_parser
 from kafka import KafkaProducer
@@ -121,7 +121,7 @@ def test_noise_records_are_left_out(name, level, msg, path):
          "stream cam-1: frame 0 starts a new stream epoch (the frame index went back ...)"),
         ("costream.transforms.inference", logging.WARNING,
          "stream cam-1 frame 7 -> dead letter: shape mismatch"),
-        ("costream.connectors.kafka_io", logging.WARNING,
+        ("costream.connectors.kafka.read", logging.WARNING,
          "ReadFromKafka: dead-lettered the record at t/0/5 to 'dlq': bad header"),
         ("kafka.net.connection", logging.ERROR,
          "<KafkaConnection node_id=bootstrap-0>: Connection lost: KafkaConnectionError: 111"),
@@ -238,8 +238,8 @@ def test_costream_run_logs_for_people(kafka_broker, kafka_topics, tmp_path):
     # stream a: frames 0..19, then frame 0 with a newer capture time (a camera reboot: a new
     # stream epoch, which costream warns about)
     for i, ts in [(i, 1000 + i) for i in range(20)] + [(0, 5000)]:
-        payload, ct = codecs.encode_features(rng.standard_normal(64).astype(np.float32))
-        r = codecs.frame_record("a", i, ts, ct, payload)
+        payload, ct = contract.encode_features(rng.standard_normal(64).astype(np.float32))
+        r = contract.frame_record("a", i, ts, ct, payload)
         producer.send(t_in, key=r.key, value=r.value, headers=r.headers)
     producer.flush()
     producer.close()

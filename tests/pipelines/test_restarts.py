@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from costream.connectors import codecs
+from costream.connectors import contract
 from costream.pipelines.offline import score_records
 from kafka import KafkaProducer
 
@@ -25,17 +25,17 @@ WINDOW, DIM = 16, 64  # the shipped demo model's n and input size
 STREAMS = [f"cam-{k}" for k in range(4)]
 
 
-def records(start: int, stop: int) -> list[codecs.OutgoingRecord]:
+def records(start: int, stop: int) -> list[contract.OutgoingRecord]:
     out = []
     for s, stream in enumerate(STREAMS):
         x = np.random.default_rng(s).standard_normal((stop, DIM)).astype(np.float32)
         for i in range(start, stop):
-            payload, ct = codecs.encode_features(x[i])
-            out.append(codecs.frame_record(stream, i, 1_000 + 40 * i, ct, payload))
-    return sorted(out, key=lambda r: int(dict(r.headers)[codecs.HEADER_FRAME_INDEX]))
+            payload, ct = contract.encode_features(x[i])
+            out.append(contract.frame_record(stream, i, 1_000 + 40 * i, ct, payload))
+    return sorted(out, key=lambda r: int(dict(r.headers)[contract.HEADER_FRAME_INDEX]))
 
 
-def produce(bootstrap: str, topic: str, recs: list[codecs.OutgoingRecord]) -> None:
+def produce(bootstrap: str, topic: str, recs: list[contract.OutgoingRecord]) -> None:
     p = KafkaProducer(bootstrap_servers=bootstrap)
     for r in recs:
         p.send(topic, key=r.key, value=r.value, headers=r.headers)

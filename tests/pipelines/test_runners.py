@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from costream.connectors import codecs
+from costream.connectors import contract
 from costream.pipelines.cli import main
 from costream.pipelines.runner import run_spec
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -25,11 +25,11 @@ def test_features_spec_on_portable_runner(kafka_broker, kafka_topics, monkeypatc
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
     for i in range(20):
         for s in ("a", "b"):
-            payload, ct = codecs.encode_features(rng.standard_normal(64).astype(np.float32))
-            r = codecs.frame_record(s, i, 1000 + i, ct, payload)
+            payload, ct = contract.encode_features(rng.standard_normal(64).astype(np.float32))
+            r = contract.frame_record(s, i, 1000 + i, ct, payload)
             producer.send(t_in, key=r.key, value=r.value, headers=r.headers)
-    bad, ct = codecs.encode_features(np.zeros(63, np.float32))  # wrong dim for the model
-    r = codecs.frame_record("c", 0, 1, ct, bad)
+    bad, ct = contract.encode_features(np.zeros(63, np.float32))  # wrong dim for the model
+    r = contract.frame_record("c", 0, 1, ct, bad)
     producer.send(t_in, key=r.key, value=r.value, headers=r.headers)
     producer.flush()
 
@@ -49,7 +49,7 @@ def test_features_spec_on_portable_runner(kafka_broker, kafka_topics, monkeypatc
     assert sorted((d["stream_id"], d["frame_index"]) for d in out) == [
         (s, i) for s in "ab" for i in range(20)
     ]
-    assert len(dead) == 1 and dict(dead[0].headers)[codecs.HEADER_STAGE] == b"features"
+    assert len(dead) == 1 and dict(dead[0].headers)[contract.HEADER_STAGE] == b"features"
 
 
 def test_demo_command_runs_end_to_end(tmp_path, capsys):

@@ -116,10 +116,10 @@ pipeline:
 
 
 def test_dead_letters_are_written_by_the_truncating_writer():
-    from costream.connectors import kafka_io
+    from costream.connectors.kafka import WriteDeadLetters
     from costream.pipelines.spec import resolve_type
 
-    assert resolve_type("WriteDeadLettersToKafka") is kafka_io.WriteDeadLetters
+    assert resolve_type("WriteDeadLettersToKafka") is WriteDeadLetters
     for name in ("features.yaml", "video.yaml", "audio.yaml"):
         (dlq,) = [
             t for t in load_spec(SPECS / name)["pipeline"]["transforms"]

@@ -11,7 +11,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from costream.connectors import codecs
+from costream.connectors import contract
 from costream.pipelines import runner as runner_module
 from costream.pipelines import status
 from costream.pipelines.cli import main
@@ -223,8 +223,8 @@ def test_costream_run_logs_status_and_a_summary_equal_to_beam_metrics(
     rng = np.random.default_rng(0)
 
     def frame(stream, i):
-        payload, ct = codecs.encode_features(rng.standard_normal(64).astype(np.float32))
-        return codecs.frame_record(stream, i, 1000 + i, ct, payload)
+        payload, ct = contract.encode_features(rng.standard_normal(64).astype(np.float32))
+        return contract.frame_record(stream, i, 1000 + i, ct, payload)
 
     # a: frames 0..19 and frame 5 again after 6 (a duplicate); b: 0..4, 15..19 (one gap of 10,
     # which resets b's state under either gap policy: above the default max_fill of 8 frames);
@@ -232,9 +232,9 @@ def test_costream_run_logs_status_and_a_summary_equal_to_beam_metrics(
     records = [frame("a", i) for i in range(7)] + [frame("a", 5)]
     records += [frame("a", i) for i in range(7, 20)]
     records += [frame("b", i) for i in (*range(5), *range(15, 20))]
-    bad_dim, ct = codecs.encode_features(np.zeros(63, np.float32))
-    records.insert(3, codecs.frame_record("c", 0, 1, ct, bad_dim))  # features stage
-    records.insert(9, codecs.OutgoingRecord(b"c", b"\x00", []))  # no headers: decode stage
+    bad_dim, ct = contract.encode_features(np.zeros(63, np.float32))
+    records.insert(3, contract.frame_record("c", 0, 1, ct, bad_dim))  # features stage
+    records.insert(9, contract.OutgoingRecord(b"c", b"\x00", []))  # no headers: decode stage
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
     for r in records:
         producer.send(t_in, key=r.key, value=r.value, headers=r.headers)

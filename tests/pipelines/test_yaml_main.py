@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from costream.connectors import codecs, sources
+from costream.connectors import contract, sources
 from costream.connectors.synthetic import synthetic_video
 from costream.pipelines.offline import score_records
 from kafka import KafkaProducer
@@ -30,10 +30,10 @@ def features_records():
     good = []
     for i in range(20):
         for s in ("a", "b"):
-            payload, ct = codecs.encode_features(rng.standard_normal(64).astype(np.float32))
-            good.append(codecs.frame_record(s, i, 1000 + 40 * i, ct, payload))
-    wrong, ct = codecs.encode_features(np.zeros(63, np.float32))  # not the model's 64
-    bad = [codecs.frame_record("c", 0, 1, ct, wrong), codecs.OutgoingRecord(b"c", b"\0" * 8, [])]
+            payload, ct = contract.encode_features(rng.standard_normal(64).astype(np.float32))
+            good.append(contract.frame_record(s, i, 1000 + 40 * i, ct, payload))
+    wrong, ct = contract.encode_features(np.zeros(63, np.float32))  # not the model's 64
+    bad = [contract.frame_record("c", 0, 1, ct, wrong), contract.OutgoingRecord(b"c", b"\0" * 8, [])]
     return good, bad, [b"features", b"decode"]
 
 
@@ -42,18 +42,18 @@ def video_records():
     for s in range(2):
         video = synthetic_video(num_frames=20, size=(96, 72), seed=s)
         per.append([
-            codecs.frame_record(f"cam-{s}", i, 1000 + 100 * i, codecs.CT_JPEG, codecs.encode_jpeg(f))
+            contract.frame_record(f"cam-{s}", i, 1000 + 100 * i, contract.CT_JPEG, contract.encode_jpeg(f))
             for i, f in enumerate(video.frames)
         ])  # fmt: skip
     good = [recs[i] for i in range(20) for recs in per]
-    corrupt = codecs.frame_record("cam-x", 0, 1, codecs.CT_JPEG, b"\xff\xd8\xff" + b"junk" * 9)
+    corrupt = contract.frame_record("cam-x", 0, 1, contract.CT_JPEG, b"\xff\xd8\xff" + b"junk" * 9)
     return good, [corrupt], [b"decode"]
 
 
 def audio_records():
     src = sources.open_source("synthetic:audio", "mic", limit=24, start_ms=0, seed=7)
     good = [r for r, _ in src.records]
-    return good, [codecs.OutgoingRecord(b"mic", b"\0" * 16, [])], [b"decode"]
+    return good, [contract.OutgoingRecord(b"mic", b"\0" * 16, [])], [b"decode"]
 
 
 def run_yaml_main(spec, env, cwd, *args, timeout_s=300):
@@ -116,7 +116,7 @@ def test_shipped_spec_runs_on_beams_yaml_main(
 
     out = consume_all(kafka_broker.bootstrap, t_out)
     dlq = consume_all(kafka_broker.bootstrap, t_dlq)
-    assert sorted(dict(m.headers)[codecs.HEADER_STAGE] for m in dlq) == sorted(stages)
+    assert sorted(dict(m.headers)[contract.HEADER_STAGE] for m in dlq) == sorted(stages)
     assert sorted(m.value for m in dlq) == sorted(r.value for r in bad)
     monkeypatch.chdir(ROOT)
     expected, dead = score_records(spec, good)

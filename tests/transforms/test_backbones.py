@@ -7,9 +7,9 @@ import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as _TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from costream.connectors import codecs
-from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
-from costream.connectors.kafka_io import as_outgoing
+from costream.connectors import contract
+from costream.connectors.contract import CT_JPEG, CT_PNG, frame_record
+from costream.connectors.kafka import as_outgoing
 from costream.models.logmel import LogMelOptions, LogMelSpectrogram
 from costream.models.resnet import resnet18
 from costream.models.weights import WeightsError, save_weights
@@ -95,8 +95,8 @@ def test_handler_routes_frames_that_do_not_fit():
     h = FeatureModelHandler(cfg, max_batch_size=4)
     model = h.load_model()
     assert torch.get_num_threads() == 1
-    img = frame_record("a", 0, 0, CT_PNG, codecs.encode_png(_image()))
-    pcm = frame_record("b", 0, 0, codecs.audio_content_type(16000), codecs.encode_l16(np.zeros(8)))
+    img = frame_record("a", 0, 0, CT_PNG, contract.encode_png(_image()))
+    pcm = frame_record("b", 0, 0, contract.audio_content_type(16000), contract.encode_l16(np.zeros(8)))
     good = decode_record(img.key, img.value, img.headers, image_size=32)
     wrong_size = decode_record(img.key, img.value, img.headers)
     audio = decode_record(pcm.key, pcm.value, pcm.headers)
@@ -118,20 +118,20 @@ def _key(r):
 def test_extract_features_pipeline_exact_and_dead_letters():
     images = [_image(24, 32, s) for s in range(4)]
     good = [
-        frame_record(f"cam-{i % 2}", i // 2, 100 * i, CT_PNG, codecs.encode_png(im))
+        frame_record(f"cam-{i % 2}", i // 2, 100 * i, CT_PNG, contract.encode_png(im))
         for i, im in enumerate(images)
     ]
-    corrupt = frame_record("cam-0", 9, 900, CT_JPEG, codecs.encode_jpeg(images[0])[:40])
+    corrupt = frame_record("cam-0", 9, 900, CT_JPEG, contract.encode_jpeg(images[0])[:40])
     audio = frame_record(
-        "mic", 0, 0, codecs.audio_content_type(16000), codecs.encode_l16(np.zeros(1280))
+        "mic", 0, 0, contract.audio_content_type(16000), contract.encode_l16(np.zeros(1280))
     )
     net = _small().build()
     with torch.inference_mode():  # one batch: a frame's features do not depend on its batch
         vecs = net(torch.from_numpy(np.stack([resize_rgb(im, 32) for im in images]))).numpy()
     expected = []
     for rec, vec in zip(good, vecs):
-        expected.append((rec.key.decode(), int(dict(rec.headers)[codecs.HEADER_FRAME_INDEX]),
-                         int(dict(rec.headers)[codecs.HEADER_TS_MS]), vec.tobytes()))  # fmt: skip
+        expected.append((rec.key.decode(), int(dict(rec.headers)[contract.HEADER_FRAME_INDEX]),
+                         int(dict(rec.headers)[contract.HEADER_TS_MS]), vec.tobytes()))  # fmt: skip
     with BeamPipeline() as p:
         out = (
             p
@@ -148,7 +148,7 @@ def test_extract_features_pipeline_exact_and_dead_letters():
         assert_that(
             out.dead_letter
             | "Wire" >> beam.Map(as_outgoing)
-            | beam.Map(lambda r: (r.key, r.value, dict(r.headers)[codecs.HEADER_STAGE])),
+            | beam.Map(lambda r: (r.key, r.value, dict(r.headers)[contract.HEADER_STAGE])),
             equal_to(
                 [(corrupt.key, corrupt.value, b"decode"), (audio.key, audio.value, b"features")]
             ),
@@ -159,16 +159,16 @@ def test_extract_features_pipeline_exact_and_dead_letters():
 def test_extract_features_logmel_batched_across_streams():
     rng = np.random.default_rng(1)
     chunks = [(0.2 * rng.standard_normal(1280)).astype(np.float32) for _ in range(6)]
-    ct = codecs.audio_content_type(16000)
-    recs = [frame_record(f"mic-{i % 3}", i // 3, 80 * i, ct, codecs.encode_l16(c)) for i, c in enumerate(chunks)]  # fmt: skip
-    short = frame_record("mic-9", 0, 0, ct, codecs.encode_l16(chunks[0][:1000]))
+    ct = contract.audio_content_type(16000)
+    recs = [frame_record(f"mic-{i % 3}", i // 3, 80 * i, ct, contract.encode_l16(c)) for i, c in enumerate(chunks)]  # fmt: skip
+    short = frame_record("mic-9", 0, 0, ct, contract.encode_l16(chunks[0][:1000]))
     fe = LogMelSpectrogram()
     expected = []
     for r in recs:
         x = as_array(decode_record(r.key, r.value, r.headers).data)
         vec = fe(torch.from_numpy(x)[None])[0].numpy()
-        expected.append((r.key.decode(), int(dict(r.headers)[codecs.HEADER_FRAME_INDEX]),
-                         int(dict(r.headers)[codecs.HEADER_TS_MS]), vec))  # fmt: skip
+        expected.append((r.key.decode(), int(dict(r.headers)[contract.HEADER_FRAME_INDEX]),
+                         int(dict(r.headers)[contract.HEADER_TS_MS]), vec))  # fmt: skip
 
     def close_to(want):
         def check(actual):
@@ -194,8 +194,8 @@ def test_extract_features_logmel_batched_across_streams():
             | "Wire" >> beam.Map(as_outgoing)
             | beam.Map(
                 lambda r: (
-                    dict(r.headers)[codecs.HEADER_STAGE],
-                    b"1280 samples" in dict(r.headers)[codecs.HEADER_ERROR],
+                    dict(r.headers)[contract.HEADER_STAGE],
+                    b"1280 samples" in dict(r.headers)[contract.HEADER_ERROR],
                 )
             ),
             equal_to([(b"features", True)]),
@@ -209,14 +209,14 @@ def test_extract_features_loses_nothing_and_never_moves_time_back(duration, runn
     # On the BundleBasedDirectRunner, Beam's stateful batching delivered the batch flushed at the
     # end of the input after the assert's GroupByKey had closed: the dead letter (the last record)
     # was missing in 3 of 5 runs. ExtractFeatures batches within bundles there instead, and says so.
-    ct = codecs.features_content_type(4)
+    ct = contract.features_content_type(4)
     recs = [frame_record("s", i, i, ct, np.full(4, i, "<f4").tobytes()) for i in range(5)]
     recs.append(
-        frame_record("s", 9, 9, codecs.features_content_type(3), np.zeros(3, "<f4").tobytes())
+        frame_record("s", 9, 9, contract.features_content_type(3), np.zeros(3, "<f4").tobytes())
     )
 
     def stamp(r):
-        return beam.window.TimestampedValue(r, 10 + int(dict(r.headers)[codecs.HEADER_FRAME_INDEX]))
+        return beam.window.TimestampedValue(r, 10 + int(dict(r.headers)[contract.HEADER_FRAME_INDEX]))
 
     def with_ts(e, ts=beam.DoFn.TimestampParam):
         yield e, ts
@@ -249,9 +249,9 @@ def test_extract_features_loses_nothing_and_never_moves_time_back(duration, runn
 
 
 def test_extract_features_max_payload_bytes_dead_letters_larger_records():
-    ct = codecs.features_content_type(4)
+    ct = contract.features_content_type(4)
     small = frame_record("s", 0, 0, ct, np.arange(4, dtype="<f4").tobytes())  # 16 bytes
-    big = frame_record("s", 1, 1, codecs.features_content_type(8), np.ones(8, "<f4").tobytes())
+    big = frame_record("s", 1, 1, contract.features_content_type(8), np.ones(8, "<f4").tobytes())
     with BeamPipeline() as p:
         out = (
             p
@@ -265,8 +265,8 @@ def test_extract_features_max_payload_bytes_dead_letters_larger_records():
             | beam.Map(
                 lambda r: (
                     r.value,
-                    dict(r.headers)[codecs.HEADER_STAGE],
-                    dict(r.headers)[codecs.HEADER_ERROR].decode(),
+                    dict(r.headers)[contract.HEADER_STAGE],
+                    dict(r.headers)[contract.HEADER_ERROR].decode(),
                 )
             ),
             equal_to(
@@ -306,11 +306,11 @@ def test_record_features_is_the_pipelines_path_offline():
 
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((5, 6)).astype(np.float32)
-    ct = codecs.features_content_type(6)
-    records = [codecs.frame_record("s", i, i, ct, v.tobytes()) for i, v in enumerate(vecs)]
+    ct = contract.features_content_type(6)
+    records = [contract.frame_record("s", i, i, ct, v.tobytes()) for i, v in enumerate(vecs)]
     cfg = BackboneConfig("identity", dim=6)
     np.testing.assert_array_equal(record_features(cfg.build(), cfg, records, batch_size=2), vecs)
-    bad = codecs.frame_record("s", 9, 9, codecs.features_content_type(4), vecs[0, :4].tobytes())
+    bad = contract.frame_record("s", 9, 9, contract.features_content_type(4), vecs[0, :4].tobytes())
     with pytest.raises(ValueError):
         record_features(cfg.build(), cfg, [bad])
 
@@ -337,9 +337,9 @@ def test_feature_counters_have_stage_names():
     from costream.transforms import counters
 
     vec = np.arange(4, dtype=np.float32)
-    payload, ct = codecs.encode_features(vec)
+    payload, ct = contract.encode_features(vec)
     good = [frame_record("s", i, i, ct, payload) for i in range(3)]
-    payload5, ct5 = codecs.encode_features(np.zeros(5))
+    payload5, ct5 = contract.encode_features(np.zeros(5))
     wrong_dim = frame_record("s", 3, 3, ct5, payload5)
     corrupt = frame_record("s", 4, 4, CT_JPEG, b"\xff\xd8\xff\x00")
     counters.reset()

@@ -5,9 +5,9 @@ import pytest
 from apache_beam.coders import FastPrimitivesCoder, PickleCoder
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from costream.connectors import codecs
-from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
-from costream.connectors.kafka_io import as_outgoing
+from costream.connectors import contract
+from costream.connectors.contract import CT_JPEG, CT_PNG, frame_record
+from costream.connectors.kafka import as_outgoing
 from costream.transforms.decode import DecodeFrames, decode_record, image_size_hw, resize_rgb
 from costream.transforms.records import (
     DecodedFrame,
@@ -24,7 +24,7 @@ def _image(h=30, w=40, seed=0):
 
 def test_decode_png_exact_and_resized():
     rgb = _image()
-    rec = frame_record("cam-1", 3, 1234, CT_PNG, codecs.encode_png(rgb))
+    rec = frame_record("cam-1", 3, 1234, CT_PNG, contract.encode_png(rgb))
     f = decode_record(rec.key, rec.value, rec.headers, now_ms=99)
     assert (f.stream_id, f.frame_index, f.ts_ms, f.kind, f.rate, f.arrival_ms) == (
         "cam-1", 3, 1234, "image", 0, 99,
@@ -51,22 +51,22 @@ def test_resize_rgb():
 
 def test_decode_audio_and_features():
     x = np.linspace(-0.5, 0.5, 160, dtype=np.float32)
-    rec = frame_record("mic", 0, 0, codecs.audio_content_type(16000), codecs.encode_l16(x))
+    rec = frame_record("mic", 0, 0, contract.audio_content_type(16000), contract.encode_l16(x))
     f = decode_record(rec.key, rec.value, rec.headers)
     assert f.kind == "audio" and f.rate == 16000 and as_array(f.data).dtype == np.float32
     np.testing.assert_allclose(as_array(f.data), x, atol=1 / 32768)
     vec = np.arange(5, dtype=np.float32)
-    payload, ct = codecs.encode_features(vec)
+    payload, ct = contract.encode_features(vec)
     f = decode_record(b"s", payload, frame_record("s", 1, 2, ct, payload).headers)
     assert f.kind == "features" and f.rate == 0
     np.testing.assert_array_equal(as_array(f.data), vec)
 
 
 def test_decode_errors_are_codec_errors():
-    good = frame_record("cam-1", 0, 0, CT_JPEG, codecs.encode_jpeg(_image()))
-    with pytest.raises(codecs.PayloadDecodeError):
+    good = frame_record("cam-1", 0, 0, CT_JPEG, contract.encode_jpeg(_image()))
+    with pytest.raises(contract.PayloadDecodeError):
         decode_record(good.key, good.value[:3] + b"garbage" * 10, good.headers)
-    with pytest.raises(codecs.MissingHeaderError, match="costream.frame_index"):
+    with pytest.raises(contract.MissingHeaderError, match="costream.frame_index"):
         decode_record(good.key, good.value, good.headers[1:])
 
 
@@ -83,7 +83,7 @@ def test_records_survive_beam_coders():
                     np.testing.assert_array_equal(a, b)
                 else:
                     assert a == b
-    dl = codecs.dead_letter_to_record(to_dead_letter(r, "bad thing", "inference"))
+    dl = contract.dead_letter_to_record(to_dead_letter(r, "bad thing", "inference"))
     assert dl.value == b"v" and dict(dl.headers)["costream.stage"] == b"inference"
 
 
@@ -96,9 +96,9 @@ def test_tagged_outputs_attribute_access():
 
 def test_decode_frames_pipeline_routes_bad_records():
     rgb = _image()
-    good = frame_record("cam-1", 0, 10, CT_PNG, codecs.encode_png(rgb))
+    good = frame_record("cam-1", 0, 10, CT_PNG, contract.encode_png(rgb))
     corrupt = frame_record("cam-1", 1, 20, CT_JPEG, b"\xff\xd8\xff" + b"\x00" * 50)
-    no_key = codecs.OutgoingRecord(None, good.value, good.headers)
+    no_key = contract.OutgoingRecord(None, good.value, good.headers)
     with BeamPipeline() as p:
         out = p | beam.Create([good, corrupt, no_key]) | DecodeFrames(image_size=8)
         assert_that(
@@ -128,7 +128,7 @@ def test_decode_counters_have_stage_names():
     from apache_beam.metrics.metric import MetricsFilter
     from costream.transforms import counters
 
-    good = frame_record("cam-1", 0, 10, CT_PNG, codecs.encode_png(_image()))
+    good = frame_record("cam-1", 0, 10, CT_PNG, contract.encode_png(_image()))
     corrupt = frame_record("cam-1", 1, 20, CT_JPEG, b"\xff\xd8\xff" + b"\x00" * 50)
     counters.reset()
     p = BeamPipeline()

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from costream.connectors import codecs
-from costream.connectors.codecs import CT_JPEG, CT_PNG, frame_record
-from costream.connectors.kafka_io import as_outgoing
+from costream.connectors import contract
+from costream.connectors.contract import CT_JPEG, CT_PNG, frame_record
+from costream.connectors.kafka import as_outgoing
 from costream.transforms.decode import DecodeFrames
 
 
@@ -53,7 +53,7 @@ BOMBS = [
 
 
 def test_bombs_become_decode_dead_letters_with_the_reason():
-    good = frame_record("cam-1", 0, 0, CT_PNG, codecs.encode_png(np.zeros((8, 8, 3), np.uint8)))
+    good = frame_record("cam-1", 0, 0, CT_PNG, contract.encode_png(np.zeros((8, 8, 3), np.uint8)))
     bombs = [frame_record("cam-1", i + 1, 0, ct, p) for i, (ct, p) in enumerate(BOMBS[:2])]
     with BeamPipeline() as p:
         out = p | beam.Create([good, *bombs]) | DecodeFrames(image_size=8)
@@ -64,8 +64,8 @@ def test_bombs_become_decode_dead_letters_with_the_reason():
             | beam.Map(
                 lambda r: (
                     r.value,
-                    dict(r.headers)[codecs.HEADER_STAGE],
-                    dict(r.headers)[codecs.HEADER_ERROR],
+                    dict(r.headers)[contract.HEADER_STAGE],
+                    dict(r.headers)[contract.HEADER_ERROR],
                 )
             ),
             equal_to(
@@ -87,7 +87,7 @@ _CHILD = textwrap.dedent(
     """
     import json, resource, sys
     import numpy as np
-    from costream.connectors import codecs
+    from costream.connectors import contract
     from costream.transforms.decode import decode_record
 
     def peak_mb():
@@ -102,14 +102,14 @@ _CHILD = textwrap.dedent(
         return rss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
     def decode(ct, payload):
-        rec = codecs.frame_record("cam-1", 0, 0, ct, payload)
+        rec = contract.frame_record("cam-1", 0, 0, ct, payload)
         return decode_record(rec.key, rec.value, rec.headers, image_size=224)
 
     # baseline: the decoders warmed up on ordinary 640x480 frames
     rgb = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     for _ in range(3):
-        decode(codecs.CT_JPEG, codecs.encode_jpeg(rgb))
-        decode(codecs.CT_PNG, codecs.encode_png(rgb))
+        decode(contract.CT_JPEG, contract.encode_jpeg(rgb))
+        decode(contract.CT_PNG, contract.encode_png(rgb))
     baseline = peak_mb()
     errors = []
     for ct, payload in json.loads(sys.stdin.read()):

@@ -11,8 +11,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
-from costream.connectors import codecs
-from costream.connectors.kafka_io import as_outgoing
+from costream.connectors import contract
+from costream.connectors.kafka import as_outgoing
 from costream.models.zoo import get_model, save_model
 from costream.transforms.inference import (
     ContinualInference,
@@ -161,7 +161,7 @@ def test_bad_features_raise_and_keep_state(regular):
 def _detections(rows):
     """(key, detection) of the records WriteToKafka publishes for detection rows."""
     records = [as_outgoing(d) for d in rows]
-    return [(r.key.decode(), codecs.decode_detection(r.value)) for r in records]
+    return [(r.key.decode(), contract.decode_detection(r.value)) for r in records]
 
 
 def test_pipeline_interleaved_streams_duplicates_and_poisoned_frame(regular, weights):
@@ -203,8 +203,8 @@ def test_pipeline_interleaved_streams_duplicates_and_poisoned_frame(regular, wei
             | beam.Map(
                 lambda r: (
                     r.key,
-                    dict(r.headers)[codecs.HEADER_STAGE],
-                    b"NaN" in dict(r.headers)[codecs.HEADER_ERROR],
+                    dict(r.headers)[contract.HEADER_STAGE],
+                    b"NaN" in dict(r.headers)[contract.HEADER_ERROR],
                 )
             )
         )
@@ -233,8 +233,8 @@ def test_idle_timer_clears_state_with_test_stream(weights):
             | "Wire" >> beam.Map(as_outgoing)
             | beam.Map(
                 lambda r: (
-                    codecs.decode_detection(r.value).frame_index,
-                    codecs.decode_detection(r.value).warm,
+                    contract.decode_detection(r.value).frame_index,
+                    contract.decode_detection(r.value).warm,
                 )
             )
         )
@@ -362,7 +362,7 @@ def test_dofn_model_change_resets_a_stream_state_written_by_another_model(
 
     def step(fn, i):
         (out,) = fn.process(("a", rec("a", i, X[i])), stream=cell, idle=_Timer())
-        return codecs.decode_detection(as_outgoing(out).value)
+        return contract.decode_detection(as_outgoing(out).value)
 
     dets = [step(old, i) for i in range(N)]
     assert dets[-1].warm and dets[-1].model == old.stepper.model_id

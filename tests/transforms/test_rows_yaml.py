@@ -20,8 +20,9 @@ from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints import schemas
 from apache_beam.yaml.yaml_transform import YamlTransform
-from costream.connectors import codecs
-from costream.connectors.kafka_io import REPLAY_HEADER, as_outgoing
+from costream.connectors import contract
+from costream.connectors.contract import REPLAY_HEADER
+from costream.connectors.kafka import as_outgoing
 from costream.models.zoo import get_model, save_model
 from costream.transforms.inference import ContinualInference, iter_detections, load_stepper
 from costream.transforms.records import DecodedFrame, FeatureRecord, as_array, ndarray_row
@@ -50,7 +51,7 @@ def feature_records():
     for s, stream in enumerate(STREAMS):
         for i in range(T):
             x = (rng.standard_normal(D_IN) * (1 + s)).astype(np.float32)
-            headers = [codecs.Header(REPLAY_HEADER, b"1")] if i == 0 else []
+            headers = [contract.Header(REPLAY_HEADER, b"1")] if i == 0 else []
             out.append(FeatureRecord(stream, i, T0_MS + 1000 * i, ndarray_row(x), T0_MS,
                                      stream.encode(), x.tobytes(), headers))  # fmt: skip
     return out
@@ -79,7 +80,7 @@ def run_yaml(weights, spec, check, *, timestamps=False):
             recs = recs | beam.Map(lambda r: TimestampedValue(r, r.ts_ms / 1000))
         out = recs | ContinualInference(weights=weights, idle_timer=False, idle_timeout_s=None)
         dets = out["detections"]
-        assert dets.element_type is codecs.Detection
+        assert dets.element_type is contract.Detection
         result = dets | YamlTransform(spec)
         check(result)
 
@@ -89,11 +90,11 @@ def scores_close(got, want):
 
 
 def test_rows_have_beam_schemas():
-    fields = dict(schemas.named_fields_from_element_type(codecs.Detection))
+    fields = dict(schemas.named_fields_from_element_type(contract.Detection))
     assert list(fields) == ["stream_id", "frame_index", "ts_ms", "scores", "labels",
                             "top_label", "top_score", "warm", "model", "latency_ms"]  # fmt: skip
     assert fields["warm"] is bool and fields["top_score"] is np.float64
-    dead = dict(schemas.named_fields_from_element_type(codecs.DeadLetter))
+    dead = dict(schemas.named_fields_from_element_type(contract.DeadLetter))
     assert list(dead) == ["key", "value", "headers", "error", "stage"]
     for row, field in ((DecodedFrame, "data"), (FeatureRecord, "features")):
         array = schemas.named_fields_from_element_type(row)[list(row._fields).index(field)][1]
@@ -104,7 +105,7 @@ def test_rows_have_beam_schemas():
 def test_rows_roundtrip_row_coder_with_arrays():
     x = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     row = ndarray_row(x)
-    f = DecodedFrame("s", 1, 2, "image", row, 0, 3, b"s", b"v", [codecs.Header("h", b"1")], 9)
+    f = DecodedFrame("s", 1, 2, "image", row, 0, 3, b"s", b"v", [contract.Header("h", b"1")], 9)
     coder = beam.coders.registry.get_coder(DecodedFrame)
     back = coder.decode(coder.encode(f))
     assert (back.data.dtype, list(back.data.shape)) == ("|u1", [2, 3, 3])
@@ -145,12 +146,12 @@ def test_filter_with_a_plain_expression(weights, offline):
 
     def check(kept):
         # still typed as detections, which WriteToKafka takes without a format
-        assert kept.element_type is codecs.Detection
+        assert kept.element_type is contract.Detection
 
         def exact(rows):
             assert sorted((d.stream_id, d.frame_index) for d in rows) == want
             for d in rows:
-                wire = codecs.decode_detection(as_outgoing(d).value)
+                wire = contract.decode_detection(as_outgoing(d).value)
                 o = offline[d.stream_id][d.frame_index]
                 assert (wire.labels, wire.top_label, wire.warm, wire.model) == (
                     o.labels, o.top_label, o.warm, o.model,
@@ -299,16 +300,16 @@ def test_writer_output_of_a_yaml_filter_equals_score_records(weights, offline):
         wire = kept | beam.Map(lambda d: as_outgoing(d))
 
         def exact(records):
-            assert sorted(int(dict(r.headers)[codecs.HEADER_FRAME_INDEX]) for r in records) == (
+            assert sorted(int(dict(r.headers)[contract.HEADER_FRAME_INDEX]) for r in records) == (
                 list(range(1, T))
             )
             for r in records:
-                d = codecs.decode_detection(r.value)
+                d = contract.decode_detection(r.value)
                 o = offline["cam-b"][d.frame_index]
                 assert r.key == b"cam-b" and d._replace(scores=o.scores, top_score=o.top_score,
                                                         latency_ms=o.latency_ms) == o  # fmt: skip
                 assert [k for k, _ in r.headers] == [
-                    codecs.HEADER_FRAME_INDEX, codecs.HEADER_TS_MS, codecs.HEADER_CONTENT_TYPE,
+                    contract.HEADER_FRAME_INDEX, contract.HEADER_TS_MS, contract.HEADER_CONTENT_TYPE,
                 ]  # fmt: skip
 
         assert_that(wire, exact)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
-from costream.connectors import codecs
-from costream.connectors.kafka_io import KafkaRecord
+from costream.connectors import contract
+from costream.connectors.kafka import KafkaRecord
 from costream.models.logmel import LogMelOptions
 from costream.models.state import StateFormatError
 from costream.models.vggish import (
@@ -131,12 +131,12 @@ def test_vggish_backbone_config():
 
 def chunk_records(stream, x, start=0):
     return [
-        codecs.frame_record(
+        contract.frame_record(
             stream,
             start + k,
             1_000 + 250 * (start + k),
-            codecs.audio_content_type(16000),
-            codecs.encode_l16(c),
+            contract.audio_content_type(16000),
+            contract.encode_l16(c),
         )
         for k, c in enumerate(x.reshape(-1, HOP))
     ]
@@ -151,8 +151,8 @@ def test_extract_features_vggish_assembles_each_stream_and_batches(tmp_path):
     net = cfg.build()
     streams = {"a": pcm(1.5, seed=3), "b": pcm(1.5, seed=4)}
     records = [r for s, x in streams.items() for r in chunk_records(s, x)]
-    short = codecs.frame_record(  # 1600 samples: refused before it touches the history
-        "a", 99, 1_000, codecs.audio_content_type(16000), codecs.encode_l16(pcm(0.1))
+    short = contract.frame_record(  # 1600 samples: refused before it touches the history
+        "a", 99, 1_000, contract.audio_content_type(16000), contract.encode_l16(pcm(0.1))
     )
     records.insert(3, short)
     good = [r for r in records if len(r.value) == 2 * HOP]
@@ -168,7 +168,7 @@ def test_extract_features_vggish_assembles_each_stream_and_batches(tmp_path):
     np.testing.assert_allclose(offline, np.stack([want[k] for k in sorted(want)]), atol=1e-5)
 
     kafka = [
-        KafkaRecord(r.key, r.value, codecs.as_headers(r.headers), "t", 0, i, 0)
+        KafkaRecord(r.key, r.value, contract.as_headers(r.headers), "t", 0, i, 0)
         for i, r in enumerate(records)
     ]
     with beam.Pipeline(runner=FnApiRunner()) as p:  # in order per stream, as from Kafka

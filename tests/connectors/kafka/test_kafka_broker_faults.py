@@ -11,7 +11,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from costream.connectors.broker import BrokerError, EmbeddedBroker, KafkaBroker, kafka_classpath
-from costream.connectors.kafka_io import OutgoingRecord, ReadFromKafka, WriteToKafka
+from costream.connectors.contract import OutgoingRecord
+from costream.connectors.kafka import ReadFromKafka, WriteToKafka
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 pytestmark = pytest.mark.integration

@@ -22,9 +22,9 @@ from costream.connectors.broker import (
     sasl_plain_properties,
     ssl_pem_properties,
 )
-from costream.connectors.kafka_io import (
+from costream.connectors.contract import OutgoingRecord
+from costream.connectors.kafka import (
     KafkaSecurityError,
-    OutgoingRecord,
     ReadFromKafka,
     WriteToKafka,
     check_security,

@@ -1,0 +1,298 @@
+"""ReadFromKafka against the embedded broker (real broker, uuid-named topics).
+
+Every streaming pipeline here stops by itself: ``max_records`` bounds each partition, or
+``stop_after_idle_s`` ends a partition after a short quiet spell.
+"""
+
+import hashlib
+import threading
+import time
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
+from costream.connectors import contract
+from costream.connectors.kafka import ReadFromKafka, offsets
+from costream.connectors.kafka.offsets import UNBOUNDED, _PartitionDescriptor
+from costream.connectors.kafka.read import _ReadPartitionFn
+from costream.connectors.kafka.restriction import _OffsetRestrictionProvider, _WatermarkProvider
+from costream.connectors.sources import open_source
+from costream.connectors.synthetic import write_synthetic_video
+from kafka import KafkaProducer
+from kafka_helpers import (
+    AppendJsonLines,
+    CrashAfter,
+    committed,
+    header,
+    load,
+    produce,
+    run_read,
+    stream_records,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_produced_video_arrives_once_in_order_with_headers(kafka_broker, kafka_topics, tmp_path):
+    topic = kafka_topics()
+    path = tmp_path / "clip.mp4"
+    write_synthetic_video(path, num_frames=24, size=(64, 48), fps=10.0)
+    start_ms = int(time.time() * 1000)
+    sent = produce(
+        kafka_broker.bootstrap,
+        topic,
+        [r for r, _ in open_source(str(path), "cam-1", start_ms=start_ms).records],
+    )
+    assert len(sent) == 24
+
+    out = run_read(
+        ReadFromKafka(kafka_broker.bootstrap, topic, max_records=24), tmp_path / "out.jsonl"
+    )
+
+    assert [int(header(o, contract.HEADER_FRAME_INDEX)) for o in out] == list(range(24))
+    assert [o["offset"] for o in out] == list(range(24))
+    for o, rec in zip(out, sent):
+        assert o["key"] == "cam-1"
+        assert [(k, v.encode("latin-1")) for k, v in o["headers"]] == rec.headers
+        assert o["sha"] == hashlib.sha1(rec.value).hexdigest()
+        ts = int(header(o, contract.HEADER_TS_MS))
+        assert o["timestamp_ms"] == ts and o["event_ms"] == ts  # event time = record timestamp
+
+
+def test_streams_on_several_partitions_interleave_in_order(kafka_broker, kafka_topics, tmp_path):
+    topic = kafka_topics(partitions=3)
+    now = int(time.time() * 1000)
+    streams = {"a": 0, "b": 0, "c": 1, "d": 2}  # two streams share partition 0
+    per_stream = {s: stream_records(s, 15, now) for s in streams}
+    interleaved = [per_stream[s][i] for i in range(15) for s in streams]
+    produce(
+        kafka_broker.bootstrap, topic, interleaved, partition_of=lambda r: streams[r.key.decode()]
+    )
+
+    read = ReadFromKafka(
+        kafka_broker.bootstrap, topic, stop_after_idle_s=1.0, max_records_per_bundle=7
+    )
+    t0 = time.monotonic()
+    out = run_read(read, tmp_path / "out.jsonl")
+    assert time.monotonic() - t0 < 30
+
+    assert len(out) == 60
+    assert len({(o["partition"], o["offset"]) for o in out}) == 60  # every record once
+    for s, partition in streams.items():
+        mine = [o for o in out if o["key"] == s]
+        assert {o["partition"] for o in mine} == {partition}
+        assert [int(header(o, contract.HEADER_FRAME_INDEX)) for o in mine] == list(range(15))
+    # records of partition 0 keep the interleaving of streams a and b (offset order)
+    p0 = [o for o in out if o["partition"] == 0]
+    assert [o["offset"] for o in p0] == list(range(30))
+    assert [o["key"] for o in p0[:4]] == ["a", "b", "a", "b"]
+
+
+def test_restart_from_committed_offsets_loses_nothing(kafka_broker, kafka_topics, tmp_path):
+    bs, topic, group = kafka_broker.bootstrap, kafka_topics(), f"g-{time.time_ns()}"
+    produce(bs, topic, stream_records("s", 50, int(time.time() * 1000)))
+
+    first = run_read(
+        ReadFromKafka(bs, topic, start="committed", group_id=group, max_records=20),
+        tmp_path / "1.jsonl",
+    )
+    assert [o["offset"] for o in first] == list(range(20))
+    # the finalizer of the last bundle committed "next offset to read"
+    assert committed(bs, group, topic) == 20
+
+    second = run_read(
+        ReadFromKafka(bs, topic, start="committed", group_id=group, stop_after_idle_s=1.0),
+        tmp_path / "2.jsonl",
+    )
+    assert [o["offset"] for o in second] == list(range(20, 50))
+    assert committed(bs, group, topic) == 50
+
+
+def test_crash_before_commit_rereads_at_most_one_bundle(kafka_broker, kafka_topics, tmp_path):
+    bs, topic, group = kafka_broker.bootstrap, kafka_topics(), f"g-{time.time_ns()}"
+    produce(bs, topic, stream_records("s", 60, int(time.time() * 1000)))
+    per_bundle = 10
+
+    def read():
+        return ReadFromKafka(bs, topic, start="committed", group_id=group, stop_after_idle_s=1.0,
+                             max_records_per_bundle=per_bundle)  # fmt: skip
+
+    with pytest.raises(Exception, match="simulated crash after 25 records"):
+        run_read(read(), tmp_path / "1.jsonl", then=beam.ParDo(CrashAfter(25)))
+    first = load(tmp_path / "1.jsonl")
+    # bundles of 10 ([0,10), [10,20)) were finalized; the one holding offset 25 failed and
+    # committed nothing
+    c = committed(bs, group, topic)
+    assert 25 - per_bundle < c <= 25  # 20 on the FnApiRunner: it finalizes every bundle
+    assert [o["offset"] for o in first] == list(range(26))
+
+    second = run_read(read(), tmp_path / "2.jsonl")
+    assert [o["offset"] for o in second] == list(range(c, 60))
+    offsets = [o["offset"] for o in first + second]
+    assert set(offsets) == set(range(60))  # nothing lost
+    duplicates = len(offsets) - len(set(offsets))
+    assert 0 < duplicates <= per_bundle  # the documented at-least-once bound
+
+
+def test_start_at_timestamp_and_latest(kafka_broker, kafka_topics, tmp_path):
+    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    base = int(time.time() * 1000) - 60_000
+    produce(bs, topic, stream_records("s", 10, base), one_batch_each=True)  # ts = base + 100 i
+
+    out = run_read(
+        ReadFromKafka(bs, topic, start=base + 450, stop_after_idle_s=0.5), tmp_path / "ts.jsonl"
+    )
+    assert [o["offset"] for o in out] == [5, 6, 7, 8, 9]
+
+    # "latest": only records produced after the read resolved its start offsets. A producer
+    # keeps publishing while the pipeline starts, so the test needs no start-up timing.
+    def later():
+        for i in range(16):
+            rec = stream_records("late", 16, int(time.time() * 1000))[i]
+            produce(bs, topic, [rec], one_batch_each=True)
+            time.sleep(0.25)
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    out = run_read(
+        ReadFromKafka(bs, topic, start="latest", stop_after_idle_s=1.5), tmp_path / "latest.jsonl"
+    )
+    thread.join()
+    offsets = [o["offset"] for o in out]
+    assert out and {o["key"] for o in out} == {"late"}  # none of the 10 older records
+    assert offsets == list(range(offsets[0], 26))  # a gap-free suffix up to the last record
+    assert [int(header(o, contract.HEADER_FRAME_INDEX)) for o in out] == [x - 10 for x in offsets]
+
+
+def test_explicit_partitions_only(kafka_broker, kafka_topics, tmp_path):
+    bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=2)
+    recs = stream_records("x", 6, int(time.time() * 1000))
+    produce(
+        bs,
+        topic,
+        recs,
+        partition_of=lambda r: (
+            int(contract.header_value(r.headers, contract.HEADER_FRAME_INDEX)) % 2
+        ),
+    )
+    out = run_read(ReadFromKafka(bs, topic, partitions=[1], max_records=3), tmp_path / "p.jsonl")
+    assert [(o["partition"], int(header(o, contract.HEADER_FRAME_INDEX))) for o in out] == [
+        (1, 1),
+        (1, 3),
+        (1, 5),
+    ]
+
+
+def test_missing_topic_and_partition_fail_with_a_sentence(
+    kafka_broker, kafka_topics, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(offsets, "_METADATA_WAIT_S", 1.0)
+    with pytest.raises(Exception, match="does not exist"):
+        run_read(
+            ReadFromKafka(kafka_broker.bootstrap, "no-such-topic", max_records=1),
+            tmp_path / "x.jsonl",
+        )
+    topic = kafka_topics()
+    with pytest.raises(Exception, match=r"has no partition\(s\) \[3\]"):
+        run_read(
+            ReadFromKafka(kafka_broker.bootstrap, topic, partitions=[3], max_records=1),
+            tmp_path / "y.jsonl",
+        )
+
+
+def test_reader_on_the_portable_runner(kafka_broker, kafka_topics, tmp_path):
+    """The portable path Flink uses: PortableRunner with an embedded job server, loopback worker."""
+    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    produce(bs, topic, stream_records("s", 12, int(time.time() * 1000)))
+    options = PipelineOptions(
+        runner="PortableRunner", job_endpoint="embed", environment_type="LOOPBACK", streaming=True
+    )
+    p = beam.Pipeline(options=options)
+    _ = (
+        p
+        | ReadFromKafka(bs, topic, max_records=12)
+        | beam.ParDo(AppendJsonLines(tmp_path / "o.jsonl"))
+    )
+    p.run().wait_until_finish()
+    assert [o["offset"] for o in load(tmp_path / "o.jsonl")] == list(range(12))
+
+
+# --- watermark -----------------------------------------------------------------------------
+
+
+class _Finalizer:
+    def __init__(self):
+        self.callbacks = []
+
+    def register(self, callback):
+        self.callbacks.append(callback)
+
+
+def _drive(read, topic, partitions, rounds, on_round):
+    """Run the reader's SDF the way a runner does: process, take the residual, resume."""
+    cfg = read._cfg
+    fn = _ReadPartitionFn(cfg)
+    fn.setup()
+    rp, wp = _OffsetRestrictionProvider(), _WatermarkProvider()
+    state = {}
+    for p in partitions:
+        desc = _PartitionDescriptor(topic, p, 0, UNBOUNDED)
+        rest = rp.initial_restriction(desc)
+        state[p] = (desc, rest, wp.initial_estimator_state(desc, rest))
+    try:
+        for i in range(rounds):
+            on_round(i)
+            marks = {}
+            for p, (desc, rest, est_state) in state.items():
+                tracker = ThreadsafeRestrictionTracker(rp.create_tracker(rest))
+                est = wp.create_watermark_estimator(est_state)
+                list(
+                    fn.process(
+                        desc, _Finalizer(), tracker=RestrictionTrackerView(tracker), watermark=est
+                    )
+                )
+                residual, _ = tracker.deferred_status()
+                state[p] = (desc, residual, est.get_estimator_state())
+                marks[p] = est.current_watermark()
+            yield marks
+    finally:
+        fn.teardown()
+
+
+def test_quiet_partition_does_not_stall_the_watermark(kafka_broker, kafka_topics):
+    bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=2)
+    producer = KafkaProducer(bootstrap_servers=bs)
+
+    def send_live(i):  # partition 0 gets a record stamped "now" every round; partition 1 none
+        producer.send(
+            topic, key=b"live", value=b"x", partition=0, timestamp_ms=int(time.time() * 1000)
+        ).get(5)
+
+    def watermarks(idle_partition_s):
+        read = ReadFromKafka(bs, topic, idle_partition_s=idle_partition_s, poll_timeout_ms=50)
+        before = time.time()  # the partitions' idle clocks start after this
+        history = []
+        for marks in _drive(read, topic, [0, 1], rounds=14, on_round=send_live):
+            history.append((time.time(), marks))
+            time.sleep(0.05)
+        return before, history
+
+    before, history = watermarks(idle_partition_s=0.5)
+    for (_, prev), (now, marks) in zip(history, history[1:]):
+        assert prev[0] <= marks[0] <= Timestamp.of(now) and prev[1] <= marks[1]  # monotone
+        if now < before + 0.5:
+            assert marks[1] == MIN_TIMESTAMP  # quiet, but not idle long enough yet
+    final_time, final = history[-1]
+    assert final_time - before > 1.0
+    # the live partition follows its records; the quiet one follows the wall clock (now - 0.5 s)
+    assert final[0] > MIN_TIMESTAMP and final[1] > MIN_TIMESTAMP
+    assert final[1] >= Timestamp.of(final_time - 0.5 - 1.5)  # 1.5 s of slack for a busy machine
+    assert min(final.values()) > Timestamp.of(final_time - 3.0)  # the combined watermark moves
+
+    # without the rule, the quiet partition holds the combined watermark at the minimum forever
+    _, history = watermarks(idle_partition_s=None)
+    assert all(marks[1] == MIN_TIMESTAMP for _, marks in history)
+    assert history[-1][1][0] > MIN_TIMESTAMP
+    producer.close()

@@ -1,0 +1,209 @@
+"""WriteToKafka / WriteDeadLetters against the embedded broker: acknowledgements, sizes, codecs."""
+
+import hashlib
+import time
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from costream.connectors import contract
+from costream.connectors.contract import (
+    DEFAULT_MAX_REQUEST_SIZE,
+    OutgoingRecord,
+    RecordTooLargeError,
+    record_size,
+)
+from costream.connectors.kafka import (
+    COMPRESSION_TYPES,
+    KafkaRecord,
+    ReadFromKafka,
+    WriteDeadLetters,
+    WriteToKafka,
+)
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka_helpers import (
+    near_limit_dead_letter,
+    produce,
+    read_topic,
+    run_read,
+    stream_records,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_write_to_kafka_roundtrip(kafka_broker, kafka_topics):
+    bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=2)
+    outgoing = [
+        OutgoingRecord(
+            f"k{i % 5}".encode(),
+            f"value-{i}".encode(),
+            [("h", str(i).encode()), ("x", b"\x00\xff")],
+        )
+        for i in range(40)
+    ]
+    elements = (
+        outgoing[:30]
+        + [(r.key, r.value, r.headers) for r in outgoing[30:35]]
+        + [
+            KafkaRecord(r.key, r.value, r.headers, "src", 0, 7, 1_700_000_000_000)
+            for r in outgoing[35:]
+        ]
+    )
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        _ = p | beam.Create(elements) | WriteToKafka(bs, topic, acks="all")
+
+    c = KafkaConsumer(bootstrap_servers=bs, enable_auto_commit=False)
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    got, deadline = [], time.monotonic() + 10
+    while len(got) < 40 and time.monotonic() < deadline:
+        got += [r for rs in c.poll(500).values() for r in rs]
+    c.close()
+    assert sorted((r.key, r.value, list(r.headers)) for r in got) == sorted(
+        (r.key, r.value, r.headers) for r in outgoing
+    )
+    # same key -> same partition
+    assert all(len({r.partition for r in got if r.key == k}) == 1 for k in {r.key for r in got})
+    assert {r.timestamp for r in got if r.value in {o.value for o in outgoing[35:]}} == {
+        1_700_000_000_000
+    }
+
+
+def test_write_failure_fails_the_pipeline_instead_of_dropping(tmp_path):
+    # tansu auto-creates topics on producer metadata requests, so make the broker unreachable.
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    write = WriteToKafka(
+        f"127.0.0.1:{port}", "t", client_config={"max_block_ms": 500, "bootstrap_timeout_ms": 1000}
+    )
+    with pytest.raises(Exception, match="KafkaTimeoutError|bootstrap|not acknowledged"):
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            _ = p | beam.Create([OutgoingRecord(b"k", b"v", [])]) | write
+
+
+def test_near_limit_dead_letter_arrives_truncated_with_headers(kafka_broker, kafka_topics):
+    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    big = near_limit_dead_letter()
+    assert record_size(big) > DEFAULT_MAX_REQUEST_SIZE
+    small = [
+        contract.dead_letter_record(b"cam", bytes([i]) * 10, [], f"bad {i}", "decode")
+        for i in range(3)
+    ]
+    p = beam.Pipeline(runner=FnApiRunner())
+    _ = p | beam.Create([small[0], big, *small[1:]]) | WriteDeadLetters(bs, topic)
+    result = p.run()
+    result.wait_until_finish()
+
+    got = read_topic(bs, topic, 4)
+    assert len(got) == 4  # nothing lost
+    assert sorted((r.key, r.value, list(r.headers)) for r in got if r.key == b"cam") == sorted(
+        (r.key, r.value, r.headers) for r in small
+    )  # records that fit are published untouched
+    (cut,) = [r for r in got if r.key == b"mic"]
+    h = dict(cut.headers)
+    assert list(cut.headers)[: len(big.headers)] == big.headers  # reason, stage, originals kept
+    assert h[contract.HEADER_TRUNCATED] == b"true"
+    assert h[contract.HEADER_ORIGINAL_SIZE] == str(len(big.value)).encode()
+    assert h[contract.HEADER_ORIGINAL_SHA256] == hashlib.sha256(big.value).hexdigest().encode()
+    assert big.value.startswith(cut.value) and len(cut.value) > len(big.value) - 2000
+    size = record_size(OutgoingRecord(cut.key, cut.value, list(cut.headers)))
+    assert DEFAULT_MAX_REQUEST_SIZE - 16 < size <= DEFAULT_MAX_REQUEST_SIZE
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(beam.metrics.MetricsFilter())["counters"]
+    }
+    assert counters["records_truncated"] == 1 and counters["records_written"] == 4
+    assert counters["bytes_truncated"] == len(big.value) - len(cut.value)
+
+
+def test_near_limit_input_is_dead_lettered_by_extract_features_and_truncated(
+    kafka_broker, kafka_topics
+):
+    # An input record the broker took (it fits in 1 MiB) whose audio the logmel backbone
+    # refuses: its dead letter (the record plus the reason) is over 1 MiB and is cut to fit.
+    from costream.transforms.features import ExtractFeatures
+    from costream.transforms.records import DEAD_LETTER
+
+    bs, t_in, t_dlq = kafka_broker.bootstrap, kafka_topics(), kafka_topics()
+    ct, limit = contract.audio_content_type(16000), DEFAULT_MAX_REQUEST_SIZE
+    good = [contract.frame_record("mic", i, 1000 + 80 * i, ct, b"\x00\x01" * 1280) for i in (0, 2)]
+    empty = contract.frame_record("mic", 1, 1080, ct, b"")
+    n = (limit - record_size(empty) - 8) // 2 * 2  # as long as the input may be
+    bad = contract.frame_record("mic", 1, 1080, ct, hashlib.sha256(b"x").digest() * (n // 32))
+    assert record_size(bad) <= limit
+    produce(bs, t_in, [good[0], bad, good[1]], one_batch_each=True)
+
+    p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(streaming=True))
+    features = (
+        p
+        | ReadFromKafka(bs, t_in, max_records=3)
+        | ExtractFeatures(backbone="logmel", rate=16000, max_payload_bytes=limit)
+    )
+    _ = features[DEAD_LETTER] | WriteDeadLetters(bs, t_dlq)
+    p.run().wait_until_finish()
+
+    (dead,) = read_topic(bs, t_dlq, 2, timeout_s=1)  # exactly one
+    h = dict(dead.headers)
+    assert dead.key == bad.key and list(dead.headers)[: len(bad.headers)] == bad.headers
+    assert h[contract.HEADER_STAGE] == b"features"
+    assert b"takes chunks of 1280 samples" in h[contract.HEADER_ERROR]
+    assert h[contract.HEADER_TRUNCATED] == b"true"
+    assert h[contract.HEADER_ORIGINAL_SIZE] == str(len(bad.value)).encode()
+    assert h[contract.HEADER_ORIGINAL_SHA256] == hashlib.sha256(bad.value).hexdigest().encode()
+    assert bad.value.startswith(dead.value) and len(dead.value) > len(bad.value) - 1000
+
+
+def test_too_large_output_is_a_clear_error_and_max_request_size_raises_the_limit(
+    kafka_broker, kafka_topics
+):
+    # Kafka's own limit is 1 MiB: the topic's max.message.bytes lets the 2 MiB record in
+    bs, topic = kafka_broker.bootstrap, kafka_topics(config={"max.message.bytes": str(4 << 20)})
+    big = near_limit_dead_letter()
+    with pytest.raises(RecordTooLargeError, match=(
+        rf"a record for topic '{topic}' \(key b'mic'\) is {record_size(big)} bytes "
+        r"serialized, above max_request_size=1048576\. Raise max_request_size"
+    )):  # fmt: skip
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            _ = p | beam.Create([big]) | WriteToKafka(bs, topic)
+    assert read_topic(bs, topic, 1, timeout_s=1) == []
+    # the option reaches the producer: with a larger limit the whole record goes through
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        _ = p | beam.Create([big]) | WriteToKafka(bs, topic, max_request_size=2 << 20)
+    (r,) = read_topic(bs, topic, 1)
+    assert r.value == big.value and list(r.headers) == big.headers
+
+
+@pytest.mark.parametrize("codec", COMPRESSION_TYPES)
+def test_compressed_topics_are_read_and_written(kafka_broker, kafka_topics, tmp_path, codec):
+    bs, t_in, t_out = kafka_broker.bootstrap, kafka_topics(), kafka_topics()
+    recs = stream_records("z", 30, 1_700_000_000_000, payload_size=400)
+    producer = KafkaProducer(bootstrap_servers=bs, compression_type=codec, linger_ms=20)
+    for rec in recs:
+        producer.send(t_in, key=rec.key, value=rec.value, headers=rec.headers)
+    producer.flush()
+    producer.close()
+
+    out = run_read(
+        ReadFromKafka(bs, t_in, max_records=30),
+        tmp_path / "o.jsonl",
+        then=beam.Map(lambda r: OutgoingRecord(r.key, r.value, r.headers))
+        | WriteToKafka(bs, t_out, compression_type=codec),
+    )
+    assert [o["sha"] for o in out] == [hashlib.sha1(r.value).hexdigest() for r in recs]
+    got = read_topic(bs, t_out, 30)
+    assert [(r.key, r.value, list(r.headers)) for r in got] == [
+        (r.key, r.value, r.headers) for r in recs
+    ]
+
+
+def test_compression_type_is_validated():
+    with pytest.raises(ValueError, match="compression_type='brotli' is not valid; use None or one"):
+        WriteToKafka("h:1", "t", compression_type="brotli")
+    with pytest.raises(ValueError, match="pass compression_type as the compression_type argument"):
+        WriteToKafka("h:1", "t", client_config={"compression_type": "lz4"})
