@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 from costream.models.encoder import ContinualEncoder
-from costream.models.nystrom import continual_nystrom_macs, nystrom_macs
+from costream.models.flops import continual_nystrom_macs, nystrom_macs
 from torch import nn
 
 
@@ -172,7 +172,7 @@ def synthetic_part(ms: list[int], steps: int, m_train: int) -> None:
         print(f"\n## 3. skipped: {e}")
         return
     from costream.models.attention import MultiheadWeights
-    from costream.models.nystrom import NystromAttention
+    from costream.models.nystrom_attention import NystromAttention
 
     train = make_dataset(SyntheticConfig(num_videos=48, seed=0, split="train"))
     test = make_dataset(SyntheticConfig(num_videos=24, seed=0, split="test"))

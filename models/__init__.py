@@ -1,5 +1,8 @@
 """costream.models: continual attention, encoders, model zoo, FLOP counting (pure PyTorch).
 
+Every ``nn.Module`` of costream lives here, and nothing here imports Beam or Kafka: the
+transforms wrap these modules. A continual model is a :class:`ContinualModel`.
+
 Example:
     >>> from costream.models import ContinualEncoder, get_model, input_major_
 """
@@ -10,20 +13,28 @@ from .attention import (
     MultiheadWeights,
 )
 from .audio import GtzanConfig
-from .data import DataFormatError, OadDataset, Video, load_dataset
-from .encoder import ContinualEncoder
-from .flops import encoder_macs, gtzan_macs, measured_macs, oadtr_macs, vggish_macs
-from .metrics import FrameMetrics, frame_metrics
-from .nystrom import (
+from .continual_nystrom import (
     ContinualNystromRetroactiveAttention,
     ContinualNystromSingleOutputAttention,
-    NystromAttention,
-    NystromMultiheadAttention,
-    continual_nystrom_macs,
-    nystrom_macs,
-    parse_attention,
 )
+from .data import DataFormatError, OadDataset, Video, load_dataset
+from .encoder import ContinualEncoder
+from .flops import (
+    continual_nystrom_macs,
+    encoder_macs,
+    gtzan_macs,
+    measured_macs,
+    nystrom_macs,
+    oadtr_macs,
+    vggish_macs,
+)
+from .logmel import LogMelOptions, LogMelSpectrogram
+from .metrics import FrameMetrics, frame_metrics
+from .nystrom import NystromOptions, parse_attention
+from .nystrom_attention import NystromAttention, NystromMultiheadAttention
 from .positional import RecyclingPositionalEncoding
+from .protocol import ContinualModel
+from .resnet import IdentityBackbone, ResNet, resnet18
 from .state import StateFormatError, StreamState
 from .vggish import (
     VGGish,
@@ -59,8 +70,10 @@ __all__ = [
     "ContinualNystromSingleOutputAttention",
     "NystromAttention",
     "NystromMultiheadAttention",
+    "NystromOptions",
     "parse_attention",
     # the zoo: online action detection models and their continual twins
+    "ContinualModel",
     "ContinualOnlineTransformer",
     "OnlineTransformer",
     "StepOutput",
@@ -78,6 +91,12 @@ __all__ = [
     "log_mel_patch",
     "save_vggish",
     "vggish_patches",
+    # frame backbones: the log-mel front-end and the ResNet feature extractor
+    "IdentityBackbone",
+    "LogMelOptions",
+    "LogMelSpectrogram",
+    "ResNet",
+    "resnet18",
     # data, metrics, MACs
     "DataFormatError",
     "FrameMetrics",

@@ -30,11 +30,11 @@ from .attention import (
     temporal_order,
     write_slots,
 )
-from .nystrom import (
+from .continual_nystrom import (
     ContinualNystromRetroactiveAttention,
     ContinualNystromSingleOutputAttention,
-    NystromAttention,
 )
+from .nystrom_attention import NystromAttention
 from .state import StateFormatError, StreamState
 from .weights import input_major_
 

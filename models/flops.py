@@ -10,7 +10,7 @@
   tokens in the last layer, b2's last-layer FFN not counted, GELU counted). It reproduces
   CoOadTR-b1 = 9,598,998 MACs for D_in = 3072.
 
-:func:`nystrom_macs` / :func:`continual_nystrom_macs` count Nyström attention (§7.7) and
+:func:`nystrom_macs` / :func:`continual_nystrom_macs` count Nyström attention (docs/continual-attention.md#macs-per-frame) and
 :func:`macs_per_frame` counts a zoo model from its config. The GTZAN audio setting has its own ``"paper"`` convention (:func:`gtzan_macs`): ptflops 0.6.7 on
 the reference audio model, whose channel-first linears are miscounted; it reproduces the paper's
 51.5x for one block (docs/audio-setting.md). :func:`vggish_macs` counts the VGGish front-end and
@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .nystrom import NystromOptions, parse_attention
 
 if TYPE_CHECKING:
-    from .online import ModelConfig
+    from .configs import ModelConfig
 
 __all__ = [
     "audio_setting_table",
@@ -246,13 +246,13 @@ def vggish_macs(
     return total
 
 
-# -- Nyström attention (§7.1, §7.7; attention part only, all heads) ---------------------------
+# -- Nyström attention (attention part only, all heads) ---------------------------------------
 def nystrom_macs(
     n: int, d: int, h: int, m: int, pinv_iters: int = 6, rows: int | None = None
 ) -> int:
     """Regular Nyström attention over a window of n tokens, ``rows`` outputs (default n).
 
-    4 n m d + h n m² + m² d + 4 k h m³ for all n rows (§7.7 with k = 6 Newton-Schulz iterations;
+    4 n m d + h n m² + m² d + 4 k h m³ for all n rows (with k = 6 Newton-Schulz iterations;
     the exact pinv is counted the same, nominally). With one output row the F and output terms
     shrink to 1 row: (2 n + 2) m d + h m² + m² d + 4 k h m³.
     """
@@ -271,14 +271,14 @@ def continual_nystrom_macs(
 ) -> float:
     """Per-step MACs of continual Nyström attention (all heads).
 
-    Amortised over the s = n/m schedule for continual landmarks; the §7.7 formulas::
+    Amortised over the s = n/m schedule for continual landmarks; the formulas of docs/continual-attention.md#macs-per-frame::
 
         single, fixed:       7 m d + h m²
         retroactive, fixed:  n m d + 7 m d + h m²
         continual landmarks: + (m/n)(2 n d + 2 m d + m² d + 4 k h m³)   [+ (m/n)(n m d + h n m²) retro]
 
     (This implementation recomputes A from the landmarks, m² d, instead of updating it with a new
-    row and column, 2 m d; the formula keeps both terms as §7.7 does, an upper bound by 2 m d.)
+    row and column, 2 m d; the formula keeps both terms, an upper bound by 2 m d.)
     """
     fixed = 7 * m * d + h * m * m + (n * m * d if retroactive else 0)
     if landmark_mode == "fixed":
@@ -292,7 +292,7 @@ def continual_nystrom_macs(
 def nystrom_encoder_macs_delta(
     *, layers: int, n: int, d: int, h: int, continual: bool, options: NystromOptions
 ) -> float:
-    """Per-frame MACs of an encoder's Nyström attention minus its softmax attention (clean, §8.1).
+    """Per-frame MACs of an encoder's Nyström attention minus its softmax attention (clean convention).
 
     Add it to a softmax encoder count (:func:`encoder_macs`) to count the Nyström variant:
     regular layers swap 2 n² d for :func:`nystrom_macs`; a continual single-output first layer swaps
@@ -317,7 +317,7 @@ def nystrom_encoder_macs_delta(
 
 # -- a zoo model, from its config -------------------------------------------------------------
 def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "paper") -> int:
-    """MACs per frame (docs §8) of a zoo model: embedding + encoder + head.
+    """MACs per frame (docs/continual-attention.md#macs-per-frame) of a zoo model: embedding + encoder + head.
 
     The OadTR family supports the paper's counting convention (``"paper"``, reproduces
     CoOadTR-b1 = 9,598,998 for D_in = 3072) and the clean one (``"clean"``, matmuls only); so does
@@ -330,7 +330,7 @@ def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "p
     """
     c = config
     kind, options = parse_attention(c.attention, c.window)
-    nystrom = 0  # Nyström attention replaces the softmax attention terms (clean, §7.7)
+    nystrom = 0  # Nyström attention replaces the softmax attention terms (clean convention)
     if kind == "nystrom":
         nystrom = round(nystrom_encoder_macs_delta(
             layers=c.blocks, n=c.window, d=c.d_model, h=c.heads, continual=continual,

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from .data import OadDataset
 from .metrics import FrameMetrics, frame_metrics
+from .protocol import ContinualModel
 
 __all__ = [
     "TrainConfig",
@@ -273,7 +274,7 @@ def predict_windows(
 
 @torch.no_grad()
 def predict_stream(
-    model: nn.Module,
+    model: ContinualModel,
     ds: OadDataset,
     max_streams: int = 64,
     progress: bool = False,

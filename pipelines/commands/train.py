@@ -134,7 +134,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     )  # fmt: skip
     n = model.window
     print(
-        f"training {regular_name} on {train.source}: {len(train)} videos, {train.num_frames:,} frames, "
+        f"training {model.name} on {train.source}: {len(train)} videos, {train.num_frames:,} frames, "
         f"D={train.feature_dim}, C={train.num_classes}, window n={n}"
         + (f"; validation: {len(val)} videos" if val is not None else "")
     )
@@ -167,9 +167,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     )
     if val is not None and result.history:
         curve = Path(args.curve) if args.curve else out.with_suffix(".curve.png")
-        plot_training_curve(
-            result.history, curve, title=f"{regular_name} on {Path(args.data).name}"
-        )
+        plot_training_curve(result.history, curve, title=f"{model.name} on {Path(args.data).name}")
         print(
             f"validation mAP {metrics['val_mAP']:.4f} (chance {metrics['val_chance_mAP']:.4f}), "
             f"mcAP {metrics['val_mcAP']:.4f}; curve: {curve}"

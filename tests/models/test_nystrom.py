@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from costream.models.encoder import ContinualEncoder
-from costream.models.nystrom import (
+from costream.models.continual_nystrom import (
     ContinualNystromRetroactiveAttention,
     ContinualNystromSingleOutputAttention,
-    NystromAttention,
-    NystromMultiheadAttention,
-    continual_nystrom_macs,
+)
+from costream.models.encoder import ContinualEncoder
+from costream.models.flops import continual_nystrom_macs, nystrom_macs
+from costream.models.nystrom import (
+    NystromOptions,
     nystrom,
-    nystrom_macs,
     parse_attention,
     pseudo_inverse,
     segment_means,
 )
+from costream.models.nystrom_attention import NystromAttention, NystromMultiheadAttention
 from costream.models.state import StreamState
 from torch import nn
 
@@ -354,3 +355,19 @@ def test_zoo_macs_per_frame_counts_nystrom_attention():
     reg = macs_per_frame(make_config("oadtr_b1"), continual=False, convention="clean")
     reg_ny = macs_per_frame(make_config("nystrom_oadtr_b1"), continual=False, convention="clean")
     assert reg_ny == reg - 2 * n * n * d + nystrom_macs(n, d, h, 4)
+
+
+def test_nystrom_options_one_definition_of_the_choices():
+    opts = NystromOptions(landmarks=4, landmark_mode="fixed", pinv="exact", pinv_iters=3)
+    assert opts.describe() == "m=4,landmarks=fixed,pinv=exact3"
+    opts.validate(window=6)  # fixed landmarks need no equal segments
+    with pytest.raises(ValueError, match="not divisible by landmarks m=4"):
+        NystromOptions(landmarks=4).validate(window=6)
+    NystromOptions(landmarks=4).validate(window=6, streaming=False)  # regular form: uneven ok
+    with pytest.raises(ValueError, match="positive integer m"):
+        NystromOptions(landmarks=True)
+    # the layers keep the options they were built with; parse_attention's dict builds the same
+    att = NystromAttention(D, H, N, landmarks=4, landmark_mode="fixed", pinv="exact", pinv_iters=3)
+    assert att.options == opts
+    _, parsed = parse_attention("nystrom:m=4,landmarks=fixed,pinv=exact,iters=3", window=N)
+    assert NystromOptions(**parsed) == opts

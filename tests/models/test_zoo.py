@@ -302,3 +302,15 @@ def test_phase_comes_from_frame_index(name, dtype, tol):
     assert M > 1 and not torch.allclose(a.scores, b.scores)
     with pytest.raises(ValueError, match="index"):
         co.step(X[:, 0], co.init_state(B), first[:2])
+
+
+def test_names_say_the_block_count(tmp_path):
+    assert [n for n in list_models() if n.rpartition("_b")[2].isdigit()] == list_models()
+    for name in list_models():
+        assert make_config(name).blocks == int(name.rpartition("_b")[2]), name
+    small = dict(d_in=4, d_model=8, window=4, heads=2, ffn=8, classes=2, pe_size=7)
+    co = get_model("co_oadtr_b1", blocks=3, **small)
+    assert co.name == "co_oadtr_b3" and co.config.blocks == 3
+    card = save_model(co, tmp_path / "m.safetensors", classes=["a", "b"])
+    assert (card["name"], card["continual_name"]) == ("oadtr_b3", "co_oadtr_b3")
+    assert get_model("nystrom_oadtr_b1", **small).name == "nystrom_oadtr_b1"
