@@ -1,4 +1,10 @@
-"""Run a spec on a Beam runner: option handling shared by ``costream run`` and ``costream demo``."""
+"""Run a spec on a Beam runner: option handling shared by ``costream run`` and ``costream demo``.
+
+Runner names: ``embedded`` (the default) runs the spec in this process on Beam's FnApiRunner;
+``FnApiRunner`` and ``DirectRunner`` are other names for it (Beam's own DirectRunner is not
+used). ``FlinkRunner`` submits to Flink, ``PortableRunner`` to a job endpoint. The options and
+settings each runner needs as workarounds come from :mod:`costream.transforms.beam_fixes`.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from costream.transforms import beam_fixes
+from costream.transforms.beam_fixes import EMBEDDED_RUNNERS, RUNNERS
+
 from .spec import build_pipeline, load_spec
 
-__all__ = ["EMBEDDED_RUNNERS", "flink_args", "make_options", "run_spec"]
+__all__ = [
+    "EMBEDDED_RUNNERS",
+    "RUNNERS",
+    "describe_runner",
+    "flink_args",
+    "make_options",
+    "run_spec",
+]
 
 log = logging.getLogger(__name__)
 
-# Runners that execute in this process. Beam's "DirectRunner" would first try to download the
-# Prism binary (unavailable offline) and then fall back to the FnApiRunner; we pin the latter.
-EMBEDDED_RUNNERS = ("DirectRunner", "FnApiRunner")
+
+def describe_runner(runner: str, extra: Sequence[str] = ()) -> str:
+    """What actually runs a spec for the runner name ``runner``, in words (logged by run_spec)."""
+    if runner in EMBEDDED_RUNNERS:
+        return "embedded: Beam's FnApiRunner, in this process"
+    endpoint = _option(extra, "job_endpoint")
+    if runner == "PortableRunner" and endpoint == "embed":
+        return "PortableRunner on an embedded job server (in this process)"
+    if runner == "PortableRunner":
+        return f"PortableRunner, job endpoint {endpoint}"
+    if runner == "FlinkRunner":
+        master = _option(extra, "flink_master")
+        return f"FlinkRunner, Flink master {master or '[auto]'}"
+    return runner
 
 
 def _option(args: Sequence[str], name: str) -> str | None:
@@ -81,31 +108,26 @@ def flink_args(extra: Sequence[str], until_idle_s: float | None = None) -> tuple
         "parallelism": "2",
         # Beam would otherwise override the cluster's retention and delete them on cancel
         "retain_externalized_checkpoints_on_cancellation": None,
-        # Beam's time-based bundle finishing did not always fire here (a stage held its first
-        # elements until the job ended); finishing bundles at each checkpoint bounds that
-        "finish_bundle_before_checkpointing": None,
         # (a bare flag turns Beam's default-true option off) Flink derives operator ids from the
         # chaining, which depends on the parallelism: without chaining a savepoint or checkpoint
         # maps onto the job at any --parallelism (rescaling)
         "operator_chaining": None,
     }
-    return runner, _with_defaults(args, defaults)
+    # a Flink job either way: Flink's option fixes whatever the runner class
+    return runner, beam_fixes.pipeline_args("FlinkRunner", _with_defaults(args, defaults))
 
 
 def make_options(runner: str, extra: Sequence[str]) -> Any:
-    """PipelineOptions for ``runner`` plus the user's Beam options (streaming on)."""
+    """PipelineOptions for ``runner`` plus the user's Beam options (streaming on).
+
+    The options ``runner`` needs as workarounds are added unless the user set them
+    (:func:`costream.transforms.beam_fixes.pipeline_args`).
+    """
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    args = list(extra)
-    if runner in EMBEDDED_RUNNERS:
-        # Beam YAML's own entry point pickles with cloudpickle; Beam 2.62's default (dill) cannot
-        # pickle some of Beam YAML's transforms (LogForTesting: "maximum recursion depth").
-        # In process only: Flink workers unpickle with the harness's default.
-        args = _with_defaults(args, {"pickle_library": "cloudpickle"})
-    else:
+    args = beam_fixes.pipeline_args(runner, extra)
+    if runner not in EMBEDDED_RUNNERS:
         args = [f"--runner={runner}", *args]
-        # portable SDK workers keep Beam's state cache off unless asked (docs: ~86x slower reads)
-        args = _with_defaults(args, {"max_cache_memory_usage_mb": "256"})
     opts = PipelineOptions(args)
     opts.view_as(StandardOptions).streaming = True
     return opts
@@ -113,7 +135,7 @@ def make_options(runner: str, extra: Sequence[str]) -> Any:
 
 def run_spec(
     spec_path: str | Path,
-    runner: str = "DirectRunner",
+    runner: str = "embedded",
     extra: Sequence[str] = (),
     until_idle_s: float | None = None,
     status_every_s: float | None = None,
@@ -124,32 +146,26 @@ def run_spec(
     every that many seconds (0: none) and a summary from the result's Beam metrics at the end
     (:mod:`costream.pipelines.status`; logger ``costream``, INFO). Live counts come from this
     process on the embedded runner and from Flink's REST API with a ``--flink_master``; other
-    runners get the summary only.
+    runners get the summary only. Which runner actually runs is logged
+    (:func:`describe_runner`). Settings that depend on the runner (the idle timer, batching
+    across bundles) are chosen when the spec expands (:mod:`costream.transforms.beam_fixes`).
+
+    Raises:
+        ValueError: ``runner`` is not one of :data:`RUNNERS`.
     """
     import apache_beam as beam
     from costream.pipelines import status
 
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}; the runners are {', '.join(RUNNERS)}.")
     overrides: dict[str, dict[str, Any]] = {}
     on_flink = runner == "FlinkRunner"
     if until_idle_s is not None and not on_flink:
         overrides["ReadFramesFromKafka"] = {"stop_after_idle_s": until_idle_s}
-    if on_flink:
-        # Beam's stateful BatchElements keys its buffer by a key drawn per DoFn instance: after a
-        # restore the old key's restored buffer is flushed later than newly read frames, which
-        # reorders a stream (the continual state then sees "duplicates" and gaps). On Flink the
-        # backbone batches within a bundle, which keeps each stream's order.
-        overrides["ExtractFeatures"] = {"max_batch_duration_secs": None}
-    defaults: dict[str, dict[str, Any]] = {}
-    in_process = runner in EMBEDDED_RUNNERS or "--job_endpoint=embed" in extra
-    if in_process or until_idle_s is not None:
-        # The in-process FnApiRunner (also behind PortableRunner's "embed" endpoint) fires
-        # processing-time timers right after their bundle and refuses to finish with one pending;
-        # Beam's Flink operator never finishes while one is pending (it spins in flushData once
-        # its input ended). So the embedded runner, and any run meant to end (--until-idle), use
-        # the TTL check instead of the idle timer; a streaming job on Flink uses the real timer.
-        defaults["ContinualInference"] = {"idle_timer": False}
+    in_process = runner in EMBEDDED_RUNNERS or _option(extra, "job_endpoint") == "embed"
 
-    spec = load_spec(spec_path, overrides=overrides, defaults=defaults)
+    spec = load_spec(spec_path, overrides=overrides)
+    log.info("runner: %s", describe_runner(runner, extra))
     master = _option(extra, "flink_master")
     job_name = _option(extra, "job_name")
     rest_master = master if on_flink and master and not master.startswith("[") else None
@@ -167,7 +183,7 @@ def run_spec(
         pipeline = beam.Pipeline(runner=FnApiRunner(), options=options)
     else:
         pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, spec)
+    build_pipeline(pipeline, spec, run_ends=until_idle_s is not None)
     source: status.CountSource | None = None
     if status_every_s is not None:
         if in_process:

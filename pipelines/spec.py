@@ -1,7 +1,7 @@
 """Pipeline specs: Beam YAML with costream's transforms registered as providers.
 
 A spec is ordinary Beam YAML (``pipeline: transforms: [{type, name?, input?, config}]``); the
-costream types of :data:`costream.pipelines.yaml_config.TYPES` (``ReadFramesFromKafka``,
+costream types of :data:`costream.pipelines.configs.TYPES` (``ReadFramesFromKafka``,
 ``DecodeFrames``, ``ExtractFeatures``, ``ContinualInference``, ``WriteDetectionsToKafka``,
 ``WriteDeadLettersToKafka``) are served by an inline Python provider, so a spec mixes them freely
 with Beam's own YAML transforms (``Flatten``, ``Filter``, Beam's Java ``ReadFromKafka``...).
@@ -16,7 +16,7 @@ The spec text is rendered as a Jinja template first, as ``yaml.main`` does, with
 :func:`build_pipeline` registers the same types itself.
 
 Before anything is built, every costream transform's ``config`` is checked against its type's
-config dataclass (:func:`costream.pipelines.yaml_config.parse_config`) and its Python PTransform
+config dataclass (:func:`costream.pipelines.configs.parse_config`) and its Python PTransform
 is constructed: unknown keys (with the near one suggested), missing keys, values of the wrong
 type and refused values are errors that name the file, the transform and the key. A transform
 with dead letters needs ``error_handling: {output: NAME}`` and that output consumed. A
@@ -39,8 +39,8 @@ from typing import Any
 
 import yaml
 
-from . import yaml_config
-from .yaml_config import RENAMED, TYPES, ConfigError
+from . import configs
+from .configs import RENAMED, TYPES, ConfigError
 
 __all__ = [
     "PROVIDERS",
@@ -177,7 +177,7 @@ def load_spec(
             raise SpecError(f"{label} has no 'type:'.")
         label = f"{path}: transform {t.get('name', t['type'])!r} (type {t['type']})"
         try:
-            t["config"] = yaml_config.expand_env(t.get("config") or {})
+            t["config"] = configs.expand_env(t.get("config") or {})
         except ConfigError as e:
             raise SpecError(f"{label}: {e}") from e
         if not isinstance(t["config"], dict):
@@ -190,7 +190,7 @@ def load_spec(
     return spec
 
 
-_REPO_ROOT = yaml_config.PACKAGE_ROOT
+_REPO_ROOT = configs.PACKAGE_ROOT
 
 
 def _check(
@@ -207,10 +207,10 @@ def _check(
     for key, value in _for_type(defaults, name).items():
         config.setdefault(key, value)
     config.update(_for_type(overrides, name))
-    for key in yaml_config.path_keys(name):
+    for key in configs.path_keys(name):
         if isinstance(config.get(key), str):
             # as given (cwd), else beside the spec, else in the repository / package
-            config[key] = yaml_config.resolve_path(config[key], path.parent, _REPO_ROOT)
+            config[key] = configs.resolve_path(config[key], path.parent, _REPO_ROOT)
     try:
         transform = yaml_transforms.for_spec(name)(**config)
         target = transform.build()
@@ -298,13 +298,19 @@ def _check_feature_sizes(
 
 
 def build_pipeline(
-    pipeline: Any, spec: dict[str, Any], replace: Mapping[str, Callable[..., Any]] | None = None
+    pipeline: Any,
+    spec: dict[str, Any],
+    replace: Mapping[str, Callable[..., Any]] | None = None,
+    *,
+    run_ends: bool = False,
 ) -> Any:
     """Expand a validated spec into ``pipeline`` with the costream providers registered.
 
     ``replace`` swaps the Python PTransform behind a type, keyed by the type's name or its
     Python class's name (``costream score`` replaces ``ReadFromKafka``, ``WriteToKafka`` and
     ``WriteDeadLetters`` by a file source and collectors); it takes the Python keywords.
+    ``run_ends``: the run is meant to end by itself (``costream run --until-idle``), which some
+    runner-dependent settings take into account (:mod:`costream.transforms.beam_fixes`).
     """
     from apache_beam.yaml import yaml_provider
     from apache_beam.yaml.yaml_transform import expand_pipeline
@@ -316,7 +322,7 @@ def build_pipeline(
     replace = replace or {}
     factories = {
         name: yaml_transforms.for_spec(
-            name, replace.get(name) or replace.get(TYPES[name].python_name)
+            name, replace.get(name) or replace.get(TYPES[name].python_name), run_ends=run_ends
         )
         for name in used
     }

@@ -1,6 +1,6 @@
 """The YAML reference (``docs/yaml.md``, ``costream transforms``), generated from the config dataclasses.
 
-Every key, type, default and description comes from :data:`costream.pipelines.yaml_config.TYPES`;
+Every key, type, default and description comes from :data:`costream.pipelines.configs.TYPES`;
 only the introduction below is prose. ``tests/pipelines/test_yaml_config.py`` checks that
 ``docs/yaml.md`` equals :func:`reference`; regenerate it with
 ``costream transforms > docs/yaml.md``.
@@ -12,14 +12,14 @@ import dataclasses
 import typing
 from typing import Any, Literal, Union
 
-from .yaml_config import TYPES, YamlType, type_of
+from .configs import TYPES, YamlType, type_of
 
 __all__ = ["INTRODUCTION", "reference", "section"]
 
 INTRODUCTION = """\
 # costream's Beam YAML transforms
 
-<!-- Generated from costream/pipelines/yaml_config.py by `costream transforms > docs/yaml.md`;
+<!-- Generated from costream/pipelines/configs/ by `costream transforms > docs/yaml.md`;
      tests/pipelines/test_yaml_config.py checks that this file is up to date. -->
 
 costream's pipeline specs are Beam YAML. Its transforms are six YAML types, listed below, that

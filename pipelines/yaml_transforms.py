@@ -1,6 +1,6 @@
 """costream's PTransforms as Beam YAML types: the classes ``providers.yaml`` registers.
 
-Each class is one type of :data:`costream.pipelines.yaml_config.TYPES`. Its constructor takes
+Each class is one type of :data:`costream.pipelines.configs.TYPES`. Its constructor takes
 that type's ``config:`` keys (its signature and docstring are made from the type's config
 dataclass, so Beam YAML's ``config_schema`` and description for the provider are too), and its
 ``expand`` hands the Python keywords to the costream PTransform behind it. For a spec run by
@@ -11,13 +11,15 @@ Beam's own entry point (``python -m apache_beam.yaml.main``) the layer also does
   converted to the numbers the fields take;
 * a relative weights path is looked up in the working directory, then in costream's package
   (where the demo models are package data);
-* ``ContinualInference`` with ``idle_timer: null`` (the default) takes the TTL check on the
-  in-process runner (FnApiRunner, ``--job_endpoint=embed``), whose processing-time timers fire
-  right after their bundle, and the idle timer elsewhere; ``ExtractFeatures`` batches within a
-  bundle on a distributed runner (Flink), which keeps each stream's order across restores.
+* settings that depend on the runner come from :mod:`costream.transforms.beam_fixes`
+  (:func:`~costream.transforms.beam_fixes.transform_kwargs`): ``ContinualInference`` with
+  ``idle_timer: null`` (the default) takes the TTL check on the in-process runner (FnApiRunner,
+  ``--job_endpoint=embed``), whose processing-time timers fire right after their bundle, and the
+  idle timer elsewhere; ``ExtractFeatures`` batches within a bundle on a distributed runner
+  (Flink), which keeps each stream's order across restores.
 
 Outputs: ``output`` and, where the type has dead letters, the output its ``error_handling``
-names (required, see :func:`costream.pipelines.yaml_config.parse_config`). With
+names (required, see :func:`costream.pipelines.configs.parse_config`). With
 ``error_handling`` Beam YAML resolves the bare transform name to ``output``. The writers have no
 outputs.
 
@@ -33,15 +35,16 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import logging
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, Union
 
 import apache_beam as beam
+from costream.transforms import beam_fixes
+from costream.transforms.beam_fixes import in_process
 
-from . import yaml_config
-from .yaml_config import PACKAGE_ROOT, TYPES, ConfigError, YamlType
+from . import configs
+from .configs import PACKAGE_ROOT, TYPES, ConfigError, YamlType
 
 __all__ = [
     "CLASSES",
@@ -55,27 +58,6 @@ __all__ = [
     "in_process",
 ]
 
-_LOG = logging.getLogger(__name__)
-
-
-def in_process(pipeline: beam.Pipeline) -> bool:
-    """Whether ``pipeline`` runs on an in-process runner, whose processing-time timers are not real.
-
-    In process: the FnApiRunner, Beam's direct runners, a PortableRunner on
-    ``--job_endpoint=embed``. Everything else (Flink) has real timers.
-    """
-    from apache_beam.options.pipeline_options import PortableOptions
-    from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner, DirectRunner
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-    from apache_beam.runners.portability.portable_runner import PortableRunner
-
-    runner = pipeline.runner
-    if isinstance(runner, FnApiRunner | DirectRunner | BundleBasedDirectRunner):
-        return True
-    if type(runner) is PortableRunner:
-        return pipeline.options.view_as(PortableOptions).job_endpoint == "embed"
-    return False
-
 
 class _YamlTransform(beam.PTransform):
     """A costream YAML type: its config parsed at construction, its target built at expansion."""
@@ -85,14 +67,16 @@ class _YamlTransform(beam.PTransform):
     """Replaces the type's Python PTransform (``costream score`` swaps the Kafka ends)."""
     expand_env: ClassVar[bool] = True
     """False where the config was expanded already (``costream run`` loads specs itself)."""
+    run_ends: ClassVar[bool] = False
+    """True where the run is meant to end by itself (``costream run --until-idle``)."""
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
         name = self.yaml_type.name
         try:
             if self.expand_env:
-                config = yaml_config.expand_env(config)
-            self.config = yaml_config.parse_config(name, config)
+                config = configs.expand_env(config)
+            self.config = configs.parse_config(name, config)
         except ConfigError as e:
             raise ConfigError(f"{name}: {e}") from None
 
@@ -102,17 +86,20 @@ class _YamlTransform(beam.PTransform):
     def python_kwargs(self, pipeline: beam.Pipeline | None) -> dict[str, Any]:
         """The target's keywords, file paths resolved.
 
-        Choices that depend on the runner are made for ``pipeline``; without one (validation)
-        they stay at the target's defaults.
+        Choices that depend on the runner are made for ``pipeline`` by
+        :func:`costream.transforms.beam_fixes.transform_kwargs`; without one (validation) they
+        stay at the target's defaults.
         """
-        kwargs = yaml_config.python_kwargs(self.config)
-        for key in yaml_config.path_keys(self.yaml_type.name):
+        kwargs = configs.python_kwargs(self.config)
+        for key in configs.path_keys(self.yaml_type.name):
             value = getattr(self.config, key)
             if isinstance(value, str):
-                kwargs[yaml_config.python_key(self.yaml_type.name, key)] = yaml_config.resolve_path(
+                kwargs[configs.python_key(self.yaml_type.name, key)] = configs.resolve_path(
                     value, PACKAGE_ROOT
                 )
-        return kwargs
+        return beam_fixes.transform_kwargs(
+            self.yaml_type.name, kwargs, pipeline, run_ends=self.run_ends
+        )
 
     def build(self, pipeline: beam.Pipeline | None = None) -> beam.PTransform:
         """The costream PTransform behind this type, configured (errors in the YAML keys)."""
@@ -120,7 +107,7 @@ class _YamlTransform(beam.PTransform):
         try:
             return target(**self.python_kwargs(pipeline))
         except (TypeError, ValueError) as e:
-            message = yaml_config.yaml_message(self.yaml_type.name, str(e))
+            message = configs.yaml_message(self.yaml_type.name, str(e))
             raise ConfigError(f"{self.yaml_type.name}: {message}") from e
 
     def expand(self, pvalue: Any) -> dict[str, beam.PCollection]:  # noqa: D102
@@ -165,7 +152,7 @@ def _signature(yt: YamlType) -> inspect.Signature:
 
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for f in dataclasses.fields(yt.config):
-        tp = yaml_config.type_of(yt.config, f.name)
+        tp = configs.type_of(yt.config, f.name)
         required = f.default is dataclasses.MISSING
         params.append(
             inspect.Parameter(
@@ -219,28 +206,10 @@ class DecodeFrames(_YamlTransform):
 class ExtractFeatures(_YamlTransform):
     """The ``ExtractFeatures`` type (docs from its config dataclass)."""
 
-    def python_kwargs(self, pipeline: beam.Pipeline | None) -> dict[str, Any]:  # noqa: D102
-        kwargs = super().python_kwargs(pipeline)
-        batching = kwargs.get("max_batch_duration_secs") is not None
-        if batching and pipeline is not None and not in_process(pipeline):
-            # Beam's stateful BatchElements keys its buffer per DoFn instance: after a restore
-            # the restored buffer flushes after newer frames, which reorders a stream.
-            _LOG.info(
-                "ExtractFeatures: batching within bundles on %s", type(pipeline.runner).__name__
-            )
-            kwargs["max_batch_duration_secs"] = None
-        return kwargs
-
 
 @_yaml_type("ContinualInference")
 class ContinualInference(_YamlTransform):
     """The ``ContinualInference`` type (docs from its config dataclass)."""
-
-    def python_kwargs(self, pipeline: beam.Pipeline | None) -> dict[str, Any]:  # noqa: D102
-        kwargs = super().python_kwargs(pipeline)
-        if self.config.idle_timer is None and pipeline is not None:
-            kwargs["idle_timer"] = not in_process(pipeline)
-        return kwargs
 
 
 @_yaml_type("WriteDetectionsToKafka")
@@ -264,16 +233,21 @@ CLASSES: dict[str, type[_YamlTransform]] = {
         WriteDeadLettersToKafka,
     )
 }
-"""The YAML-facing class of each type in :data:`~costream.pipelines.yaml_config.TYPES`."""
+"""The YAML-facing class of each type in :data:`~costream.pipelines.configs.TYPES`."""
 
 
 def for_spec(
-    name: str, target: Callable[..., beam.PTransform] | None = None
+    name: str, target: Callable[..., beam.PTransform] | None = None, *, run_ends: bool = False
 ) -> type[_YamlTransform]:
     """The class of type ``name`` for a spec that ``load_spec`` expanded already.
 
-    ``target`` replaces its Python PTransform when given (``costream score``).
+    ``target`` replaces its Python PTransform when given (``costream score``); ``run_ends``
+    marks a run meant to end by itself (:func:`costream.transforms.beam_fixes.ttl_instead_of_timer`).
     """
     base = CLASSES[name]
-    attrs = {"expand_env": False, "target": None if target is None else staticmethod(target)}
+    attrs = {
+        "expand_env": False,
+        "run_ends": run_ends,
+        "target": None if target is None else staticmethod(target),
+    }
     return type(base.__name__, (base,), {**attrs, "__module__": __name__})

@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: Any, extra: list[str]) -> int:
-    from costream.pipelines.yaml_config import TYPES
+    from costream.pipelines.configs import TYPES
     from costream.pipelines.yaml_reference import reference, section
 
     if args.name is None:

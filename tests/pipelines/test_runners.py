@@ -1,18 +1,20 @@
-"""The features spec through Kafka on the portable path (what Flink runs), and the demo command."""
+"""The features spec through Kafka on the portable path (what Flink runs) and on the embedded
+runner by its name, what each runner name runs, and the demo command."""
 
 import json
 
 import numpy as np
 import pytest
 from costream.connectors import contract
-from costream.pipelines.cli import main
-from costream.pipelines.runner import run_spec
+from costream.pipelines.cli import build_parser, main
+from costream.pipelines.runner import describe_runner, run_spec
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 pytestmark = pytest.mark.integration
 
 
-def test_features_spec_on_portable_runner(kafka_broker, kafka_topics, monkeypatch):
+def _produce_features(kafka_broker, kafka_topics, monkeypatch):
+    """Two good streams of 20 frames and one bad record; returns (output, dead-letter) topics."""
     t_in, t_out, t_dlq = kafka_topics(2, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
     for k, v in {
         "COSTREAM_BOOTSTRAP": kafka_broker.bootstrap,
@@ -32,14 +34,10 @@ def test_features_spec_on_portable_runner(kafka_broker, kafka_topics, monkeypatc
     r = contract.frame_record("c", 0, 1, ct, bad)
     producer.send(t_in, key=r.key, value=r.value, headers=r.headers)
     producer.flush()
+    return t_out, t_dlq
 
-    run_spec(
-        "pipelines/specs/features.yaml",
-        "PortableRunner",
-        ["--job_endpoint=embed", "--environment_type=LOOPBACK"],
-        until_idle_s=3.0,
-    )
 
+def _check_output(kafka_broker, t_out, t_dlq):
     c = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, consumer_timeout_ms=1500)
     c.assign([TopicPartition(t_out, 0), TopicPartition(t_dlq, 0)])
     c.seek_to_beginning()
@@ -50,6 +48,42 @@ def test_features_spec_on_portable_runner(kafka_broker, kafka_topics, monkeypatc
         (s, i) for s in "ab" for i in range(20)
     ]
     assert len(dead) == 1 and dict(dead[0].headers)[contract.HEADER_STAGE] == b"features"
+
+
+def test_features_spec_on_portable_runner(kafka_broker, kafka_topics, monkeypatch):
+    t_out, t_dlq = _produce_features(kafka_broker, kafka_topics, monkeypatch)
+    run_spec(
+        "pipelines/specs/features.yaml",
+        "PortableRunner",
+        ["--job_endpoint=embed", "--environment_type=LOOPBACK"],
+        until_idle_s=3.0,
+    )
+    _check_output(kafka_broker, t_out, t_dlq)
+
+
+def test_run_on_the_embedded_runner_by_its_name(kafka_broker, kafka_topics, monkeypatch, capsys):
+    t_out, t_dlq = _produce_features(kafka_broker, kafka_topics, monkeypatch)
+    spec = "pipelines/specs/features.yaml"
+    args = ["run", spec, "--runner", "embedded", "--until-idle", "3", "--status-every", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "runner: embedded: Beam's FnApiRunner, in this process\n" in out
+    _check_output(kafka_broker, t_out, t_dlq)
+
+
+def test_runner_names_say_what_runs():
+    assert build_parser().parse_args(["run", "s.yaml"]).runner == "embedded"
+    for name in ("embedded", "DirectRunner", "FnApiRunner"):  # DirectRunner: kept, the same
+        assert describe_runner(name) == "embedded: Beam's FnApiRunner, in this process"
+    assert describe_runner("PortableRunner", ["--job_endpoint=embed"]) == (
+        "PortableRunner on an embedded job server (in this process)"
+    )
+    assert describe_runner("PortableRunner", ["--job_endpoint", "h:8099"]).endswith("h:8099")
+    assert describe_runner("FlinkRunner", ["--flink_master=h:8081"]).endswith("h:8081")
+    with pytest.raises(ValueError, match="unknown runner 'Direct'; the runners are embedded, "):
+        run_spec("pipelines/specs/features.yaml", "Direct")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "s.yaml", "--runner", "Direct"])
 
 
 def test_demo_command_runs_end_to_end(tmp_path, capsys):

@@ -10,10 +10,10 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from costream.pipelines import yaml_config, yaml_transforms
+from costream.pipelines import configs, yaml_transforms
 from costream.pipelines.cli import main
+from costream.pipelines.configs import TYPES, ConfigError, parse_config, python_kwargs
 from costream.pipelines.spec import PROVIDERS_FILE, SpecError, load_spec, resolve_type
-from costream.pipelines.yaml_config import TYPES, ConfigError, parse_config, python_kwargs
 from costream.pipelines.yaml_reference import reference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,7 +185,7 @@ def test_yaml_transforms_expand_env_and_resolve_weights(tmp_path, monkeypatch):
     )
     kwargs = t.python_kwargs(None)
     assert kwargs["weights"] == str(
-        yaml_config.PACKAGE_ROOT / "pipelines/assets/demo_model.safetensors"
+        configs.PACKAGE_ROOT / "pipelines/assets/demo_model.safetensors"
     )
     assert Path(kwargs["weights"]).is_file() and kwargs["max_fill"] == 3
     with pytest.raises(

@@ -2,6 +2,7 @@
 
 import contextlib
 
+import pytest
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.worker import sdk_worker
 from apache_beam.runners.worker.statecache import StateCache
@@ -65,3 +66,77 @@ def test_cleared_cells_leave_no_cache_entries(monkeypatch):
     cache = StateCache(1 << 20)
     left_after = _churn(sdk_worker.GlobalCachingStateHandler(cache, _Runner()), cache, 50)
     assert left_before == 50 and left_after == 0, (left_before, left_after)
+
+
+def test_apply_installs_every_worker_fix_idempotently():
+    assert beam_fixes.apply() and beam_fixes.apply()
+    assert sdk_worker.GlobalCachingStateHandler.clear is beam_fixes._clear
+    assert beam_fixes.WORKER_FIXES == (beam_fixes.drop_cleared_state_from_cache,)
+
+
+_LOG_SPEC = """
+type: chain
+transforms:
+  - type: Create
+    config: {elements: [1, 2, 3]}
+  - type: LogForTesting
+"""
+
+
+def _run_log_for_testing(args):
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.yaml.yaml_transform import YamlTransform
+
+    with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(args)) as p:
+        _ = p | YamlTransform(_LOG_SPEC)
+
+
+def test_the_embedded_runner_pickles_beam_yamls_transforms_with_cloudpickle():
+    args = beam_fixes.pipeline_args("embedded", [])
+    assert args == ["--pickle_library=cloudpickle"]
+    _run_log_for_testing(args)  # Beam YAML's LogForTesting pickles
+    with pytest.raises(ValueError, match="maximum recursion depth"):
+        _run_log_for_testing(["--pickle_library=dill"])  # Beam's default, without the fix
+    for runner in ("FlinkRunner", "PortableRunner"):  # Flink's workers unpickle with the default
+        assert not any("pickle_library" in a for a in beam_fixes.pipeline_args(runner, []))
+
+
+@pytest.mark.parametrize("runner", beam_fixes.RUNNERS)
+def test_option_fixes_per_runner_and_the_users_choice_wins(runner):
+    args = beam_fixes.pipeline_args(runner, [])
+    embedded = runner in beam_fixes.EMBEDDED_RUNNERS
+    assert ("--max_cache_memory_usage_mb=256" in args) is not embedded
+    assert ("--finish_bundle_before_checkpointing" in args) is (runner == "FlinkRunner")
+    assert beam_fixes.pipeline_args(runner, args) == args  # idempotent
+    mine = ["--max_cache_memory_usage_mb=0", "--pickle_library=dill"]
+    assert beam_fixes.pipeline_args(runner, mine)[:2] == mine
+    assert len([a for a in beam_fixes.pipeline_args(runner, mine) if "cache" in a]) == 1
+
+
+def _pipeline(*args):
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return beam.Pipeline(options=PipelineOptions(list(args)))
+
+
+def test_setting_fixes_follow_the_runner_and_whether_the_run_ends():
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    embedded = beam.Pipeline(runner=FnApiRunner())
+    flink = _pipeline("--runner=FlinkRunner")
+    fix = beam_fixes.transform_kwargs
+    assert fix("ContinualInference", {}, embedded) == {"idle_timer": False}
+    assert fix("ContinualInference", {}, flink) == {"idle_timer": True}
+    assert fix("ContinualInference", {}, flink, run_ends=True) == {"idle_timer": False}
+    assert fix("ContinualInference", {"idle_timer": True}, embedded) == {"idle_timer": True}
+    assert fix("ContinualInference", {}, None) == {}  # validation: no runner yet
+    batching = {"max_batch_duration_secs": 0.05}
+    assert fix("ExtractFeatures", batching, embedded) == batching
+    assert fix("ExtractFeatures", batching, flink) == {"max_batch_duration_secs": None}
+    assert fix("ExtractFeatures", batching, None) == batching
+    assert fix("DecodeFrames", {"image_size": 2}, flink) == {"image_size": 2}
+    assert set(beam_fixes.SETTING_FIXES) == {"ContinualInference", "ExtractFeatures"}
