@@ -25,7 +25,7 @@ the module itself is built only in :meth:`FeatureModelHandler.load_model
 * ``identity``: precomputed ``application/x-costream-features`` vectors pass through (optionally
   checked against ``dim``).
 
-This module imports no Beam: the Beam side is :mod:`costream.transforms.feature_handler` (the
+This module holds no Beam code: the Beam side is :mod:`costream.transforms.feature_handler` (the
 ``ModelHandler``) and :mod:`costream.transforms.features` (``ExtractFeatures``).
 
 Example:
