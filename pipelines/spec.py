@@ -18,8 +18,9 @@ The spec text is rendered as a Jinja template first, as ``yaml.main`` does, with
 Before anything is built, every costream transform's ``config`` is checked against its type's
 config dataclass (:func:`costream.pipelines.configs.parse_config`) and its Python PTransform
 is constructed: unknown keys (with the near one suggested), missing keys, values of the wrong
-type and refused values are errors that name the file, the transform and the key. A transform
-with dead letters needs ``error_handling: {output: NAME}`` and that output consumed. A
+type and refused values are errors that name the file and the transform's line, the transform
+and the key. A transform with dead letters needs ``error_handling: {output: NAME}`` and that
+output consumed. A
 ``ContinualInference`` whose model (its weights file's card) takes another feature size than the
 ``ExtractFeatures`` it reads produces is an error naming both sizes.
 
@@ -153,7 +154,8 @@ def load_spec(
     """
     path = Path(path)
     try:
-        spec = yaml.safe_load(_render(path.read_text(), path))
+        text = _render(path.read_text(), path)
+        spec = yaml.safe_load(text)
     except (OSError, yaml.YAMLError) as e:
         raise SpecError(f"{path}: cannot read the spec: {e}") from e
     if not isinstance(spec, dict) or not isinstance(spec.get("pipeline"), dict):
@@ -171,11 +173,12 @@ def load_spec(
     if not isinstance(transforms, list) or not transforms:
         raise SpecError(f"{path}: 'pipeline.transforms' must be a non-empty list of transforms.")
     built: dict[int, Any] = {}
+    lines = _transform_lines(text)
     for i, t in enumerate(transforms):
-        label = f"{path}: transform #{i + 1}"
+        label = f"{_where(path, lines, i)}: transform #{i + 1}"
         if not isinstance(t, dict) or "type" not in t:
             raise SpecError(f"{label} has no 'type:'.")
-        label = f"{path}: transform {t.get('name', t['type'])!r} (type {t['type']})"
+        label = _label(path, lines, i, t)
         try:
             t["config"] = configs.expand_env(t.get("config") or {})
         except ConfigError as e:
@@ -185,9 +188,35 @@ def load_spec(
         _renamed(t, label)
         if t["type"] in TYPES:
             built[i] = _check(t, label, path, overrides, defaults)
-    _check_dead_letters_consumed(spec["pipeline"], path)
-    _check_feature_sizes(transforms, built, path)
+    _check_dead_letters_consumed(spec["pipeline"], path, lines)
+    _check_feature_sizes(transforms, built, path, lines)
     return spec
+
+
+def _transform_lines(text: str) -> list[int]:
+    """The line (1-based) where each entry of ``pipeline.transforms`` starts; [] if not found."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return []
+    for node in (root,) if isinstance(root, yaml.MappingNode) else ():
+        for k, v in node.value:
+            if k.value != "pipeline" or not isinstance(v, yaml.MappingNode):
+                continue
+            for k2, v2 in v.value:
+                if k2.value == "transforms" and isinstance(v2, yaml.SequenceNode):
+                    return [item.start_mark.line + 1 for item in v2.value]
+    return []
+
+
+def _where(path: Path, lines: list[int], i: int) -> str:
+    """``path`` with the line of transform ``i`` where known: ``spec.yaml, line 12``."""
+    return f"{path}, line {lines[i]}" if i < len(lines) else str(path)
+
+
+def _label(path: Path, lines: list[int], i: int, t: dict[str, Any]) -> str:
+    """How errors name transform ``i``: its file and line, name and type."""
+    return f"{_where(path, lines, i)}: transform {t.get('name', t['type'])!r} (type {t['type']})"
 
 
 _REPO_ROOT = configs.PACKAGE_ROOT
@@ -222,19 +251,19 @@ def _check(
     return target
 
 
-def _check_dead_letters_consumed(pipeline: dict[str, Any], path: Path) -> None:
+def _check_dead_letters_consumed(pipeline: dict[str, Any], path: Path, lines: list[int]) -> None:
     """Every costream dead-letter output must feed some transform (Beam checks it later too)."""
     if pipeline.get("type") == "chain":
         return  # a chain's inputs are implicit; Beam's own check covers it
     consumed = {ref for t in pipeline["transforms"] for ref in _inputs(t)}
-    for t in pipeline["transforms"]:
+    for i, t in enumerate(pipeline["transforms"]):
         handling = t["config"].get("error_handling") if t["type"] in TYPES else None
         if not handling:
             continue
         ref = f"{t.get('name', t['type'])}.{handling['output']}"
         if ref not in consumed:
             raise SpecError(
-                f"{path}: transform {t.get('name', t['type'])!r} (type {t['type']}): its dead "
+                f"{_label(path, lines, i, t)}: its dead "
                 f"letters ({ref}) go nowhere; send them to a WriteDeadLettersToKafka (through a "
                 "Flatten of every dead-letter output)."
             )
@@ -253,7 +282,7 @@ def _inputs(t: dict[str, Any]) -> list[str]:
 
 
 def _check_feature_sizes(
-    transforms: list[dict[str, Any]], built: Mapping[int, Any], path: Path
+    transforms: list[dict[str, Any]], built: Mapping[int, Any], path: Path, lines: list[int]
 ) -> None:
     """Refuse a ContinualInference whose model takes another feature size than its input gives.
 
@@ -265,11 +294,11 @@ def _check_feature_sizes(
     are not a file on this machine (a cluster path), an input that is not an ``ExtractFeatures``.
     """
     by_name = {t.get("name", t["type"]): i for i, t in enumerate(transforms)}
-    for t in transforms:
+    for j, t in enumerate(transforms):
         weights = t["config"].get("weights") if t["type"] == "ContinualInference" else None
         if not isinstance(weights, str) or not Path(weights).is_file():
             continue
-        label = f"{path}: transform {t.get('name', t['type'])!r} (type {t['type']})"
+        label = _label(path, lines, j, t)
         for ref in _inputs(t):
             i = by_name.get(ref, by_name.get(ref.rpartition(".")[0]))
             if i is None or transforms[i]["type"] != "ExtractFeatures":

@@ -41,6 +41,20 @@ pipeline:
     assert str(p) in msg and "'Infer'" in msg and "'gap_polcy'" in msg and "gap_policy" in msg
 
 
+def test_errors_name_the_line_of_the_transform(tmp_path):
+    p = write(
+        tmp_path,
+        "pipeline:\n  transforms:\n    - type: Flatten\n      input: []\n"
+        "    - type: ContinualInference\n      config: {}\n",
+    )
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    assert str(e.value).startswith(f"{p}, line 5: transform 'ContinualInference' (type ")
+    p = write(tmp_path, "pipeline:\n  transforms:\n    - {}\n")
+    with pytest.raises(SpecError, match=r", line 3: transform #1 has no 'type:'"):
+        load_spec(p)
+
+
 def test_missing_required_key_and_env(tmp_path, monkeypatch):
     p = write(
         tmp_path, "pipeline:\n  transforms:\n    - type: ContinualInference\n      config: {}\n"

@@ -361,3 +361,30 @@ def test_a_spec_mixes_beams_java_kafka_writer_with_costream(tmp_path, monkeypatc
 """
     with pytest.raises(_Built):
         _expand(spec)
+
+
+def test_continual_inference_batching_and_state_dtype_keys_reach_the_transform():
+    cfg = parse_config(
+        "ContinualInference",
+        {"weights": "/m.safetensors", "batch_streams": "true", "shards": 4, "max_batch": "8",
+         "max_delay_ms": 5, "state_dtype": "bfloat16", **EH},
+    )  # fmt: skip
+    kwargs = python_kwargs(cfg)
+    assert {k: kwargs[k] for k in ("batch_streams", "shards", "max_batch", "max_delay_ms")} == {
+        "batch_streams": True, "shards": 4, "max_batch": 8, "max_delay_ms": 5.0,
+    }  # fmt: skip
+    assert kwargs["state_dtype"] == "bfloat16"
+    defaults = python_kwargs(parse_config("ContinualInference", {"weights": "/m", **EH}))
+    assert (defaults["batch_streams"], defaults["shards"], defaults["max_batch"]) == (False, 16, 64)
+    assert (defaults["max_delay_ms"], defaults["state_dtype"]) == (20.0, "float32")
+    with pytest.raises(ConfigError, match="'state_dtype' must be one of 'float32', 'float16', "):
+        parse_config("ContinualInference", {"weights": "w", "state_dtype": "half", **EH})
+
+
+def test_extract_features_log_mel_keys_are_log_mel_options_fields():
+    from costream.models.logmel import LogMelOptions
+
+    options = LogMelOptions()
+    fields = {f.name: f for f in dataclasses.fields(TYPES["ExtractFeatures"].config)}
+    for name in ("rate", "n_mels", "patch", "hop_length", "win_length", "n_fft"):
+        assert fields[name].default == getattr(options, name), name
