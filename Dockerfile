@@ -16,13 +16,14 @@ RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 
 WORKDIR /opt/costream
 # Dependencies before sources, so editing code does not reinstall them. apache-beam is already
-# in the base image at the job server's version; pip keeps it (the range allows it).
+# in the base image at the job server's version; pip keeps it (the range allows it). `[all]`:
+# every layer's extra (pyproject.toml), as the worker pool runs Beam, Kafka, media and torch.
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY connectors ./connectors
 COPY transforms ./transforms
 COPY pipelines ./pipelines
-RUN pip install . \
+RUN pip install ".[all]" \
     && python -c "import apache_beam, torch, costream.transforms.backbones as b; \
 assert apache_beam.__version__ == '2.62.0', apache_beam.__version__; \
 assert not torch.cuda.is_available() and torch.version.cuda is None; print('costream ok', torch.__version__)"
