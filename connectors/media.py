@@ -126,7 +126,8 @@ def read_video_frames(
                     rgb = rgb_of(frame)
                 yield index, int(round(1000 * index / fps)), rgb
                 index += 1
-        if last is not None:  # the slots within the last frame's duration show the last frame
+        # the slots within the last frame's duration show the last frame (only set with an fps)
+        if last is not None and fps is not None:
             t, duration, frame = last
             rgb = None
             while index / fps < t + duration - tol:
