@@ -219,7 +219,7 @@ class _BrokerProcess:
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
-        assert self._proc is not None
+        assert self._proc is not None and self.port is not None  # start() picked the port
         deadline = time.monotonic() + self.start_timeout_s
         last_error: Exception | None = None
         while time.monotonic() < deadline:

@@ -290,6 +290,7 @@ def read_lstr(
     if not tdir.is_dir():
         raise DataFormatError(f"{root} has no {target}/ folder (LSTR layout).")
     rdir = _one_dir(root, "rgb_", rgb, required=True)
+    assert rdir is not None  # required=True raises instead of returning None
     fdir = _one_dir(root, "flow_", flow, required=False)
     names = sorted(p.stem for p in tdir.glob("*.npy"))
     if not names:

@@ -138,7 +138,8 @@ def mel_filterbank(
             f"Need 0 <= f_min < f_max <= rate / 2 = {rate / 2}, got f_min={f_min}, f_max={f_max}."
         )
     freqs = np.arange(n_fft // 2 + 1, dtype=np.float64) * rate / n_fft  # (F,)
-    corners = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))  # (M+2,)
+    mels = np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2)  # (M+2,)
+    corners = np.asarray(mel_to_hz(mels))  # (M+2,)
     left, centre, right = corners[:-2], corners[1:-1], corners[2:]  # (M,) each
     up = (freqs[:, None] - left) / (centre - left)  # (F, M)
     down = (right - freqs[:, None]) / (right - centre)  # (F, M)
@@ -152,6 +153,9 @@ class LogMelSpectrogram(nn.Module):
     Raises ``ValueError`` for settings :meth:`LogMelOptions.validate` refuses, and when a chunk
     does not hold exactly :attr:`chunk_samples` samples.
     """
+
+    window: Tensor  # (win_length,) buffer
+    fb: Tensor  # (F, M) buffer
 
     def __init__(self, options: LogMelOptions | None = None) -> None:
         super().__init__()

@@ -75,6 +75,12 @@ class ResNet(nn.Module):
     Normalisation (ImageNet mean/std) is part of the module; the classifier head is not.
     """
 
+    # made by setattr in __init__; declared so that type checkers see modules, not Tensor | Module
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, layers: Sequence[int] = (2, 2, 2, 2), width: float = 1.0) -> None:
         super().__init__()
         if width <= 0 or len(layers) != 4 or min(layers) < 1:

@@ -52,7 +52,7 @@ class Counter:
         return {"namespace": self.namespace, "name": self.name}
 
     def __setstate__(self, st: dict) -> None:
-        self.__init__(st["namespace"], st["name"])
+        self.__init__(st["namespace"], st["name"])  # type: ignore[misc]  # unpickling
 
 
 def register_gauge(name: str, read: Callable[[], int]) -> None:

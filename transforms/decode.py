@@ -126,6 +126,7 @@ def decode_record(
     headers = list(headers)
     frame = decode_frame(key, value, headers, max_payload_bytes=max_payload_bytes)
     kind = media_kind(frame.content_type.media_type)  # decode_frame let only known kinds in
+    assert kind is not None
     data = decode_payload(frame, max_pixels=max_pixels)
     if kind == "image" and image_size is not None:
         data = resize_rgb(data, image_size)

@@ -260,6 +260,7 @@ class _ReadPartitionFn(beam.DoFn):
             if time.monotonic() >= deadline:
                 break
         if emitted:
+            assert last_offset is not None  # set with every emitted record
             self._records.inc(emitted)
             if cfg.group_id is not None and last_offset + 1 > desc.replay_until:
                 finalizer.register(functools.partial(self._commit, reader, last_offset + 1))
