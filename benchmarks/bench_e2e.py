@@ -309,7 +309,7 @@ def isolated_step(spec: str, streams: int, frames: int = 600) -> dict[str, float
     the surroundings (other threads, the broker, the driver) slow the step itself.
     """
     import torch
-    from costream.transforms.inference import load_stepper
+    from costream.transforms.stepper import load_stepper
 
     torch.set_num_threads(1)  # as ContinualInferenceFn.setup
     stepper = load_stepper(str(ROOT / "pipelines" / "assets" / SPECS[spec][1]))

@@ -128,6 +128,31 @@ class StreamState:
             self.kind,
         )
 
+    def view(self, row: int) -> StreamState:
+        """Row ``row`` as a one-row state sharing this state's memory (no copy)."""
+        return StreamState(
+            {k: v[row : row + 1] for k, v in self.tensors.items()},
+            self.t[row : row + 1],
+            self.window,
+            self.kind,
+        )
+
+    def put(self, rows: Sequence[int] | Tensor, other: StreamState) -> StreamState:
+        """Write ``other``'s rows into the given rows of this state, in place.
+
+        The inverse of :meth:`select`.
+        """
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        if other.batch_size != len(idx) or other.tensors.keys() != self.tensors.keys():
+            raise StateFormatError(
+                f"Cannot put a {other.batch_size}-row state of tensors {sorted(other.tensors)} "
+                f"into {len(idx)} rows of tensors {sorted(self.tensors)}."
+            )
+        for k, v in self.tensors.items():
+            v[idx] = other.tensors[k]
+        self.t[idx] = other.t
+        return self
+
     def split(self) -> list[StreamState]:
         """One single-row state per stream."""
         return [self.select([b]) for b in range(self.batch_size)]

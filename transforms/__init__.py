@@ -10,7 +10,9 @@ The main entry points, re-exported lazily so that ``import costream.transforms``
 - :mod:`~costream.transforms.subclips`: ``AssembleSubclips`` and the plain ``SubclipAssembler``
   (each stream's last 1 s from 0.25 s chunks, for the ``vggish`` backbone);
 - :mod:`~costream.transforms.inference`: ``ContinualInference`` (each stream's continual state in
-  Beam keyed state), its DoFn, and the plain per-stream state update ``StreamStepper``;
+  Beam keyed state) and its one-stream DoFn; :mod:`~costream.transforms.batching`: the
+  cross-stream batching DoFn; :mod:`~costream.transforms.stepper`: the plain per-stream state
+  update ``StreamStepper`` both use; :mod:`~costream.transforms.stored`: the state cells;
 - :mod:`~costream.transforms.records`: the records between stages and the output tags.
 
 Example:
@@ -33,11 +35,11 @@ _EXPORTS = {
     "SubclipAssembler": "subclips",
     "ContinualInference": "inference",
     "ContinualInferenceFn": "inference",
-    "GapPolicy": "inference",
-    "StepResult": "inference",
-    "StreamStepper": "inference",
-    "iter_detections": "inference",
-    "load_stepper": "inference",
+    "GapPolicy": "stepper",
+    "StepResult": "stepper",
+    "StreamStepper": "stepper",
+    "iter_detections": "stepper",
+    "load_stepper": "stepper",
     "DecodedFrame": "records",
     "FeatureRecord": "records",
     "TaggedOutputs": "records",

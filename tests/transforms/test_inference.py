@@ -14,13 +14,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from costream.connectors import contract
 from costream.connectors.kafka import as_outgoing
 from costream.models.zoo import get_model, save_model
-from costream.transforms.inference import (
-    ContinualInference,
-    ContinualInferenceFn,
-    Stored,
-    StreamRegistry,
-    StreamStepper,
-)
+from costream.transforms.inference import ContinualInference, ContinualInferenceFn
+from costream.transforms.stepper import StreamStepper
+from costream.transforms.stored import Stored
+from costream.transforms.streams import StreamRegistry
 
 D_IN, N, C = 6, 4, 3
 

@@ -24,8 +24,9 @@ from costream.connectors import contract
 from costream.connectors.contract import REPLAY_HEADER
 from costream.connectors.kafka import as_outgoing
 from costream.models.zoo import get_model, save_model
-from costream.transforms.inference import ContinualInference, iter_detections, load_stepper
+from costream.transforms.inference import ContinualInference
 from costream.transforms.records import DecodedFrame, FeatureRecord, as_array, ndarray_row
+from costream.transforms.stepper import iter_detections, load_stepper
 
 D_IN, N, C, T = 6, 4, 3, 12
 T0_MS = 1_700_000_000_000

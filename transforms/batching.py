@@ -1,0 +1,280 @@
+"""Cross-stream batching: the frames of many streams that are ready together, one B-row step.
+
+:class:`BatchedInferenceFn` is the stateful DoFn of ``ContinualInference(batch_streams=True)``.
+Frames are keyed by shard (:func:`~costream.transforms.streams.shard_key`: CRC32 of the stream
+id modulo ``shards``), not by stream, and each shard key holds, in Beam keyed state:
+
+* ``shard``: one :class:`~costream.transforms.stored.ShardCell` value with the cells of all of
+  the shard's streams (each a stream's :class:`~costream.transforms.stored.Stored` bytes, the
+  same bytes the one-stream path stores);
+* ``buffer``: a bag of the frames waiting for their batch (rows, ``RowCoder``, no pickle), and
+  ``pending``, their count;
+* ``flush``: a processing-time timer, set when a frame lands in an empty buffer, at
+  ``max_delay_ms`` after it.
+
+The buffer is flushed when it holds ``max_batch`` frames (in the call that fills it) or when
+``flush`` fires: every buffered frame goes through
+:meth:`~costream.transforms.stepper.StreamStepper.process_many`, which decides duplicates,
+gaps, resets and epochs per stream exactly as the one-stream path does and steps the streams
+together; the shard cell is written once per flush. On the embedded FnApiRunner timers fire
+right after the bundle that set them, so a flush takes every frame of the bundle for that shard;
+on Flink a frame waits at most ``max_delay_ms`` plus the time to step its batch.
+
+Idle streams: at every flush, streams of the shard unseen for ``idle_timeout_s`` are dropped;
+with ``idle_timer`` (Flink) a shard unseen that long is cleared by a timer; without it (the
+embedded runner) the keying step's sweep tokens reach idle shards as in the one-stream path.
+
+The design, its costs (state bytes written per frame, latency added, rescaling) and its
+measurements are in ``docs/batching.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import torch
+from apache_beam.coders import BytesCoder, VarIntCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (
+    BagStateSpec,
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    on_timer,
+)
+from apache_beam.utils.timestamp import Duration, Timestamp
+from costream.models.state import StateFormatError
+from costream.transforms import beam_fixes
+from costream.transforms.records import FeatureRecord, as_array
+from costream.transforms.stepper import (
+    DEFAULT_GAP_POLICY,
+    DEFAULT_MAX_JUMP,
+    Frame,
+    GapPolicy,
+    StepResult,
+    load_stepper,
+)
+from costream.transforms.stored import ShardCell, Stored
+from costream.transforms.streams import SWEEP, InferenceMetrics, StreamRegistry, is_replay
+
+__all__ = ["DEAD_LETTER", "BatchedInferenceFn"]
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER = "dead_letter"
+
+
+class BatchedInferenceFn(beam.DoFn):
+    """Stateful DoFn keyed by shard: buffered frames of the shard's streams, stepped together.
+
+    Input: ``(shard key, record)`` (``KeyFrames(shards=...)``); outputs as
+    :class:`~costream.transforms.inference.ContinualInferenceFn`: detections, and dead letters
+    tagged ``dead_letter``. The arguments are those of ``ContinualInference``.
+    """
+
+    SHARD = ReadModifyWriteStateSpec("shard", BytesCoder())
+    BUFFER = BagStateSpec("buffer", beam.coders.registry.get_coder(FeatureRecord))
+    PENDING = ReadModifyWriteStateSpec("pending", VarIntCoder())
+    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
+    IDLE = TimerSpec("idle", TimeDomain.REAL_TIME)
+
+    def __init__(
+        self,
+        weights: str,
+        gap_policy: GapPolicy = DEFAULT_GAP_POLICY,
+        max_fill: int | None = None,
+        idle_timeout_s: float | None = 600.0,
+        idle_timer: bool = True,
+        max_jump: int = DEFAULT_MAX_JUMP,
+        registry: str = "",
+        *,
+        max_batch: int = 64,
+        max_delay_ms: float = 20.0,
+        state_dtype: str = "float32",
+    ) -> None:
+        self.weights, self.gap_policy, self.max_fill = weights, gap_policy, max_fill
+        self.idle_timeout_s, self.idle_timer = idle_timeout_s, idle_timer
+        self.max_jump, self.registry = max_jump, registry or uuid.uuid4().hex
+        self.max_batch, self.max_delay_ms = int(max_batch), float(max_delay_ms)
+        self.state_dtype = state_dtype
+        self.metrics = InferenceMetrics()
+
+    @property
+    def ttl_ms(self) -> int | None:
+        """The idle timeout as a TTL (ms) where no idle timer runs, else ``None``."""
+        if self.idle_timeout_s is None or self.idle_timer:
+            return None
+        return int(self.idle_timeout_s * 1000)
+
+    def setup(self) -> None:
+        torch.set_num_threads(1)
+        beam_fixes.apply()  # a cleared (idle) shard must not stay in the worker's state cache
+        self.stepper = load_stepper(
+            self.weights,
+            self.gap_policy,
+            self.max_fill,
+            self.ttl_ms,
+            self.max_jump,
+            self.state_dtype,
+        )
+        self._streams = StreamRegistry.named(self.registry) if self.ttl_ms is not None else None
+        self._idle_ms = None if self.idle_timeout_s is None else int(self.idle_timeout_s * 1000)
+
+    def process(
+        self,
+        element: tuple[str, Any],
+        shard=beam.DoFn.StateParam(SHARD),
+        buffer=beam.DoFn.StateParam(BUFFER),
+        pending=beam.DoFn.StateParam(PENDING),
+        flush=beam.DoFn.TimerParam(FLUSH),
+        idle=beam.DoFn.TimerParam(IDLE),
+    ) -> Iterator[Any]:
+        _, rec = element
+        if rec.frame_index == SWEEP:
+            self._sweep(rec.stream_id, rec.ts_ms, shard)
+            return
+        count = (pending.read() or 0) + 1
+        buffer.add(rec)
+        if count >= self.max_batch:
+            yield from self._flush(shard, buffer, pending, idle)
+            return
+        pending.write(count)
+        if count == 1:
+            flush.set(Timestamp.now() + Duration(micros=int(self.max_delay_ms * 1000)))
+
+    @on_timer(FLUSH)
+    def on_flush(
+        self,
+        shard=beam.DoFn.StateParam(SHARD),
+        buffer=beam.DoFn.StateParam(BUFFER),
+        pending=beam.DoFn.StateParam(PENDING),
+        idle=beam.DoFn.TimerParam(IDLE),
+    ) -> Iterator[Any]:
+        yield from self._flush(shard, buffer, pending, idle)
+
+    @on_timer(IDLE)
+    def on_idle(self, shard=beam.DoFn.StateParam(SHARD)) -> None:
+        cells = self._cells(shard)
+        shard.clear()
+        self.metrics.idle_cleared.inc(len(cells))
+
+    # -- the flush ---------------------------------------------------------------------------------
+    def _cells(self, shard: Any) -> dict[str, bytes]:
+        try:
+            return ShardCell.from_bytes(shard.read())
+        except StateFormatError as e:  # the shard's streams start again rather than stop
+            self.metrics.log.warning("shard", "shard state unreadable, its streams reset: %s", e)
+            self.metrics.resets.inc()
+            return {}
+
+    def _flush(self, shard: Any, buffer: Any, pending: Any, idle: Any) -> Iterator[Any]:
+        m = self.metrics
+        recs = list(buffer.read())
+        buffer.clear()
+        pending.clear()
+        if not recs:
+            return
+        t0 = time.perf_counter_ns()
+        cells = self._cells(shard)
+        t1 = time.perf_counter_ns()
+        now_ms = int(time.time() * 1000)
+        touched = {r.stream_id for r in recs}
+        evicted = self._evict(cells, now_ms, touched)
+        frames: list[Frame] = []
+        refused: dict[int, Exception] = {}
+        for pos, r in enumerate(recs):
+            try:
+                frames.append(
+                    Frame(r.stream_id, r.frame_index, r.ts_ms, as_array(r.features), r.arrival_ms)
+                )
+            except Exception as e:  # a row whose features cannot be read: its dead letter
+                refused[pos] = e
+        try:
+            changed, results = self.stepper.process_many(cells, frames, now_ms=now_ms)
+        except Exception as e:  # a fault in the batch: settle it frame by frame
+            log.exception(
+                "batched step failed (%s); stepping the %d frames one by one", e, len(frames)
+            )
+            changed, results = self.stepper.process_each(cells, frames, now_ms=now_ms)
+        t2 = time.perf_counter_ns()
+        if changed or evicted:
+            cells.update(changed)
+            if cells:
+                blob = ShardCell.to_bytes(cells)
+                shard.write(blob)
+            else:
+                shard.clear()
+        t3 = time.perf_counter_ns()
+        m.batch_rows.update(len(recs))
+        m.read_us.update(round((t1 - t0) / 1e3))
+        m.write_us.update(round((t3 - t2) / 1e3))
+        if self._streams is not None:
+            for sid in changed:
+                self._streams.seen(sid, now_ms, len(cells[sid]))
+        if self.idle_timer and self.idle_timeout_s is not None:
+            idle.set(Timestamp.now() + Duration(seconds=self.idle_timeout_s))
+        per_frame_us = round((t3 - t0) / 1e3 / len(recs))
+        it = iter(results)
+        for pos, rec in enumerate(recs):
+            replay = is_replay(rec.headers)
+            (m.replayed if replay else m.frames_in).inc()
+            res: StepResult = StepResult(None, error=refused[pos]) if pos in refused else next(it)
+            if res.error is not None:
+                if not replay:  # a replayed frame's dead letter was written before the restart
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, m.dead_letter(rec, res.error))
+                continue
+            if not replay:
+                m.count(rec.stream_id, rec.frame_index, res.events)
+            m.serde_us.update(round(res.decode_us + res.encode_us))
+            m.frame_us.update(per_frame_us)
+            det = res.detection
+            if det is None:
+                continue
+            m.model_us.update(round(res.model_us))
+            m.state_size.update(res.state_bytes)
+            if not replay:
+                m.emitted(det)
+                yield det
+
+    def _evict(self, cells: dict[str, bytes], now_ms: int, touched: set[str]) -> int:
+        """Drop the shard's streams idle for longer than the timeout; how many were dropped.
+
+        A stream with a frame in this flush is left to the stepper where it checks a TTL (it
+        reports ``expired``); with a real idle timer (Flink) the stepper has no TTL, so such a
+        stream is dropped here, as the one-stream path's timer would have cleared it.
+        """
+        if self._idle_ms is None:
+            return 0
+        gone = [
+            sid
+            for sid, cell in cells.items()
+            if now_ms - Stored.last_seen(cell) > self._idle_ms
+            and not (sid in touched and self.stepper.ttl_ms is not None)
+        ]
+        for sid in gone:
+            del cells[sid]
+            if self._streams is not None:
+                self._streams.forget(sid)
+        self.metrics.idle_cleared.inc(len(gone))
+        return len(gone)
+
+    def _sweep(self, stream_id: str, swept_ms: int, shard: Any) -> None:
+        """A sweep token: drop ``stream_id`` from its shard if it is still idle."""
+        cells = self._cells(shard)
+        cell = cells.get(stream_id)
+        if cell is None:
+            return
+        last_seen = Stored.last_seen(cell)
+        if self._idle_ms is not None and swept_ms - last_seen > self._idle_ms:
+            del cells[stream_id]
+            if cells:
+                shard.write(ShardCell.to_bytes(cells))
+            else:
+                shard.clear()
+            self.metrics.idle_cleared.inc()
+        elif self._streams is not None:  # a frame came in since: still held
+            self._streams.seen(stream_id, last_seen, len(cell))

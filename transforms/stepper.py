@@ -1,0 +1,543 @@
+"""The per-frame update of a stream's continual state, one stream or many streams at a time.
+
+Plain logic, no Beam: :class:`StreamStepper` turns ``(stored bytes, frame)`` into ``(stored
+bytes, result)``. The stateful DoFns (:mod:`costream.transforms.inference`,
+:mod:`costream.transforms.batching`) only read and write the bytes and emit the results, so
+this module is where duplicates, gaps, resets and stream epochs are decided.
+
+Results depend only on the frames: each step's positional phase is the frame's own index
+(``frame_index % pe_size``), never a count of frames since the state was (re)started. So after
+any reset (a restart, a gap, an idle expiry, a reboot) a stream's detections equal those of an
+uninterrupted run as soon as it has seen n frames again.
+
+What a frame ``i`` does to a stream whose newest frame was ``last`` (index) at ``last_ts``:
+
+* ``i == last + 1``: one step.
+* ``i <= last`` and ``ts_ms <= last_ts``: a genuine repeat (a redelivery, a producer retry, a
+  replay of old records): dropped as a ``duplicate``, the state untouched.
+* ``i <= last`` and ``ts_ms > last_ts``: the source started counting again (a camera reboot): a new
+  **stream epoch**; the state resets and the frame is stepped.
+* ``i > last + max_jump``: an implausible forward jump (default 2**32 frames, over a year at
+  100 fps): also a new epoch.
+* ``last + 1 < i <= last + max_jump``: a gap, handled by the gap policy.
+
+Gap policies, when frame ``i`` follows ``last`` with ``i > last + 1``:
+
+* ``fill`` (the default): feed the last frame's features for each missing index
+  (sample-and-hold), then the new frame; a gap longer than ``max_fill`` frames (default
+  :data:`DEFAULT_MAX_FILL`) resets instead (filling a long outage would fabricate a whole
+  window). A frame that was dead-lettered (a corrupt JPEG, NaN features) leaves a one-frame gap,
+  so by default it costs no warm-up: its slot in the window holds the previous frame.
+* ``reset``: forget the stream's past; the next ``n - 1`` detections are warm-up again.
+
+Every decision above reads only a stream's metadata (model, last index, last capture time,
+last-seen time), never the model's output. :meth:`StreamStepper.plan` makes it, and the model
+work follows: :meth:`StreamStepper.process` steps one stream (B = 1);
+:meth:`StreamStepper.process_many` plans every frame of many streams first and then steps all
+streams that have a step to take as one B-row step, round by round (a stream with two frames,
+or with gap fills, takes part in as many rounds). Both give the same detections, within
+float32 rounding (a B-row matrix product sums in another order than a one-row product).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from costream.connectors import contract
+from costream.models.state import StateFormatError, StreamState
+from costream.transforms.stored import Stored
+
+__all__ = [
+    "DEFAULT_GAP_POLICY",
+    "DEFAULT_MAX_FILL",
+    "DEFAULT_MAX_JUMP",
+    "STATE_DTYPES",
+    "Frame",
+    "GapPolicy",
+    "Plan",
+    "StepResult",
+    "StreamStepper",
+    "iter_detections",
+    "load_stepper",
+]
+
+GapPolicy = Literal["reset", "fill"]
+GAP_POLICIES = ("reset", "fill")
+DEFAULT_GAP_POLICY: GapPolicy = "fill"
+DEFAULT_MAX_FILL = 8
+"""Longest gap (frames) the ``fill`` policy bridges unless ``max_fill`` says otherwise."""
+DEFAULT_MAX_JUMP = 2**32
+"""A forward jump of more frames than this starts a new stream epoch instead of a gap."""
+STATE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+"""Precisions a stream's model state may be stored in (``state_dtype``); steps run in float32."""
+
+RESET_EVENTS = ("gap_reset", "model_change", "expired", "reboot", "jump")
+"""Events after which a stream starts from the initial state."""
+
+
+def check_gap_policy(gap_policy: str) -> None:
+    """Raise ``ValueError`` unless ``gap_policy`` is one of :data:`GAP_POLICIES`."""
+    if gap_policy not in GAP_POLICIES:
+        raise ValueError(
+            f"gap_policy must be one of {', '.join(GAP_POLICIES)}, got {gap_policy!r}."
+        )
+
+
+def check_state_dtype(state_dtype: str) -> torch.dtype:
+    """The torch dtype of a ``state_dtype`` name; ``ValueError`` for an unknown one."""
+    if state_dtype not in STATE_DTYPES:
+        raise ValueError(
+            f"state_dtype must be one of {', '.join(STATE_DTYPES)}, got {state_dtype!r}."
+        )
+    return STATE_DTYPES[state_dtype]
+
+
+@dataclass
+class StepResult:
+    """Outcome of one input frame: a detection, ``None`` for a dropped duplicate, or an error.
+
+    The three timings (microseconds) split the stepper's work so the streaming job can report
+    where per-frame time goes: ``decode_us`` turns the stored bytes into a model state,
+    ``model_us`` is the continual step(s), gap fills included, and the softmax, ``encode_us``
+    writes the state bytes. A duplicate has only ``decode_us``. In a batch (``process_many``)
+    each frame carries its share of the batch's time.
+
+    ``error``: set (and ``detection`` None) when the frame was refused (wrong size, not finite,
+    unreadable stored state); the caller dead-letters it. Only ``process_many`` returns errors;
+    ``process`` raises them.
+    """
+
+    detection: contract.Detection | None
+    events: list[str] = field(
+        default_factory=list
+    )  # duplicate, gap, gap_reset, gap_fill, model_change, expired, reboot, jump
+    state_bytes: int = 0
+    decode_us: float = 0.0
+    model_us: float = 0.0
+    encode_us: float = 0.0
+    error: Exception | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One input frame for :meth:`StreamStepper.process_many`."""
+
+    stream_id: str
+    frame_index: int
+    ts_ms: int
+    features: np.ndarray
+    arrival_ms: float | None = None
+
+
+@dataclass
+class Plan:
+    """What a frame does to its stream, decided from the stream's metadata alone.
+
+    ``duplicate``: drop it. Otherwise: start from the initial state if ``fresh``, step the held
+    features ``hold`` at each index of ``fills``, then step the frame itself.
+    """
+
+    events: list[str]
+    duplicate: bool = False
+    fresh: bool = False
+    fills: range = range(0)
+    hold: np.ndarray | None = None
+    prev_ts_ms: int | None = None  # the newest capture time seen before, where it still counts
+
+
+class StreamStepper:
+    """Per-frame update of one stream's continual state, or of many streams at once.
+
+    Args:
+        model: a continual model (:class:`~costream.models.zoo.ContinualOnlineTransformer`):
+            ``init_state(B)``, ``step(x (B, D_in), state, index (B,)) -> (out with .scores
+            (B, C) and .warm (B,), state)``, ``config.d_in`` and ``window``.
+        model_id: ``name@sha256-prefix``; a stream whose stored state names another model is reset.
+        labels: the C class names.
+        gap_policy: ``fill`` or ``reset`` (module docstring).
+        max_fill: longest gap ``fill`` bridges (default :data:`DEFAULT_MAX_FILL`, at most n).
+        ttl_ms: state older than this (wall time since the stream's last frame) is treated as
+            expired and reset; the embedded runner's replacement for the idle timer.
+        max_jump: a forward jump of more frames than this is a new stream epoch (module docstring).
+        state_dtype: precision of the stored model state (:data:`STATE_DTYPES`); ``float16`` and
+            ``bfloat16`` halve the state bytes; every step still runs in float32.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        model_id: str,
+        labels: Sequence[str],
+        gap_policy: GapPolicy = DEFAULT_GAP_POLICY,
+        max_fill: int | None = None,
+        ttl_ms: int | None = None,
+        max_jump: int = DEFAULT_MAX_JUMP,
+        state_dtype: str = "float32",
+    ) -> None:
+        check_gap_policy(gap_policy)
+        self.model, self.model_id, self.labels = model, model_id, list(labels)
+        self.gap_policy = gap_policy
+        self.max_fill = min(DEFAULT_MAX_FILL, model.window) if max_fill is None else int(max_fill)
+        self.ttl_ms = ttl_ms
+        self.max_jump = int(max_jump)
+        self.d_in = int(model.config.d_in)
+        self.state_dtype = state_dtype
+        self._store_dtype = check_state_dtype(state_dtype)
+        try:  # the model's precision: inputs and loaded states are brought to it
+            self.dtype = next(model.parameters()).dtype
+        except (AttributeError, StopIteration):
+            self.dtype = torch.float32
+
+    # -- decisions -------------------------------------------------------------------------------
+    def check_features(self, features: np.ndarray) -> np.ndarray:
+        """The frame's features as float32 (D_in,); ``ValueError`` if wrong-sized or not finite."""
+        x = np.asarray(features, dtype=np.float32).reshape(-1)
+        if x.shape[0] != self.d_in:
+            raise ValueError(f"Features have {x.shape[0]} values; the model expects {self.d_in}.")
+        if not np.isfinite(x).all():
+            raise ValueError(
+                "Features contain NaN or infinite values; they would poison the stream's state."
+            )
+        return x
+
+    def plan(self, prev: Stored | None, frame_index: int, ts_ms: int, now_ms: int) -> Plan:
+        """What frame ``frame_index`` (captured at ``ts_ms``) does to a stream whose cell is ``prev``."""
+        events: list[str] = []
+        if prev is not None and prev.model != self.model_id:
+            events.append("model_change")
+            prev = None
+        if (
+            prev is not None
+            and self.ttl_ms is not None
+            and now_ms - prev.last_seen_ms > self.ttl_ms
+        ):
+            events.append("expired")
+            prev = None
+        if prev is not None and frame_index <= prev.last_index:
+            if prev.last_ts_ms is None or ts_ms <= prev.last_ts_ms:
+                return Plan(["duplicate"], duplicate=True)
+            events.append("reboot")  # counting from 0 again, with newer capture times
+            prev = None
+        elif prev is not None and frame_index - prev.last_index > self.max_jump:
+            events.append("jump")
+            prev = None
+        if prev is None:
+            return Plan(events, fresh=True)
+        ts = prev.last_ts_ms
+        if frame_index == prev.last_index + 1:
+            return Plan(events, prev_ts_ms=ts)
+        events.append("gap")
+        missing = frame_index - prev.last_index - 1
+        if self.gap_policy == "fill" and missing <= self.max_fill:
+            events.append("gap_fill")
+            fills = range(prev.last_index + 1, frame_index)
+            return Plan(events, fills=fills, hold=prev.last_features, prev_ts_ms=ts)
+        events.append("gap_reset")
+        return Plan(events, fresh=True, prev_ts_ms=ts)
+
+    def _next_stored(self, plan: Plan, frame_index: int, ts_ms: int, now_ms: int, x) -> Stored:
+        """The stream's cell after a stepped frame, its model state still to be filled in."""
+        last_ts = ts_ms if plan.prev_ts_ms is None else max(ts_ms, plan.prev_ts_ms)
+        return Stored(self.model_id, frame_index, now_ms, x, b"", last_ts)
+
+    # -- state bytes -----------------------------------------------------------------------------
+    def load_state(self, blob: bytes) -> StreamState:
+        """A stored model state, in the model's precision whatever it was stored in."""
+        state = StreamState.from_bytes(blob)
+        dt = self.dtype
+        if all(v.dtype is dt or not v.is_floating_point() for v in state.tensors.values()):
+            return state
+        tensors = {k: v.to(dt) if v.is_floating_point() else v for k, v in state.tensors.items()}
+        return StreamState(tensors, state.t, state.window, state.kind)
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x)
+        return t if self.dtype is torch.float32 else t.to(self.dtype)
+
+    def dump_state(self, state: StreamState) -> bytes:
+        """The model state's bytes, its floating tensors in ``state_dtype``."""
+        if self._store_dtype is not torch.float32 and self._store_dtype is not self.dtype:
+            dt = self._store_dtype
+            state = StreamState(
+                {k: v.to(dt) if v.is_floating_point() else v for k, v in state.tensors.items()},
+                state.t,
+                state.window,
+                state.kind,
+            )
+        return state.to_bytes()
+
+    def _detection(self, stream_id: str, frame_index: int, ts_ms: int, probs, warm, arrival_ms):
+        latency = 0.0 if arrival_ms is None else max(0.0, time.time() * 1000 - arrival_ms)
+        return contract.make_detection(
+            stream_id,
+            frame_index,
+            ts_ms,
+            probs,
+            self.labels,
+            warm=bool(warm),
+            model=self.model_id,
+            latency_ms=latency,
+        )
+
+    # -- one stream ------------------------------------------------------------------------------
+    def process(
+        self,
+        stored: bytes | None,
+        stream_id: str,
+        frame_index: int,
+        ts_ms: int,
+        features: np.ndarray,
+        *,
+        now_ms: int | None = None,
+        arrival_ms: float | None = None,
+    ) -> tuple[bytes | None, StepResult]:
+        """Apply one frame. Returns the bytes to store (``None``: keep what is stored) and the result.
+
+        Raises:
+            ValueError: the features have the wrong size or are not finite, or the stored state
+                is unreadable (:class:`StateFormatError`); the stream's stored state is
+                untouched and the caller dead-letters the frame.
+        """
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        x = self.check_features(features)
+        t0 = time.perf_counter_ns()
+        prev = Stored.from_bytes(stored) if stored else None
+        plan = self.plan(prev, frame_index, ts_ms, now_ms)
+        if plan.duplicate:
+            return None, StepResult(None, plan.events, decode_us=_us(t0))
+        state = self.model.init_state(1) if plan.fresh else self.load_state(prev.state)  # type: ignore[union-attr]
+        t1 = time.perf_counter_ns()
+        if plan.fills:
+            hold = self._tensor(plan.hold).unsqueeze(0)
+            for i in plan.fills:
+                _, state = self.model.step(hold, state, torch.tensor([i]))
+        index = torch.tensor([frame_index])  # the phase comes from the frame, not the state
+        out, state = self.model.step(self._tensor(x).unsqueeze(0), state, index)
+        probs = torch.softmax(out.scores[0].double(), dim=-1).tolist()
+        t2 = time.perf_counter_ns()
+        det = self._detection(stream_id, frame_index, ts_ms, probs, out.warm[0], arrival_ms)
+        t3 = time.perf_counter_ns()
+        cell = self._next_stored(plan, frame_index, ts_ms, now_ms, x)
+        cell.state = self.dump_state(state)
+        blob = cell.to_bytes()
+        return blob, StepResult(
+            det,
+            plan.events,
+            len(blob),
+            decode_us=(t1 - t0) / 1e3,
+            model_us=(t2 - t1) / 1e3,
+            encode_us=_us(t3),
+        )
+
+    # -- many streams ----------------------------------------------------------------------------
+    def process_many(
+        self, stored: dict[str, bytes], frames: Sequence[Frame], *, now_ms: int | None = None
+    ) -> tuple[dict[str, bytes], list[StepResult]]:
+        """Apply frames of many streams, in order per stream, stepping streams together.
+
+        ``stored``: stream id -> its cell (streams without one start fresh). Returns the cells
+        that changed (stream id -> new bytes) and one :class:`StepResult` per frame, in the
+        order of ``frames``: a detection, a duplicate (``detection`` None, no ``error``) or a
+        refused frame (``error`` set; the stream's state is as before that frame, and the
+        stream's later frames still step). A stream whose stored cell cannot be read has all
+        its frames refused, and its cell is kept, as :meth:`process` does frame by frame.
+        """
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        t0 = time.perf_counter_ns()
+        results: list[StepResult | None] = [None] * len(frames)
+        cells: dict[str, Stored | None] = {}  # the stream's cell as the plan goes
+        orig: dict[str, Stored | None] = {}  # the stream's cell as stored
+        broken: dict[str, Exception] = {}
+        ops: dict[str, list[tuple[bool, np.ndarray, int, int]]] = {}  # fresh, x, index, pos (-1)
+        for pos, f in enumerate(frames):
+            sid = f.stream_id
+            if sid not in cells and sid not in broken:
+                blob = stored.get(sid)
+                try:
+                    cells[sid] = orig[sid] = Stored.from_bytes(blob) if blob else None
+                except StateFormatError as e:
+                    broken[sid] = e
+            if sid in broken:
+                results[pos] = StepResult(None, error=broken[sid])
+                continue
+            try:
+                x = self.check_features(f.features)
+            except ValueError as e:
+                results[pos] = StepResult(None, error=e)
+                continue
+            prev = cells[sid]
+            plan = self.plan(prev, f.frame_index, f.ts_ms, now_ms)
+            if plan.duplicate:
+                results[pos] = StepResult(None, plan.events)
+                continue
+            todo = ops.setdefault(sid, [])
+            fresh = plan.fresh
+            for i in plan.fills:
+                todo.append((fresh, plan.hold, i, -1))  # type: ignore[arg-type]
+                fresh = False
+            todo.append((fresh, x, f.frame_index, pos))
+            cells[sid] = self._next_stored(plan, f.frame_index, f.ts_ms, now_ms, x)
+            results[pos] = StepResult(None, plan.events)
+
+        order = list(ops)  # the batch's rows, one per stream that steps
+        t1 = time.perf_counter_ns()
+        if not order:
+            return {}, [r for r in results if r is not None]  # type: ignore[misc]
+        try:
+            rows = []
+            for sid in order:
+                cell = orig[sid]
+                if cell is not None and not ops[sid][0][0]:  # stored, and not fresh at once
+                    rows.append(self.load_state(cell.state))
+                else:
+                    rows.append(self.model.init_state(1))
+            state = StreamState.cat(rows) if len(rows) > 1 else rows[0]
+        except StateFormatError:  # a model state that cannot be read: settle it stream by stream
+            return self.process_each(stored, frames, now_ms=now_ms)
+        t2 = time.perf_counter_ns()
+        emitted: list[tuple[int, int, int]] = []  # (frame pos, round, row in the round's output)
+        round_probs: list[torch.Tensor] = []
+        round_warm: list[torch.Tensor] = []
+        width = max(len(v) for v in ops.values())
+        for r in range(width):
+            rows_r = [b for b, sid in enumerate(order) if len(ops[sid]) > r]
+            take = [ops[order[b]][r] for b in rows_r]
+            resets = [b for b, op in zip(rows_r, take) if op[0]]
+            if resets:
+                state.reset(resets)
+            x = self._tensor(np.stack([op[1] for op in take]))
+            index = torch.tensor([op[2] for op in take], dtype=torch.long)
+            if len(rows_r) == len(order):
+                out, state = self.model.step(x, state, index)
+            else:
+                sub = state.select(rows_r)
+                out, sub = self.model.step(x, sub, index)
+                state.put(rows_r, sub)
+            keep = [j for j, op in enumerate(take) if op[3] >= 0]
+            if keep:
+                k = len(round_probs)
+                round_probs.append(torch.softmax(out.scores[keep].double(), dim=-1))
+                round_warm.append(out.warm[keep])
+                emitted.extend((take[j][3], k, jj) for jj, j in enumerate(keep))
+        probs = [p.tolist() for p in round_probs]
+        warm = [w.tolist() for w in round_warm]
+        t3 = time.perf_counter_ns()
+        for pos, k, j in emitted:
+            f = frames[pos]
+            res = results[pos]
+            assert res is not None
+            res.detection = self._detection(
+                f.stream_id, f.frame_index, f.ts_ms, probs[k][j], warm[k][j], f.arrival_ms
+            )
+        changed: dict[str, bytes] = {}
+        for b, sid in enumerate(order):
+            cell = cells[sid]
+            assert cell is not None
+            cell.state = self.dump_state(state.view(b))
+            changed[sid] = cell.to_bytes()
+        t4 = time.perf_counter_ns()
+        n = max(1, len(frames))
+        decode_us = ((t1 - t0) + (t2 - t1)) / 1e3 / n
+        model_us = (t3 - t2) / 1e3 / n
+        encode_us = (t4 - t3) / 1e3 / n
+        for pos, res in enumerate(results):
+            assert res is not None
+            res.decode_us, res.model_us, res.encode_us = decode_us, model_us, encode_us
+            if res.detection is not None:
+                res.state_bytes = len(changed[frames[pos].stream_id])
+        return changed, results  # type: ignore[return-value]
+
+    def process_each(
+        self, stored: dict[str, bytes], frames: Sequence[Frame], *, now_ms: int | None = None
+    ) -> tuple[dict[str, bytes], list[StepResult]]:
+        """:meth:`process_many` frame by frame with :meth:`process`, with B = 1 steps.
+
+        The same contract; a frame whose update fails in any way is refused alone (``error``).
+        """
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        cells = dict(stored)
+        changed: dict[str, bytes] = {}
+        results: list[StepResult] = []
+        for f in frames:
+            try:
+                blob, res = self.process(
+                    cells.get(f.stream_id),
+                    f.stream_id,
+                    f.frame_index,
+                    f.ts_ms,
+                    f.features,
+                    now_ms=now_ms,
+                    arrival_ms=f.arrival_ms,
+                )
+            except Exception as e:  # one frame's failure must not take the others with it
+                results.append(StepResult(None, error=e))
+                continue
+            if blob is not None:
+                cells[f.stream_id] = changed[f.stream_id] = blob
+            results.append(res)
+        return changed, results
+
+
+def _us(since_ns: int) -> float:
+    """Microseconds from ``since_ns`` (``time.perf_counter_ns``) to now."""
+    return (time.perf_counter_ns() - since_ns) / 1e3
+
+
+def iter_detections(
+    stepper: StreamStepper, frames: Iterator[tuple[str, int, int, np.ndarray]]
+) -> Iterator[contract.Detection]:
+    """Run frames (stream_id, frame_index, ts_ms, features) through per-stream stored bytes.
+
+    The same update the streaming DoFn performs, with a dict in place of Beam state; used by
+    ``costream score`` so offline and streaming outputs are produced by one code path.
+    """
+    store: dict[str, bytes] = {}
+    for stream_id, index, ts, feats in frames:
+        blob, result = stepper.process(store.get(stream_id), stream_id, index, ts, feats, now_ms=0)
+        if blob is not None:
+            store[stream_id] = blob
+        if result.detection is not None:
+            yield result.detection
+
+
+_STEPPERS: dict[tuple, StreamStepper] = {}
+_STEPPERS_LOCK = threading.Lock()
+
+
+def load_stepper(
+    weights: str,
+    gap_policy: GapPolicy = DEFAULT_GAP_POLICY,
+    max_fill: int | None = None,
+    ttl_ms: int | None = None,
+    max_jump: int = DEFAULT_MAX_JUMP,
+    state_dtype: str = "float32",
+) -> StreamStepper:
+    """The continual model of a weights file, wrapped in a stepper; loaded once per process."""
+    key = (str(weights), gap_policy, max_fill, ttl_ms, max_jump, state_dtype)
+    with _STEPPERS_LOCK:
+        if key not in _STEPPERS:
+            from costream.models.zoo import load_model
+
+            model, card = load_model(weights, continual=True)
+            model_id = f"{card['continual_name']}@{card['sha256'][:12]}"
+            _STEPPERS[key] = StreamStepper(
+                model,
+                model_id,
+                card["classes"],
+                gap_policy,
+                max_fill,
+                ttl_ms,
+                max_jump,
+                state_dtype,
+            )
+        return _STEPPERS[key]
