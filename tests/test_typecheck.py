@@ -45,6 +45,7 @@ def test_mypy_config_checks_every_public_package():
     assert config["mypy_path"] == "build/mypy"
 
 
+@pytest.mark.slow  # seconds with a warm cache (build/mypy/.cache), about a minute without
 def test_mypy_passes():
     base = _link_sources()
     env = {k: v for k, v in os.environ.items() if k != "MYPYPATH"}
