@@ -492,8 +492,20 @@ class FlinkCluster:
     # --- running pipelines -----------------------------------------------------------------
 
     def pipeline_args(self, checkpoint_interval_ms: int = 5000, parallelism: int = 2) -> list[str]:
-        """Beam options that run a pipeline on this cluster through its job server."""
-        return [
+        """Beam options that run a pipeline on this cluster through its job server.
+
+        They include the option fixes ``costream run`` adds for a Flink job
+        (:func:`costream.transforms.beam_fixes.pipeline_args`), so a pipeline submitted by any
+        entry point (``python -m apache_beam.yaml.main``) runs the way ``costream run`` runs it.
+        Without ``--finish_bundle_before_checkpointing`` a checkpoint that finds a bundle open
+        finishes it inside Beam's ``DoFnOperator.snapshotState``, whose outputs go to a buffer
+        that only the stage's next element or watermark flushes: a stage whose input has ended
+        (``ResolvePartitions`` after the Impulse) then keeps the partitions it found, the
+        watermark passes on to the end of time, and the job reads nothing.
+        """
+        from costream.transforms import beam_fixes
+
+        args = [
             "--runner=PortableRunner",
             f"--job_endpoint={self.job_endpoint}",
             "--environment_type=EXTERNAL",
@@ -501,6 +513,7 @@ class FlinkCluster:
             f"--checkpointing_interval={checkpoint_interval_ms}",
             f"--parallelism={parallelism}",
         ]
+        return beam_fixes.pipeline_args("FlinkRunner", args)  # a Flink job, whatever the runner
 
 
 class FlinkRest:
@@ -586,6 +599,33 @@ class FlinkRest:
                 return str(op["location"])
             time.sleep(0.5)
         raise FlinkError(f"stop-with-savepoint of {job_id} did not finish in {timeout_s:.0f} s")
+
+    def vertex_records(self, job_id: str) -> list[dict[str, Any]]:
+        """Per vertex of ``job_id``: name, records in and out, lowest input watermark (epoch ms).
+
+        Records are summed over the vertex's subtasks; a value Flink does not report (a source
+        has no records in) is ``None``. A stage that took records in and sent none on while the
+        watermark after it reached the end of time holds its output back (see
+        :meth:`FlinkCluster.pipeline_args`).
+        """
+        out = []
+        for vertex in self.rest(f"/jobs/{job_id}")["vertices"]:
+            base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
+
+            # one metric a call: Flink answers nothing at all when one of several is missing
+            def value(name: str, agg: str, base: str = base) -> int | None:
+                got = self.rest(f"{base}?get={name}&agg={agg}")
+                return int(float(got[0][agg])) if got and agg in got[0] else None
+
+            out.append(
+                {
+                    "name": vertex["name"],
+                    "records_in": value("numRecordsIn", "sum"),
+                    "records_out": value("numRecordsOut", "sum"),
+                    "input_watermark_ms": value("currentInputWatermark", "min"),
+                }
+            )
+        return out
 
     def user_metrics(self, job_id: str) -> dict[str, float]:
         """Costream's Beam counters and distributions of a job, summed over subtasks.
