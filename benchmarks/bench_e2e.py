@@ -295,6 +295,8 @@ def time_split(m: dict[str, dict[str, float]], fps: float) -> dict[str, float]:
         "state_write_us": mean("costream/state_write_us"),
         "serde_us": mean("costream/serde_us"),
         "model_us": mean("costream/model_us"),
+        "batch_frames": mean("costream/batch_frames"),
+        "buffer_us": mean("costream/buffer_us"),
         "state_serde_pct": 100 * (state + total("costream/serde_us")) / frame if frame else 0.0,
         "model_pct": 100 * total("costream/model_us") / frame if frame else 0.0,
         "backbone_wall_pct": 100 * backbone_us / wall_us,
@@ -338,9 +340,14 @@ def problem_note(out: dict[str, Any], streams: int, frames: int) -> str:
 
 
 def run_config(
-    broker: Any, spec: str, S: int, payloads: tuple, args: argparse.Namespace
+    broker: Any, spec: str, S: int, payloads: tuple, args: argparse.Namespace, batch: bool = False
 ) -> dict[str, Any]:
-    """Backlog run (capacity, time split), then a paced run at ``args.load`` x capacity."""
+    """Backlog run (capacity, time split), then a paced run at ``args.load`` x capacity.
+
+    ``batch``: the spec's ContinualInference batches streams (``COSTREAM_BATCH_STREAMS``).
+    """
+    os.environ["COSTREAM_BATCH_STREAMS"] = "true" if batch else "false"
+    label = f"{spec}+batch" if batch else spec
     P = min(S, args.partitions)
     F = max(1, args.backlog_frames[spec] // S)
     plan = {"streams": S, "frames": F, "partitions": P, "rate": None}
@@ -351,10 +358,16 @@ def run_config(
     split = time_split(metrics, fps)
     alone = isolated_step(spec, S)
     print(
-        f"{spec:>8} S={S:<3} backlog {S * F} frames: {fps:.0f} frames/s (the producer alone "
+        f"{label:>14} S={S:<3} backlog {S * F} frames: {fps:.0f} frames/s (the producer alone "
         f"{producer_fps:.0f}/s); inference {split['dofn_us']:.0f} us/frame: state+serde "
         f"{split['state_serde_pct']:.0f}%, model {split['model_pct']:.0f}% "
         f"(model {split['model_us']:.0f} us, alone {alone['model_us']:.0f} us)"
+        + (
+            f"; {split['batch_frames']:.1f} frames per batch, buffering "
+            f"{split['buffer_us']:.0f} us/frame"
+            if batch
+            else ""
+        )
         + problem_note(backlog, S, F),
         flush=True,
     )
@@ -365,14 +378,15 @@ def run_config(
     lat = percentiles(np.array([r[3] for r in paced["rows"]]))
     e2e = percentiles(np.array([r[4] - r[2] for r in paced["rows"]]))
     print(
-        f"{spec:>8} S={S:<3} paced {S * Fp} frames at {rate:.0f}/s ({rate / S:.1f}/s per "
+        f"{label:>14} S={S:<3} paced {S * Fp} frames at {rate:.0f}/s ({rate / S:.1f}/s per "
         f"stream): latency p50 {lat[0]:.0f} ms p99 {lat[1]:.0f} ms, e2e p50 {e2e[0]:.0f} ms "
         f"p99 {e2e[1]:.0f} ms" + problem_note(paced, S, Fp),
         flush=True,
     )
     problems = filter(None, [check_complete(backlog, S, F), check_complete(paced, S, Fp)])
     return {
-        "spec": spec,
+        "spec": label,
+        "batch": batch,
         "streams": S,
         "partitions": P,
         "backlog_frames": S * F,
@@ -410,8 +424,18 @@ def main() -> int:
     ap.add_argument("--load", type=float, default=0.5, help="paced rate / backlog frames/s")
     ap.add_argument("--partitions", type=int, default=4, help="topic partitions: min(S, this)")
     ap.add_argument("--idle-s", type=float, default=3.0, help="spec stops after this idle time")
+    ap.add_argument(
+        "--batching",
+        choices=["off", "on", "both"],
+        default="both",
+        help="ContinualInference one stream per step (off), batched across streams (on), or "
+        "both side by side (default)",
+    )
+    ap.add_argument("--shards", type=int, help="batched arm: shard keys (COSTREAM_SHARDS)")
     ap.add_argument("--out", type=Path, default=Path("out"))
     args = ap.parse_args()
+    if args.shards:
+        os.environ["COSTREAM_SHARDS"] = str(args.shards)
     if not 0 < args.load < 1:
         ap.error(f"--load is a fraction of the capacity in (0, 1); got {args.load}.")
     streams = args.streams or ([1, 8] if args.quick else [1, 8, 32])
@@ -434,10 +458,13 @@ def main() -> int:
         )
         for spec in args.specs:
             payloads = make_payloads(spec)
+            arms = {"off": [False], "on": [True], "both": [False, True]}[args.batching]
             for S in streams:
-                rows.append(run_config(broker, spec, S, payloads, args))
+                for batch in arms:
+                    rows.append(run_config(broker, spec, S, payloads, args, batch))
     print(f"\n{len(rows)} configurations in {time.time() - started:.0f} s")
     print_tables(rows, args.load)
+    print_ratios(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {
         "cpus": os.cpu_count(),
@@ -454,16 +481,33 @@ def main() -> int:
     return 1 if any(r["problems"] for r in rows) else 0
 
 
+def print_ratios(rows: list[dict[str, Any]]) -> None:
+    """Capacity at the most streams over the same arm's 1-stream capacity, and batched over not."""
+    print("\nratios (same run)")
+    by = {(r["spec"], r["streams"]): r["frames_per_s"] for r in rows}
+    for label in dict.fromkeys(r["spec"] for r in rows):
+        S = sorted(s for lab, s in by if lab == label)
+        if len(S) > 1 and S[0] == 1:
+            print(
+                f"{label:>14}: S={S[-1]} / S=1 = {by[(label, S[-1])] / by[(label, 1)]:.2f}x "
+                f"({by[(label, S[-1])]:.0f} / {by[(label, 1)]:.0f} frames/s)"
+            )
+    for (label, S), fps in by.items():
+        if label.endswith("+batch") and (label[: -len("+batch")], S) in by:
+            base = by[(label[: -len("+batch")], S)]
+            print(f"{label:>14} S={S}: batched / one stream per step = {fps / base:.2f}x")
+
+
 def print_tables(rows: list[dict[str, Any]], load: float) -> None:
     print(f"\nthroughput (backlog) and latency (paced at {load:g} x that rate), ms")
     head = (
-        f"{'spec':<8} {'S':>3} {'P':>2} {'frames/s':>9} {'paced/s':>8} {'per stream':>10} "
+        f"{'spec':<14} {'S':>3} {'P':>2} {'frames/s':>9} {'paced/s':>8} {'per stream':>10} "
         f"{'lat p50':>8} {'lat p99':>8} {'e2e p50':>8} {'e2e p99':>8}"
     )
     print(head + "\n" + "-" * len(head))
     for r in rows:
         print(
-            f"{r['spec']:<8} {r['streams']:>3} {r['partitions']:>2} {r['frames_per_s']:>9.0f} "
+            f"{r['spec']:<14} {r['streams']:>3} {r['partitions']:>2} {r['frames_per_s']:>9.0f} "
             f"{r['paced_rate']:>8.0f} {r['per_stream_fps']:>10.1f} {r['latency_ms_p50']:>8.0f} "
             f"{r['latency_ms_p99']:>8.0f} {r['e2e_ms_p50']:>8.0f} {r['e2e_ms_p99']:>8.0f}"
             + (f"  !! {r['problems']}" if r["problems"] else "")
@@ -472,7 +516,7 @@ def print_tables(rows: list[dict[str, Any]], load: float) -> None:
 
     print("\nwhere per-frame time goes (backlog runs), us per frame and %")
     head = (
-        f"{'spec':<8} {'S':>3} {'wall':>6} {'backbone':>8} {'infer':>6} {'st r/w':>6} "
+        f"{'spec':<14} {'S':>3} {'wall':>6} {'backbone':>8} {'infer':>6} {'st r/w':>6} "
         f"{'serde':>6} {'model':>6} {'serde*':>6} {'model*':>6} | {'st+serde':>8} {'model':>6} "
         f"| {'backbone':>8} {'infer':>6}"
     )
@@ -484,7 +528,7 @@ def print_tables(rows: list[dict[str, Any]], load: float) -> None:
     for r in rows:
         s, a = r["split"], r["alone"]
         print(
-            f"{r['spec']:<8} {r['streams']:>3} {s['wall_us']:>6.0f} {s['backbone_us']:>8.0f} "
+            f"{r['spec']:<14} {r['streams']:>3} {s['wall_us']:>6.0f} {s['backbone_us']:>8.0f} "
             f"{s['dofn_us']:>6.0f} {s['state_read_us'] + s['state_write_us']:>6.1f} "
             f"{s['serde_us']:>6.0f} {s['model_us']:>6.0f} {a['serde_us']:>6.0f} "
             f"{a['model_us']:>6.0f} | {s['state_serde_pct']:>7.1f}% {s['model_pct']:>5.1f}% "
@@ -506,7 +550,8 @@ def plot(rows: list[dict[str, Any]], load: float, path: Path) -> None:
 
     fig, (ax_fps, ax_lat, ax_split) = plt.subplots(1, 3, figsize=(16, 5))
     ticks = sorted({r["streams"] for r in rows})
-    for spec, color in (("features", "C0"), ("video", "C1")):
+    labels_ = list(dict.fromkeys(r["spec"] for r in rows))
+    for spec, color in zip(labels_, (f"C{i}" for i in range(10))):
         sel = [r for r in rows if r["spec"] == spec]
         if not sel:
             continue

@@ -137,14 +137,17 @@ class BatchedInferenceFn(beam.DoFn):
         if rec.frame_index == SWEEP:
             self._sweep(rec.stream_id, rec.ts_ms, shard)
             return
+        t0 = time.perf_counter_ns()
         count = (pending.read() or 0) + 1
         buffer.add(rec)
         if count >= self.max_batch:
+            self.metrics.buffer_us.update(round((time.perf_counter_ns() - t0) / 1e3))
             yield from self._flush(shard, buffer, pending, idle)
             return
         pending.write(count)
         if count == 1:
             flush.set(Timestamp.now() + Duration(micros=int(self.max_delay_ms * 1000)))
+        self.metrics.buffer_us.update(round((time.perf_counter_ns() - t0) / 1e3))
 
     @on_timer(FLUSH)
     def on_flush(
@@ -210,8 +213,8 @@ class BatchedInferenceFn(beam.DoFn):
                 shard.clear()
         t3 = time.perf_counter_ns()
         m.batch_rows.update(len(recs))
-        m.read_us.update(round((t1 - t0) / 1e3))
-        m.write_us.update(round((t3 - t2) / 1e3))
+        read_us = round((t1 - t0) / 1e3 / len(recs))  # the flush's state I/O, per frame
+        write_us = round((t3 - t2) / 1e3 / len(recs))
         if self._streams is not None:
             for sid in changed:
                 self._streams.seen(sid, now_ms, len(cells[sid]))
@@ -230,6 +233,8 @@ class BatchedInferenceFn(beam.DoFn):
             if not replay:
                 m.count(rec.stream_id, rec.frame_index, res.events)
             m.serde_us.update(round(res.decode_us + res.encode_us))
+            m.read_us.update(read_us)
+            m.write_us.update(write_us)
             m.frame_us.update(per_frame_us)
             det = res.detection
             if det is None:

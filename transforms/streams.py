@@ -216,7 +216,8 @@ class InferenceMetrics:
         self.serde_us = Metrics.distribution(m, "serde_us")
         self.model_us = Metrics.distribution(m, "model_us")
         self.frame_us = Metrics.distribution(m, "frame_us")
-        self.batch_rows = Metrics.distribution(m, "batch_frames")
+        self.batch_rows = Metrics.distribution(m, "batch_frames")  # frames per batched flush
+        self.buffer_us = Metrics.distribution(m, "buffer_us")  # a frame into the batch buffer
         self.log = Throttled()
 
     def count(self, stream_id: str, frame_index: int, events: list[str]) -> None:
