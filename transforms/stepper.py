@@ -45,11 +45,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from costream.connectors import contract
+from costream.models.protocol import ContinualModel
 from costream.models.state import StateFormatError, StreamState
 from costream.transforms.stored import Stored
 
@@ -159,9 +160,8 @@ class StreamStepper:
     """Per-frame update of one stream's continual state, or of many streams at once.
 
     Args:
-        model: a continual model (:class:`~costream.models.zoo.ContinualOnlineTransformer`):
-            ``init_state(B)``, ``step(x (B, D_in), state, index (B,)) -> (out with .scores
-            (B, C) and .warm (B,), state)``, ``config.d_in`` and ``window``.
+        model: a continual model (:class:`~costream.models.protocol.ContinualModel`, e.g.
+            :class:`~costream.models.online.ContinualOnlineTransformer`).
         model_id: ``name@sha256-prefix``; a stream whose stored state names another model is reset.
         labels: the C class names.
         gap_policy: ``fill`` or ``reset`` (module docstring).
@@ -175,7 +175,7 @@ class StreamStepper:
 
     def __init__(
         self,
-        model: Any,
+        model: ContinualModel,
         model_id: str,
         labels: Sequence[str],
         gap_policy: GapPolicy = DEFAULT_GAP_POLICY,
@@ -195,7 +195,7 @@ class StreamStepper:
         self._store_dtype = check_state_dtype(state_dtype)
         try:  # the model's precision: inputs and loaded states are brought to it
             self.dtype = next(model.parameters()).dtype
-        except (AttributeError, StopIteration):
+        except StopIteration:  # a model without parameters computes in float32
             self.dtype = torch.float32
 
     # -- decisions -------------------------------------------------------------------------------
