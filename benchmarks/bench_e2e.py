@@ -188,8 +188,18 @@ def _drive(plan: Plan, content_type: str, payloads: list[bytes]) -> dict[str, An
 # --- one run: fresh topics, the spec in this process, the driver beside it -----------------
 
 
-def run_once(broker: Any, spec: str, plan_args: dict[str, Any], payloads: tuple, idle_s: float):
-    """Run ``spec`` against a driver process; returns (driver result, Beam metrics)."""
+def run_once(
+    broker: Any,
+    spec: str,
+    plan_args: dict[str, Any],
+    payloads: tuple,
+    idle_s: float,
+    weights: str | None = None,
+):
+    """Run ``spec`` against a driver process; returns (driver result, Beam metrics).
+
+    ``weights``: another model file than the spec's demo model (same input size).
+    """
     from costream.pipelines.runner import run_spec
 
     tag = uuid.uuid4().hex[:8]
@@ -197,13 +207,13 @@ def run_once(broker: Any, spec: str, plan_args: dict[str, Any], payloads: tuple,
     broker.create_topics([topics["input"], topics["output"]], partitions=plan_args["partitions"])
     broker.create_topics([topics["dead"]], partitions=1)
     plan = Plan(broker.bootstrap, topics["input"], topics["output"], topics["dead"], **plan_args)
-    spec_file, weights = SPECS[spec]
+    spec_file, demo = SPECS[spec]
     os.environ.update(
         COSTREAM_BOOTSTRAP=broker.bootstrap,
         COSTREAM_INPUT_TOPIC=plan.input_topic,
         COSTREAM_OUTPUT_TOPIC=plan.output_topic,
         COSTREAM_DEAD_LETTER_TOPIC=plan.dead_letter_topic,
-        COSTREAM_WEIGHTS=str(ROOT / "pipelines" / "assets" / weights),
+        COSTREAM_WEIGHTS=weights or str(ROOT / "pipelines" / "assets" / demo),
     )
     ctx = mp.get_context("spawn")  # a clean child: no torch or Beam threads forked along
     results = ctx.Queue()

@@ -191,8 +191,13 @@ class StreamState:
         return self
 
     # -- bytes ---------------------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        """Serialise to compact bytes: dtypes kept, versioned header, CRC32, no pickle."""
+    def layout(self) -> tuple[dict, list[bytes]]:
+        """The state as a JSON-able description and the raw bytes of its tensors.
+
+        The description holds ``kind``, ``window`` and ``tensors`` (name, dtype, shape each);
+        the bytes are little-endian, ``t`` first. :meth:`to_bytes` frames them with a header and a CRC; a container (a stream's stored
+        cell) may embed the same parts in its own framing (:meth:`from_layout`).
+        """
         entries = [["t", "int64", list(self.t.shape)]]
         payload = [_raw(self.t)]
         for name, x in self.tensors.items():
@@ -200,9 +205,47 @@ class StreamState:
                 raise StateFormatError(f"State tensor {name!r} has unsupported dtype {x.dtype}.")
             entries.append([name, _DTYPE_NAMES[x.dtype], list(x.shape)])
             payload.append(_raw(x))
-        header = json.dumps(
-            {"kind": self.kind, "window": self.window, "tensors": entries}, separators=(",", ":")
-        ).encode()
+        return {"kind": self.kind, "window": self.window, "tensors": entries}, payload
+
+    @classmethod
+    def from_layout(cls, header: dict, payload: bytearray | memoryview) -> StreamState:
+        """Inverse of :meth:`layout`: the tensors are views into ``payload`` (writable, no copy).
+
+        Raises :class:`StateFormatError` when the description and the bytes do not match.
+        """
+        try:
+            entries = header["tensors"]
+            window, kind = header["window"], header["kind"]
+        except (KeyError, TypeError) as e:
+            raise StateFormatError(f"State description is unreadable: {e}.") from e
+        pos, end = 0, len(payload)
+        tensors: dict[str, Tensor] = {}
+        for name, dtype_name, shape in entries:
+            if dtype_name not in _DTYPES:
+                raise StateFormatError(f"State tensor {name!r} has unknown dtype {dtype_name!r}.")
+            dtype = _DTYPES[dtype_name]
+            size = math.prod(shape) * _ITEMSIZE[dtype]
+            if pos + size > end:
+                raise StateFormatError(f"State blob is truncated inside tensor {name!r}.")
+            tensors[name] = (
+                torch.frombuffer(
+                    payload, dtype=dtype, count=size // _ITEMSIZE[dtype], offset=pos
+                ).reshape(shape)
+                if size
+                else torch.zeros(shape, dtype=dtype)
+            )
+            pos += size
+        if pos != end:
+            raise StateFormatError(f"State blob has {end - pos} unexpected trailing bytes.")
+        if "t" not in tensors:
+            raise StateFormatError("State description has no counter t.")
+        t = tensors.pop("t")
+        return cls(tensors, t, window, kind)
+
+    def to_bytes(self) -> bytes:
+        """Serialise to compact bytes: dtypes kept, versioned header, CRC32, no pickle."""
+        layout, payload = self.layout()
+        header = json.dumps(layout, separators=(",", ":")).encode()
         body = b"".join([_PREFIX.pack(MAGIC, VERSION, len(header)), header, *payload])
         return body + _CRC.pack(zlib.crc32(body))
 
@@ -230,32 +273,10 @@ class StreamState:
             )
         try:
             header = json.loads(blob[_PREFIX.size : _PREFIX.size + hlen])
-            entries = header["tensors"]
-        except (ValueError, KeyError) as e:
+        except ValueError as e:
             raise StateFormatError(f"State blob header is unreadable: {e}.") from e
         pos, end = _PREFIX.size + hlen, len(blob) - _CRC.size
-        payload = bytearray(blob[pos:end])  # one writable copy; the tensors are views into it
-        pos, end = 0, len(payload)
-        tensors: dict[str, Tensor] = {}
-        for name, dtype_name, shape in entries:
-            if dtype_name not in _DTYPES:
-                raise StateFormatError(f"State tensor {name!r} has unknown dtype {dtype_name!r}.")
-            dtype = _DTYPES[dtype_name]
-            size = math.prod(shape) * _ITEMSIZE[dtype]
-            if pos + size > end:
-                raise StateFormatError(f"State blob is truncated inside tensor {name!r}.")
-            tensors[name] = (
-                torch.frombuffer(
-                    payload, dtype=dtype, count=size // _ITEMSIZE[dtype], offset=pos
-                ).reshape(shape)
-                if size
-                else torch.zeros(shape, dtype=dtype)
-            )
-            pos += size
-        if pos != end:
-            raise StateFormatError(f"State blob has {end - pos} unexpected trailing bytes.")
-        t = tensors.pop("t")
-        return cls(tensors, t, header["window"], header["kind"])
+        return cls.from_layout(header, bytearray(blob[pos:end]))  # one writable copy
 
 
 def _raw(x: Tensor) -> bytes:

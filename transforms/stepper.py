@@ -248,12 +248,11 @@ class StreamStepper:
     def _next_stored(self, plan: Plan, frame_index: int, ts_ms: int, now_ms: int, x) -> Stored:
         """The stream's cell after a stepped frame, its model state still to be filled in."""
         last_ts = ts_ms if plan.prev_ts_ms is None else max(ts_ms, plan.prev_ts_ms)
-        return Stored(self.model_id, frame_index, now_ms, x, b"", last_ts)
+        return Stored(self.model_id, frame_index, now_ms, x, None, last_ts)
 
     # -- state bytes -----------------------------------------------------------------------------
-    def load_state(self, blob: bytes) -> StreamState:
+    def load_state(self, state: StreamState) -> StreamState:
         """A stored model state, in the model's precision whatever it was stored in."""
-        state = StreamState.from_bytes(blob)
         dt = self.dtype
         if all(v.dtype is dt or not v.is_floating_point() for v in state.tensors.values()):
             return state
@@ -264,8 +263,8 @@ class StreamStepper:
         t = torch.from_numpy(x)
         return t if self.dtype is torch.float32 else t.to(self.dtype)
 
-    def dump_state(self, state: StreamState) -> bytes:
-        """The model state's bytes, its floating tensors in ``state_dtype``."""
+    def dump_state(self, state: StreamState) -> StreamState:
+        """The model state as it is stored: its floating tensors in ``state_dtype``."""
         if self._store_dtype is not torch.float32 and self._store_dtype is not self.dtype:
             dt = self._store_dtype
             state = StreamState(
@@ -274,7 +273,7 @@ class StreamStepper:
                 state.window,
                 state.kind,
             )
-        return state.to_bytes()
+        return state
 
     def _detection(self, stream_id: str, frame_index: int, ts_ms: int, probs, warm, arrival_ms):
         latency = 0.0 if arrival_ms is None else max(0.0, time.time() * 1000 - arrival_ms)

@@ -1,12 +1,16 @@
 """What one stream keeps in Beam state between frames, and the shard cell that holds many.
 
-A stream's cell (:class:`Stored`) is one bytes value: a fixed header, a small JSON with the
-model identity (``name@sha256[:12]``), the last frame index, the last-seen wall time (TTL) and
-the newest capture time; the last features as raw float32 (the ``fill`` gap policy holds them);
-and the model's state for the stream's row (``StreamState.to_bytes``: raw tensors with their own
-CRC32, no pickle)::
+A stream's cell (:class:`Stored`) is one bytes value in one format: a fixed prefix, a JSON
+header with the model identity (``name@sha256[:12]``), the last frame index, the last-seen wall
+time (TTL), the newest capture time and the layout of the model state (kind, window, each
+tensor's name, dtype and shape: :meth:`StreamState.layout`); then the last features as raw
+float32 (the ``fill`` gap policy holds them), the state's raw little-endian tensors, and one
+CRC32 over everything. No pickle::
 
-    "CoSS" | version u16 | meta length u32 | features length u32 | meta | features | state
+    "CoSS" | version u16 = 3 | header length u32 | header JSON | features | tensors | crc32 u32
+
+Cells of versions 1 and 2 (a JSON of the stream's metadata followed by the model state as a
+separate ``StreamState.to_bytes`` blob with its own header and CRC) still load.
 
 With cross-stream batching (:mod:`costream.transforms.batching`) one Beam key (a shard) holds
 the cells of all its streams in one value, :class:`ShardCell`; each entry is a stream's
@@ -23,13 +27,15 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from costream.models.state import StateFormatError
+from costream.models.state import StateFormatError, StreamState
 
 __all__ = ["ShardCell", "Stored"]
 
 _MAGIC = b"CoSS"
-_VERSION = 2  # 2 added last_ts_ms; version 1 cells still load (last_ts_ms unknown)
-_PREFIX = struct.Struct("<4sHII")  # magic, version, meta length, features length
+_VERSION = 3  # 3: one header and one CRC for the whole cell; 1 and 2 still load
+_PREFIX = struct.Struct("<4sHI")  # magic, version, header length
+_LEGACY = struct.Struct("<4sHII")  # versions 1-2: magic, version, meta length, features length
+_CRC = struct.Struct("<I")
 
 
 @dataclass
@@ -40,36 +46,74 @@ class Stored:
     last_index: int
     last_seen_ms: int
     last_features: np.ndarray  # float32 (D_in,)
-    state: bytes  # StreamState.to_bytes() of the stream's row
+    state: StreamState | None  # the stream's one-row model state (None: not filled in yet)
     last_ts_ms: int | None = None  # capture time of the newest frame (None: a version-1 cell)
 
     def to_bytes(self) -> bytes:
-        """Compact bytes: header, JSON meta, raw float32 features, the model state blob."""
-        meta = json.dumps(
+        """The cell's bytes (format in the module docstring)."""
+        if self.state is None:
+            raise StateFormatError("A stored cell needs its model state.")
+        layout, tensors = self.state.layout()
+        feats = np.ascontiguousarray(self.last_features, dtype="<f4").tobytes()
+        header = json.dumps(
             {
                 "model": self.model,
                 "last_index": self.last_index,
                 "last_seen_ms": self.last_seen_ms,
                 "last_ts_ms": self.last_ts_ms,
+                "features": len(feats) // 4,
+                "state": layout,
             },
             separators=(",", ":"),
         ).encode()
-        feats = np.ascontiguousarray(self.last_features, dtype="<f4").tobytes()
-        return b"".join(
-            [_PREFIX.pack(_MAGIC, _VERSION, len(meta), len(feats)), meta, feats, self.state]
-        )
+        body = b"".join([_PREFIX.pack(_MAGIC, _VERSION, len(header)), header, feats, *tensors])
+        return body + _CRC.pack(zlib.crc32(body))
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Stored:
-        """Inverse of :meth:`to_bytes`; raises :class:`StateFormatError` on damaged bytes."""
+        """Inverse of :meth:`to_bytes` (and versions 1-2); :class:`StateFormatError` on damage."""
         if len(blob) < _PREFIX.size:
             raise StateFormatError("Stored stream state is truncated.")
-        magic, version, mlen, flen = _PREFIX.unpack_from(blob)
-        if magic != _MAGIC or version not in (1, _VERSION):
+        magic, version = struct.unpack_from("<4sH", blob)
+        if magic != _MAGIC or version not in (1, 2, _VERSION):
             raise StateFormatError(
-                f"Stored stream state has magic {magic!r} version {version}; expected {_MAGIC!r} {_VERSION}."
+                f"Stored stream state has magic {magic!r} version {version}; expected {_MAGIC!r} "
+                f"{_VERSION}."
             )
-        pos = _PREFIX.size
+        if version < 3:
+            return cls._legacy(blob)
+        if len(blob) < _PREFIX.size + _CRC.size:
+            raise StateFormatError("Stored stream state is truncated.")
+        end = len(blob) - _CRC.size
+        if zlib.crc32(memoryview(blob)[:end]) != _CRC.unpack_from(blob, end)[0]:
+            raise StateFormatError("Stored stream state is corrupted or truncated: CRC32 mismatch.")
+        _, _, hlen = _PREFIX.unpack_from(blob)
+        pos = _PREFIX.size + hlen
+        try:
+            meta = json.loads(blob[_PREFIX.size : pos])
+            flen = 4 * int(meta["features"])
+            feats = np.frombuffer(blob[pos : pos + flen], dtype="<f4").astype(np.float32)
+            state = StreamState.from_layout(meta["state"], bytearray(blob[pos + flen : end]))
+            return cls(
+                meta["model"],
+                meta["last_index"],
+                meta["last_seen_ms"],
+                feats,
+                state,
+                meta.get("last_ts_ms"),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            if isinstance(e, StateFormatError):
+                raise
+            raise StateFormatError(f"Stored stream state header is unreadable: {e}.") from e
+
+    @classmethod
+    def _legacy(cls, blob: bytes) -> Stored:
+        """A version 1 or 2 cell: metadata JSON, features, a nested ``StreamState`` blob."""
+        if len(blob) < _LEGACY.size:
+            raise StateFormatError("Stored stream state is truncated.")
+        _, _, mlen, flen = _LEGACY.unpack_from(blob)
+        pos = _LEGACY.size
         try:
             meta = json.loads(blob[pos : pos + mlen])
         except ValueError as e:
@@ -81,22 +125,27 @@ class Stored:
             meta["last_index"],
             meta["last_seen_ms"],
             feats,
-            bytes(blob[pos + flen :]),
+            StreamState.from_bytes(bytes(blob[pos + flen :])),
             meta.get("last_ts_ms"),
         )
 
     @staticmethod
     def last_seen(blob: bytes) -> int:
-        """The last-seen wall time (ms) of a cell, reading only its metadata."""
-        _, _, mlen, _ = _PREFIX.unpack_from(blob)
-        return int(json.loads(blob[_PREFIX.size : _PREFIX.size + mlen])["last_seen_ms"])
+        """The last-seen wall time (ms) of a cell, reading only its header."""
+        _, version = struct.unpack_from("<4sH", blob)
+        if version < 3:
+            _, _, mlen, _ = _LEGACY.unpack_from(blob)
+            start = _LEGACY.size
+        else:
+            _, _, mlen = _PREFIX.unpack_from(blob)
+            start = _PREFIX.size
+        return int(json.loads(blob[start : start + mlen])["last_seen_ms"])
 
 
 _SHARD_MAGIC = b"CoSh"
 _SHARD_VERSION = 1
 _SHARD_PREFIX = struct.Struct("<4sHI")  # magic, version, count
 _ENTRY = struct.Struct("<HI")  # id length, cell length
-_CRC = struct.Struct("<I")
 
 
 class ShardCell:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from apache_beam.testing.util import assert_that
-from costream.models.state import StateFormatError, StreamState
+from costream.models.state import StateFormatError
 from costream.models.zoo import get_model, save_model
 from costream.transforms.inference import ContinualInference
 from costream.transforms.stepper import Frame, StreamStepper
@@ -236,8 +236,8 @@ def test_half_precision_state_halves_the_bytes(regular, state_dtype):
             )
     assert 0 < worst < 0.05, worst  # rounded, but close
     for sid in store_f:
-        bf, bh = (Stored.from_bytes(store[sid]).state for store in (store_f, store_h))
-        sf, sh = StreamState.from_bytes(bf), StreamState.from_bytes(bh)
+        bf, bh = store_f[sid], store_h[sid]
+        sf, sh = (Stored.from_bytes(b).state for b in (bf, bh))
         floats = [k for k, v in sf.tensors.items() if v.is_floating_point()]
         assert floats and all(sh[k].dtype == getattr(torch, state_dtype) for k in floats)
         saved = sum(sf[k].numel() * 2 for k in floats)  # 4 -> 2 bytes per value

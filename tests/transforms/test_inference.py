@@ -13,6 +13,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from costream.connectors import contract
 from costream.connectors.kafka import as_outgoing
+from costream.models.state import StateFormatError
 from costream.models.zoo import get_model, save_model
 from costream.transforms.inference import ContinualInference, ContinualInferenceFn
 from costream.transforms.stepper import StreamStepper
@@ -458,7 +459,8 @@ def test_version_1_state_cells_still_load(regular):
         {"model": st.model, "last_index": st.last_index, "last_seen_ms": st.last_seen_ms}
     ).encode()
     f = st.last_features.astype("<f4").tobytes()
-    v1 = struct.pack("<4sHII", b"CoSS", 1, len(meta), len(f)) + meta + f + st.state
+    nested = st.state.to_bytes()  # versions 1-2 held the model state as its own blob
+    v1 = struct.pack("<4sHII", b"CoSS", 1, len(meta), len(f)) + meta + f + nested
     old = Stored.from_bytes(v1)
     assert old.last_ts_ms is None and old.last_index == 2
     _, res = _run(s, [(1, 5000, feats(1, 17)[0])], v1)  # unknown capture time: a duplicate
@@ -515,3 +517,31 @@ def _sweeping(inf):
     """The transform with a fast sweep (the default sweeps once a second)."""
     inf.sweep_every_s = 0.02
     return inf
+
+
+def test_version_2_cells_load_and_one_crc_guards_the_whole_cell(regular):
+    s = stepper(regular)
+    blob, _ = _run(s, [(i, 1000 + i, x) for i, x in enumerate(feats(3, 19))])
+    st = Stored.from_bytes(blob)
+    meta = json.dumps(
+        {
+            "model": st.model,
+            "last_index": st.last_index,
+            "last_seen_ms": st.last_seen_ms,
+            "last_ts_ms": st.last_ts_ms,
+        }
+    ).encode()
+    f = st.last_features.astype("<f4").tobytes()
+    v2 = struct.pack("<4sHII", b"CoSS", 2, len(meta), len(f)) + meta + f + st.state.to_bytes()
+    old = Stored.from_bytes(v2)
+    assert (old.last_index, old.last_ts_ms) == (2, 1002)
+    assert Stored.last_seen(v2) == Stored.last_seen(blob) == st.last_seen_ms
+    torch.testing.assert_close(old.state.tensors, st.state.tensors)
+    _, res = _run(s, [(3, 1003, feats(1, 20)[0])], v2)  # a v2 cell steps on
+    assert res[0].events == [] and res[0].detection.frame_index == 3
+    # one CRC over the cell: a flipped bit in the features, the header or a tensor is refused
+    for pos in (20, len(blob) // 2, len(blob) - 9):
+        bad = bytearray(blob)
+        bad[pos] ^= 1
+        with pytest.raises(StateFormatError, match="CRC32"):
+            Stored.from_bytes(bytes(bad))
