@@ -389,12 +389,13 @@ class FlinkCluster:
         return [role for role, pid in self.pids.items() if _alive(pid)]
 
     def status(self) -> dict[str, Any]:
-        """Each process with its role, pid and whether it is alive, plus the endpoints."""
+        """Each process with its role, pid and whether it is alive, the endpoints, Beam's options."""
         return {
             "work_dir": str(self.work_dir),
             "flink_master": self.flink_master,
             "job_endpoint": self.job_endpoint,
             "worker_pool": self.worker_pool_endpoint,
+            "pipeline_args": self.pipeline_args(),
             "processes": [
                 {"role": role, "pid": pid, "alive": _alive(pid)} for role, pid in self.pids.items()
             ],

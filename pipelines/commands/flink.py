@@ -61,6 +61,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             print(f"job_endpoint={cluster.job_endpoint}")
             print(f"worker_pool={cluster.worker_pool_endpoint}")
             print(f"web UI: http://{cluster.flink_master}/  (work dir {cluster.work_dir})")
+            print(f"Beam options for this cluster: {' '.join(cluster.pipeline_args())}")
             return 0
         cluster = FlinkCluster.attach(args.work_dir, missing_ok=True)
         if args.action == "down":
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             if cluster is not None:
                 print(f"flink_master={cluster.flink_master}")
                 print(f"job_endpoint={cluster.job_endpoint}")
+                print(f"Beam options for this cluster: {' '.join(cluster.pipeline_args())}")
             else:
                 print(f"no cluster recorded in {args.work_dir}")
         alive = [p for p in status["processes"] if p["alive"]]

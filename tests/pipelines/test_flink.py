@@ -467,6 +467,9 @@ def test_flink_cli_up_status_down(tmp_path):
         assert set(roles) == {"jobmanager", "taskmanager", "job_server", "worker_pool"}
         assert all(p["alive"] for p in roles.values())
         assert status["flink_master"] == lines["flink_master"]
+        assert f"--job_endpoint={lines['job_endpoint']}" in status["pipeline_args"]
+        assert "--finish_bundle_before_checkpointing" in status["pipeline_args"]
+        assert f"Beam options for this cluster: {' '.join(status['pipeline_args'])}" in up.stdout
     finally:
         down = subprocess.run([*cli, "down", "--work-dir", str(work)], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert down.returncode == 0
