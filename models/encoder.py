@@ -240,8 +240,14 @@ class ContinualEncoder(nn.Module):
     @property
     def kind(self) -> str:
         """Identifies states this encoder can step (shapes, not weights)."""
-        a = self.layers[0].self_attn
-        return f"ContinualEncoder(L={len(self.layers)},d={self.d_model},h={a.num_heads},n={self.window},attention={self.attention})"
+        kind = self.__dict__.get("_kind")
+        if kind is None:  # the shapes are fixed at construction; every step checks the state
+            a = self.layers[0].self_attn
+            kind = self.__dict__["_kind"] = (
+                f"ContinualEncoder(L={len(self.layers)},d={self.d_model},h={a.num_heads},"
+                f"n={self.window},attention={self.attention})"
+            )
+        return kind
 
     def init_state(
         self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | None = None
