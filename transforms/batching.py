@@ -181,6 +181,8 @@ class BatchedInferenceFn(beam.DoFn):
         pending.clear()
         if not recs:
             return
+        if torch.get_num_threads() != 1:  # a backbone in this process may use more
+            torch.set_num_threads(1)
         t0 = time.perf_counter_ns()
         cells = self._cells(shard)
         t1 = time.perf_counter_ns()

@@ -137,6 +137,8 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
 
     def _forward(self, model: nn.Module, frames: list[DecodedFrame]) -> list[FeaturesDone | FeaturesFailed]:
         try:
+            if torch.get_num_threads() != self._num_threads:  # the thread count is per process:
+                torch.set_num_threads(self._num_threads)  # other stages (inference) set theirs
             feats = batch_features(model, [as_array(f.data) for f in frames])  # (B, D)
         except Exception as err:
             if len(frames) == 1:

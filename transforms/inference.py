@@ -147,6 +147,8 @@ class ContinualInferenceFn(beam.DoFn):
         if rec.frame_index == SWEEP:
             self._expire(stream_id, rec.ts_ms, stream)
             return
+        if torch.get_num_threads() != 1:  # a backbone in this process may use more
+            torch.set_num_threads(1)
         m = self.metrics
         replay = is_replay(rec.headers)
         (m.replayed if replay else m.frames_in).inc()
