@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner, SwitchingDirectRunner
 from costream.connectors import contract
@@ -34,6 +35,7 @@ from costream.transforms.records import (
     MAIN,
     FeatureRecord,
     TaggedOutputs,
+    feature_record,
     to_dead_letter,
     typed_outputs,
 )
@@ -68,6 +70,31 @@ class _RouteFeatures(beam.DoFn):
             self._ok.inc()
             yield restamp(outcome.record, outcome.timestamp_us, timestamp, window)
 
+
+class _IdentityFeatures(beam.DoFn):
+    """``identity``: a record's decoded vector is its feature vector, so no model and no batching.
+
+    The same checks and outcomes as the ``Backbone`` + ``Route`` steps would give (the identity
+    backbone returns its input as float32, which a decoded features record already is; a vector
+    with non-finite values never passes decoding): a :class:`FeatureRecord` on ``main``, or a
+    dead letter (stage ``features``) for a record of another kind or dimension.
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        self.config = config
+        self._ok = Counter(METRICS_NAMESPACE, "features")
+        self._dead = Counter(METRICS_NAMESPACE, "features_dead_letters")
+
+    def process(self, frame: Any) -> Iterator[Any]:
+        reason = self.config.check(frame)
+        if reason is None and np.dtype(frame.data.dtype) != np.float32:
+            reason = f"Backbone 'identity' takes float32 features; got {frame.data.dtype}."
+        if reason is not None:
+            self._dead.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, to_dead_letter(frame, reason, "features"))
+            return
+        self._ok.inc()
+        yield feature_record(frame, frame.data)
 
 
 class FeaturesFailedBatchToDeadLetters(beam.DoFn):
@@ -119,7 +146,9 @@ class ExtractFeatures(beam.PTransform):
     (:class:`~costream.transforms.subclips.AssembleSubclips`: each stream's last 1 s, one per
     0.25 s chunk, the previous 0.75 s in keyed state) -> ``Backbone`` (Beam ``RunInference`` with
     :class:`FeatureModelHandler`: batches of ``min_batch_size..batch_size`` frames, across
-    streams, waiting at most ``max_batch_duration_secs`` for a batch to fill) -> ``Route``.
+    streams, waiting at most ``max_batch_duration_secs`` for a batch to fill) -> ``Route``. For
+    ``identity`` (precomputed features) the decoded vector is the feature vector: one ``Identity``
+    step checks it and passes it on, with no model and no batching.
 
     Outputs (a :class:`~costream.transforms.records.TaggedOutputs` dict; also ``out.main`` …):
 
@@ -252,6 +281,19 @@ class ExtractFeatures(beam.PTransform):
             )
             frames = subclips[MAIN]
             dead_frames.append(subclips[DEAD_LETTER])
+        if self.config.kind == "features":  # identity: nothing to batch or run
+            routed = typed_outputs(
+                frames
+                | "Identity"
+                >> beam.ParDo(_IdentityFeatures(self.config))
+                .with_output_types(FeatureRecord)
+                .with_outputs(DEAD_LETTER, main=MAIN)
+            )
+            dead = (
+                *dead_frames,
+                routed[DEAD_LETTER],
+            ) | "DeadLetters" >> beam.Flatten().with_output_types(DeadLetter)
+            return TaggedOutputs({MAIN: routed[MAIN], DEAD_LETTER: dead})
         handler = self._handler_for(pcoll.pipeline)
         outcomes, failed = frames | "Backbone" >> RunInference(handler).with_exception_handling()
         routed = typed_outputs(
