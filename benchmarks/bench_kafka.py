@@ -8,16 +8,38 @@ and steady state (first to last record seen by the DoFn after the reader).
 
     .venv/bin/python benchmarks/bench_kafka.py [--frames 1500] [--brokers tansu,kafka]
         [--codecs none,lz4] [--partitions 1]
+
+``--per-record N`` instead measures, on one tansu broker (or --bootstrap), the per-record
+microseconds of costream's own paths with N 64-d feature records from 32 streams (the features
+spec's records): (a) ``ReadFromKafka``'s partition read from poll to emitted rows (its DoFn's
+``process``, driven with Beam's own restriction tracker and the reader's watermark estimator),
+(b) ``WriteToKafka``'s ``process`` + ``finish_bundle`` for detections, (c) detection make +
+encode, (d) ``decode_record``. ``--before REV`` runs the same measurements on the code of git
+revision REV too (a ``git worktree`` of it, imported in a child process), interleaved with the
+working tree's, so before and after come from one run under the same load (issue 15):
+
+    .venv/bin/python benchmarks/bench_kafka.py --per-record 8000 --before HEAD~1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+
+if __name__ == "__main__" and os.environ.get("COSTREAM_BENCH_SRC"):
+    # The child of --before: import costream from a worktree of the old revision. The editable
+    # install maps each costream subpackage to a folder of /work/main; point them elsewhere.
+    import __editable___costream_0_1_0_finder as _finder  # type: ignore[import-not-found]
+
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for _name, _path in list(_finder.MAPPING.items()):
+        _finder.MAPPING[_name] = _path.replace(_root, os.environ["COSTREAM_BENCH_SRC"], 1)
 
 import apache_beam as beam
 import numpy as np
@@ -148,6 +170,290 @@ def run_case(
     return t_prod, t_plain, t_beam, t_steady, nbytes
 
 
+N_STREAMS = 32
+"""Streams (record keys) of the --per-record records, as in bench_e2e's 32-stream runs."""
+
+
+def _fill_topic(bootstrap: str, n: int) -> str:
+    """A new one-partition topic holding ``n`` 64-d feature records of ``N_STREAMS`` streams."""
+    topic = f"bench-rec-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    payload, ct = contract.encode_features(np.random.default_rng(0).standard_normal(64))
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    start_ms = int(time.time() * 1000) - n
+    for i in range(n):
+        rec = contract.frame_record(
+            f"cam-{i % N_STREAMS}", i // N_STREAMS, start_ms + i, ct, payload
+        )
+        producer.send(topic, key=rec.key, value=rec.value, headers=rec.headers, partition=0,
+                      timestamp_ms=start_ms + i)  # fmt: skip
+    producer.flush()
+    producer.close()
+    return topic
+
+
+class _Finalizer:
+    """What Beam's BundleFinalizerParam gives a DoFn: ``register(callback)``."""
+
+    def __init__(self) -> None:
+        self.callbacks: list = []
+
+    def register(self, callback) -> None:
+        self.callbacks.append(callback)
+
+
+def _clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _us_since(start: tuple[float, float], n: int) -> tuple[float, float]:
+    """(wall, CPU of this process: every thread) us per record since ``start``."""
+    wall, cpu = _clocks()
+    return (wall - start[0]) / n * 1e6, (cpu - start[1]) / n * 1e6
+
+
+def _read_path_us(bootstrap: str, topic: str, n: int) -> dict[str, float]:
+    """(a) us/record of ReadFromKafka's partition read: DoFn.process from poll to rows.
+
+    The DoFn runs as Beam runs it (Beam's restriction tracker view, the reader's own watermark
+    estimator), bundle after bundle until ``n`` records came out. A first pass connects and
+    warms up; the second (timed) seeks back to offset 0. Wall time includes the broker's
+    answers (on a loaded machine, its share of the CPUs); CPU time is this process's alone. Also
+    the CPU time of a plain kafka-python poll loop over the same records: the floor of the read
+    path while kafka-python parses the records.
+    """
+    from apache_beam.io.restriction_trackers import OffsetRange
+    from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
+    from costream.connectors.kafka.offsets import _PartitionDescriptor
+    from costream.connectors.kafka.read import _ReadPartitionFn
+    from costream.connectors.kafka.restriction import _KafkaOffsetTracker, _PartitionWatermark
+
+    cfg = ReadFromKafka(bootstrap, topic, max_records=n)._cfg
+    fn = _ReadPartitionFn(cfg)
+    fn.setup()
+    desc = _PartitionDescriptor(topic, 0, 0, n)
+
+    def one_pass() -> tuple[float, float]:
+        got, start = 0, 0
+        t0 = _clocks()
+        while got < n:
+            tracker = RestrictionTrackerView(
+                ThreadsafeRestrictionTracker(_KafkaOffsetTracker(OffsetRange(start, n)))
+            )
+            watermark = _PartitionWatermark((MIN_TIMESTAMP, time.time()))
+            rows = list(fn.process(desc, _Finalizer(), tracker=tracker, watermark=watermark))
+            got += len(rows)
+            if rows:
+                start = rows[-1].value.offset + 1
+        return _us_since(t0, n)
+
+    one_pass()
+    wall, cpu = one_pass()
+    for r in fn._readers.values():
+        r.close()
+    # The floor: a plain kafka-python consumer polling the same records (its record parsing).
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             max_poll_records=cfg.max_records_per_bundle, fetch_max_wait_ms=20)  # fmt: skip
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    for _ in range(2):  # the first pass connects
+        consumer.seek(tp, 0)
+        got, t0 = 0, _clocks()
+        while got < n:
+            got += sum(map(len, consumer.poll(timeout_ms=cfg.poll_timeout_ms).values()))
+        _, cpu_plain = _us_since(t0, n)
+    consumer.close()
+    return {
+        "(a) ReadFromKafka process, wall": wall,
+        "(a) ReadFromKafka process, CPU": cpu,
+        "(a) plain kafka-python poll loop, CPU": cpu_plain,
+    }
+
+
+def _detections(n: int) -> list:
+    labels = [f"class-{c}" for c in range(10)]
+    rng = np.random.default_rng(1)
+    scores = rng.random((n, 10)).astype(np.float32)
+    return [
+        contract.make_detection(
+            f"cam-{i % N_STREAMS}",
+            i // N_STREAMS,
+            1_700_000_000_000 + i,
+            scores[i],
+            labels,
+            warm=True,
+            model="co_oadtr@0123abcd",
+            latency_ms=1.5,
+        )  # fmt: skip
+        for i in range(n)
+    ]
+
+
+def _write_path_us(
+    bootstrap: str, n: int, bundle: int, client_config: dict | None
+) -> tuple[float, float]:
+    """(b) us/record of WriteToKafka's process + finish_bundle for detections, bundles of ``bundle``."""
+    from apache_beam.utils.timestamp import Timestamp
+    from costream.connectors.kafka import WriteToKafka
+
+    topic = f"bench-out-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    fn = WriteToKafka(bootstrap, topic, client_config=client_config)._fn
+    fn.setup()
+    dets = _detections(n)
+    stamps = [Timestamp(micros=d.ts_ms * 1000) for d in dets]
+
+    def run(lo: int, hi: int) -> None:
+        for b in range(lo, hi, bundle):
+            fn.start_bundle()
+            for i in range(b, min(b + bundle, hi)):
+                fn.process(dets[i], stamps[i])
+            fn.finish_bundle()
+
+    run(0, min(bundle, n))  # connect, fetch metadata
+    t0 = _clocks()
+    run(0, n)
+    us = _us_since(t0, n)
+    fn.teardown()
+    admin.delete_topics([topic])
+    admin.close()
+    return us
+
+
+def _best_us(f, n: int, repeat: int = 5) -> float:
+    """Best of ``repeat`` timings of ``n`` calls of ``f``, in us per call."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f()
+        best = min(best, time.perf_counter() - t0)
+    return best / n * 1e6
+
+
+def _cpu_paths_us(n: int) -> dict[str, float]:
+    """(c) detection make, encode (detection_record) and both; (d) decode_record, in us/record."""
+    from costream.transforms.decode import decode_record
+
+    labels = [f"class-{c}" for c in range(10)]
+    scores = np.random.default_rng(1).random(10).astype(np.float32)
+
+    def make():
+        return contract.make_detection("cam-7", 123, 1_700_000_000_000, scores, labels, warm=True,
+                                       model="co_oadtr@0123abcd", latency_ms=1.5)  # fmt: skip
+
+    det = make()
+    payload, ct = contract.encode_features(np.random.default_rng(0).standard_normal(64))
+    rec = contract.frame_record("cam-7", 123, 1_700_000_000_000, ct, payload)
+    k = max(n // 4, 1000)
+    return {
+        "detection make": _best_us(make, k),
+        "detection encode": _best_us(lambda: contract.detection_record(det), k),
+        "(c) detection make+encode": _best_us(lambda: contract.detection_record(make()), k),
+        "(d) decode_record (features)": _best_us(
+            lambda: decode_record(rec.key, rec.value, rec.headers, now_ms=0), k
+        ),
+    }
+
+
+_OLD_PRODUCER = {"linger_ms": 0, "batch_size": 16384}
+"""kafka-python's producer defaults, which WriteToKafka used before issue 15."""
+
+
+def per_record(bootstrap: str, n: int, bundle: int, arms: bool) -> dict[str, float]:
+    """Every --per-record measurement once, in us/record (``arms``: the settings arms too)."""
+    topic = _fill_topic(bootstrap, n)
+    out: dict[str, float] = {}
+    try:
+        out.update(_read_path_us(bootstrap, topic, n))
+    finally:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.delete_topics([topic])
+        admin.close()
+    out["(b) WriteToKafka detections, wall"], out["(b) WriteToKafka detections, CPU"] = (
+        _write_path_us(bootstrap, n, bundle, None)
+    )
+    if arms:
+        wall, cpu = _write_path_us(bootstrap, n, bundle, _OLD_PRODUCER)
+        out["(b) old producer settings, wall"], out["(b) old producer settings, CPU"] = wall, cpu
+    out.update(_cpu_paths_us(n))
+    return out
+
+
+def _worktree(rev: str) -> str:
+    """A detached ``git worktree`` of ``rev`` in a temporary folder (removed by the caller)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-kafka-"), "src")
+    subprocess.run(["git", "-C", root, "worktree", "add", "--detach", "-q", path, rev], check=True)
+    return path
+
+
+def _remove_worktree(path: str) -> None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(["git", "-C", root, "worktree", "remove", "--force", path], check=True)
+
+
+def _child(bootstrap: str, n: int, bundle: int, src: str | None) -> dict[str, float]:
+    """per_record on the code in ``src`` (a worktree; None: this one), in a child process."""
+    env = {k: v for k, v in os.environ.items() if k != "COSTREAM_BENCH_SRC"}
+    if src is not None:
+        env["COSTREAM_BENCH_SRC"] = src
+    cmd = [sys.executable, os.path.abspath(__file__), "--per-record", str(n), "--bundle",
+           str(bundle), "--bootstrap", bootstrap, "--repeat", "1", "--json"]  # fmt: skip
+    if src is None:
+        cmd.append("--arms")  # the settings arms run on this code only
+    done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_per_record(args: argparse.Namespace) -> int:
+    """--per-record: the measurements, with --before REV side by side (best of --repeat)."""
+    broker = None if args.bootstrap else make_broker("tansu").start()
+    bootstrap = args.bootstrap or broker.bootstrap
+    src = _worktree(args.before) if args.before else None
+    try:
+        after: list[dict[str, float]] = []
+        before: list[dict[str, float]] = []
+        for i in range(args.repeat):
+            print(f"round {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
+            if args.json:
+                after.append(per_record(bootstrap, args.per_record, args.bundle, arms=args.arms))
+                continue
+            # Each side in a fresh child process, in alternating order: same start, same load.
+            for side in ("before", "after") if i % 2 == 0 else ("after", "before"):
+                if side == "after":
+                    after.append(_child(bootstrap, args.per_record, args.bundle, None))
+                elif src is not None:
+                    before.append(_child(bootstrap, args.per_record, args.bundle, src))
+    finally:
+        if src is not None:
+            _remove_worktree(src)
+        if broker is not None:
+            broker.stop()
+    best_after = {k: min(r[k] for r in after) for k in after[0]}
+    if args.json:
+        print(json.dumps(best_after))
+        return 0
+    best_before = {k: min(r[k] for r in before) for k in before[0]} if before else {}
+    load = os.getloadavg()
+    print()
+    print(f"{args.per_record} records (64-d features, {N_STREAMS} streams), write bundles of "
+          f"{args.bundle}; us/record, best of {args.repeat}; load average "
+          f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
+    head = f"before ({args.before})" if args.before else "before"
+    print(f"{'path':<42} {head:>16} {'after':>9} {'after/before':>13}")
+    print("-" * 83)
+    for k, v in best_after.items():
+        b = best_before.get(k)
+        cells = (f"{b:>16.1f}", f"{v / b:>13.2f}") if b else (f"{'':>16}", f"{'':>13}")
+        print(f"{k:<42} {cells[0]} {v:>9.1f} {cells[1]}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -164,7 +470,17 @@ def main() -> int:
     ap.add_argument("--brokers", default="tansu,kafka", help="broker kinds to start, in order")
     ap.add_argument("--codecs", default="none,lz4", help="producer compression types")
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of starting any")
+    ap.add_argument("--per-record", type=int, default=0, metavar="N",
+                    help="measure costream's per-record paths with N records (see above)")  # fmt: skip
+    ap.add_argument("--before", default=None, metavar="REV",
+                    help="with --per-record: also measure git revision REV, side by side")  # fmt: skip
+    ap.add_argument("--bundle", type=int, default=256, help="with --per-record: write bundle size")
+    ap.add_argument("--repeat", type=int, default=3, help="with --per-record: rounds (best of)")
+    ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--arms", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.per_record:
+        return run_per_record(args)
     n = args.frames - args.frames % args.partitions
     codecs_ = [None if c == "none" else c for c in args.codecs.split(",")]
     payloads = make_frames(args.distinct, args.noise)

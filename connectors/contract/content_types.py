@@ -18,6 +18,7 @@ Example:
     ('audio/l16', '16000', 'audio')
 """
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ __all__ = [
     "check_content_type",
     "features_content_type",
     "media_kind",
+    "parse_checked_content_type",
     "parse_content_type",
 ]
 
@@ -142,3 +144,20 @@ def check_content_type(ct: ContentType, text: str) -> str:
         f"Content type {text!r} is not supported; expected one of {CT_JPEG!r}, {CT_PNG!r}, "
         f"'{AUDIO_L16};rate=R;channels=1' or '{FEATURES};dtype=float32;dim=D'."
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_checked(text: str) -> tuple[str, tuple[tuple[str, str], ...], str]:
+    ct = parse_content_type(text)
+    return ct.media_type, tuple(ct.params.items()), check_content_type(ct, text)
+
+
+def parse_checked_content_type(text: str) -> tuple[ContentType, str]:
+    """:func:`parse_content_type` and :func:`check_content_type` of ``text``: (type, kind).
+
+    The content types of a stream repeat record after record, so the parsed and checked ones
+    are cached (256 distinct texts; a text that fails is parsed again each time, and raises as
+    those two do). Every call returns a :class:`ContentType` of its own (``params`` is a dict).
+    """
+    media_type, params, kind = _parse_checked(text)
+    return ContentType(media_type, dict(params)), kind

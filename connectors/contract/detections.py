@@ -16,6 +16,7 @@ Example:
 
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -65,6 +66,28 @@ class Detection(NamedTuple):
     latency_ms: float
 
 
+_MADE_MAX = 4096
+_made: "OrderedDict[int, Detection]" = OrderedDict()
+"""The rows :func:`make_detection` built and validated lately, by ``id``, until encoded.
+
+So :func:`encode_detection` does not validate them again (issue 15: the output path validated
+every detection twice). A :class:`Detection` is immutable all the way down (tuples of floats and
+strings), so a row valid when made stays valid; holding it here keeps its ``id`` from being
+reused, so ``_made.get(id(det)) is det`` is true only of that very row. Every other row (one
+built elsewhere, ``_replace``-d, a copy, one Beam's coders decoded) is validated when encoded.
+At most ``_MADE_MAX`` rows are held (the oldest go first: they are validated again if encoded).
+"""
+
+
+def _remember(det: Detection) -> None:
+    _made[id(det)] = det
+    if len(_made) > _MADE_MAX:
+        try:
+            _made.popitem(last=False)
+        except KeyError:  # another thread emptied it meanwhile
+            pass
+
+
 def make_detection(
     stream_id: str,
     frame_index: int,
@@ -76,9 +99,13 @@ def make_detection(
     model: str,
     latency_ms: float,
 ) -> Detection:
-    """Build a :class:`Detection`, choosing ``top`` as the arg-max score (first on ties)."""
-    scores_t = tuple(float(s) for s in scores)
-    labels_t = tuple(str(label) for label in labels)
+    """Build a :class:`Detection`, choosing ``top`` as the arg-max score (first on ties).
+
+    The row is validated here, once (:class:`DetectionFormatError` names the bad field);
+    :func:`encode_detection` and :func:`detection_record` do not validate it again.
+    """
+    scores_t = tuple(map(float, scores))
+    labels_t = tuple(map(str, labels))
     if not scores_t or len(scores_t) != len(labels_t):
         raise DetectionFormatError(
             f"A detection needs as many labels as scores, and at least one; got {len(scores_t)} "
@@ -98,6 +125,7 @@ def make_detection(
         float(latency_ms),
     )
     validate_detection(det)
+    _remember(det)
     return det
 
 
@@ -153,10 +181,15 @@ def detection_to_dict(det: Detection) -> dict:
     }
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+"""What ``json.dumps(obj, separators=(",", ":"), allow_nan=False)`` builds on every call."""
+
+
 def encode_detection(det: Detection) -> bytes:
-    """Encode a detection as compact UTF-8 JSON (validated first)."""
-    validate_detection(det)
-    return json.dumps(detection_to_dict(det), separators=(",", ":"), allow_nan=False).encode()
+    """Encode a detection as compact UTF-8 JSON (validated first, unless :func:`make_detection` built it)."""
+    if _made.pop(id(det), None) is not det:
+        validate_detection(det)
+    return _JSON.encode(detection_to_dict(det)).encode()
 
 
 def decode_detection(value: bytes) -> Detection:

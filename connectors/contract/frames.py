@@ -20,11 +20,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import numpy as np
-from costream.connectors.contract.content_types import (
-    ContentType,
-    check_content_type,
-    parse_content_type,
-)
+from costream.connectors.contract.content_types import ContentType, parse_checked_content_type
 from costream.connectors.contract.errors import (
     InvalidKeyError,
     MalformedHeaderError,
@@ -117,8 +113,7 @@ def decode_frame(
         raise MalformedHeaderError(
             f"Header {HEADER_CONTENT_TYPE!r} is not ASCII ({raw_ct[:40]!r})."
         ) from None
-    content_type = parse_content_type(ct_text)
-    check_content_type(content_type, ct_text)
+    content_type, _ = parse_checked_content_type(ct_text)
     return Frame(stream_id, frame_index, ts_ms, content_type, bytes(value))
 
 

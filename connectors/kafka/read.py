@@ -201,7 +201,7 @@ class _ReadPartitionFn(beam.DoFn):
         reader = self._reader(desc)
         rng = tracker.current_restriction()
         deadline = time.monotonic() + cfg.max_bundle_s
-        emitted, last_offset, finished = 0, None, False
+        emitted, last_offset, finished, nbytes = 0, None, False, 0
         while not finished and emitted < cfg.max_records_per_bundle:
             timeout = cfg.poll_timeout_ms if emitted == 0 else 0
             start = rng.start if last_offset is None else last_offset + 1
@@ -222,7 +222,7 @@ class _ReadPartitionFn(beam.DoFn):
                     finished = True  # past the end of a bounded range (max_records)
                     break
                 replay = r.offset < desc.replay_until
-                headers = [h for h in r.headers if h[0] != REPLAY_HEADER]
+                headers = r.headers  # the reader's own list, without REPLAY_HEADER
                 if replay:
                     headers.append(Header(REPLAY_HEADER, b"1"))
                     self._replayed.inc()
@@ -254,11 +254,13 @@ class _ReadPartitionFn(beam.DoFn):
                 watermark.record_seen(event_time, time.time())
                 emitted += 1
                 last_offset = r.offset
-                self._bytes.inc(len(r.value or b""))
+                nbytes += len(r.value or b"")
             if last_offset is not None and last_offset >= rng.stop - 1:
                 finished = True
             if time.monotonic() >= deadline:
                 break
+        if nbytes:
+            self._bytes.inc(nbytes)
         if emitted:
             assert last_offset is not None  # set with every emitted record
             self._records.inc(emitted)

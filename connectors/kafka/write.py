@@ -56,6 +56,50 @@ def _show_key(key: bytes | None) -> str:
 _RESEND_ROUNDS = 3
 """Times finish_bundle recreates the producer and resends what was not acknowledged."""
 
+LINGER_MS = 5
+"""How long WriteToKafka's producer lets a record batch fill before sending it (client_config may
+override ``linger_ms``). finish_bundle's flush sends at once whatever is waiting."""
+BATCH_SIZE = 256 << 10
+"""Bytes per record batch (at most ``max_request_size``; client_config may override
+``batch_size``)."""
+
+
+def _keyed_partitioner() -> Any:
+    """kafka-python's ``DefaultPartitioner`` for keyed records, without its per-record work.
+
+    The default builds the set of partitions with a leader for every record, keyed or not, and
+    hashes the key again each time; a key's partition is ``murmur2(key) & 0x7fffffff`` modulo
+    the partition count, over all partitions in order, so the hashes of the streams' keys are
+    kept (at most 4096). Records without a key go to the default (a random available one).
+    """
+    from kafka.partitioner import DefaultPartitioner, Partitioner
+    from kafka.partitioner.default import murmur2
+
+    default = DefaultPartitioner()
+
+    class _Keyed(Partitioner):
+        def __init__(self) -> None:
+            self._hashes: dict[bytes, int] = {}
+
+        def partition(  # type: ignore[no-untyped-def]
+            self, topic, key, serialized_key, value, serialized_value, cluster
+        ):
+            if type(serialized_key) is not bytes:
+                return default.partition(
+                    topic, key, serialized_key, value, serialized_value, cluster
+                )
+            partitions = cluster.partitions_for_topic(topic)
+            if not partitions:
+                raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+            h = self._hashes.get(serialized_key)
+            if h is None:
+                if len(self._hashes) >= 4096:
+                    self._hashes.clear()
+                h = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
+            return sorted(partitions)[h % len(partitions)]
+
+    return _Keyed()
+
 
 class _WriteFn(beam.DoFn):
     def __init__(self, cfg: _WriteConfig) -> None:
@@ -84,8 +128,14 @@ class _WriteFn(beam.DoFn):
             max_request_size=cfg.max_request_size,
             compression_type=cfg.compression_type,
             client_id=f"costream-write-{cfg.topic}",
-            # send() blocks for metadata at most this long (kafka-python's default is 60 s)
-            **{"max_block_ms": int(cfg.flush_timeout_s * 1000), **settings},
+            # send() blocks for metadata at most this long (kafka-python's default is 60 s).
+            # kafka-python's linger_ms=0 sends each batch as soon as it has a record, so nearly
+            # every send() opens a new batch and wakes the sender thread, and the wake-up's GIL
+            # hand-over was most of WriteToKafka's ~330 us/record (issue 15); batches that fill
+            # for 5 ms wake it a few times per bundle (benchmarks/bench_kafka.py --per-record).
+            **{"max_block_ms": int(cfg.flush_timeout_s * 1000), "linger_ms": LINGER_MS,
+               "batch_size": min(BATCH_SIZE, cfg.max_request_size),
+               "partitioner": _keyed_partitioner(), **settings},
         )  # fmt: skip
 
     def setup(self) -> None:  # noqa: D102
@@ -300,7 +350,10 @@ class WriteToKafka(beam.PTransform):
             the record batches written. Sizes are checked uncompressed (an upper bound).
         client_config: extra kafka-python ``KafkaProducer`` settings, merged last;
             ``{"from_env": "NAME"}`` values are read from the worker's environment. SASL/SSL
-            failures raise :class:`KafkaSecurityError` as in :class:`ReadFromKafka`.
+            failures raise :class:`KafkaSecurityError` as in :class:`ReadFromKafka`. Unless
+            set here, ``linger_ms`` is :data:`LINGER_MS` (5 ms: a record waits at most that
+            long for its batch, or until ``finish_bundle``) and ``batch_size`` is
+            :data:`BATCH_SIZE` or ``max_request_size``, the smaller.
         format: ``None`` (detections, dead letters and records, as above) or ``"json"``
             (:data:`FORMATS`): rows as JSON objects.
         key: with ``format="json"``, the field whose value is the record key (text as UTF-8,

@@ -93,3 +93,82 @@ def test_make_detection_refuses_bad_input():
         det(labels=["a"])
     with pytest.raises(C.DetectionFormatError, match="finite"):
         det(scores=[0.1, float("inf"), 0.0])
+
+
+# --- validated once (issue 15): what make_detection built is not validated again -------------
+
+
+def reference_bytes(d):
+    """The wire bytes as encode_detection wrote them before the fast path."""
+    return json.dumps(C.detection_to_dict(d), separators=(",", ":"), allow_nan=False).encode()
+
+
+def test_a_made_detection_encodes_to_the_same_bytes_and_is_a_plain_detection():
+    d = det(scores=[0.1, 0.25, 1e-7], labels=["bg", "é", "b"])
+    assert type(d) is C.Detection
+    assert C.encode_detection(d) == reference_bytes(d)
+    assert C.detection_record(d).value == reference_bytes(d)
+
+
+@pytest.fixture
+def validations(monkeypatch):
+    """The rows validate_detection is called with from now on."""
+    from costream.connectors.contract import detections
+
+    calls = []
+    real = detections.validate_detection
+    monkeypatch.setattr(detections, "validate_detection", lambda x: calls.append(x) or real(x))
+    return calls
+
+
+def test_validation_is_skipped_only_for_the_rows_make_detection_built(validations):
+    d = det()
+    assert validations == [d]  # make_detection validates the row it builds
+    validations.clear()
+    C.detection_record(d)
+    assert validations == []  # and encoding it does not again
+    C.encode_detection(d)  # once encoded, it is forgotten: a second encoding validates
+    assert len(validations) == 1 and validations[0] is d
+    twin = C.Detection(*det())
+    validations.clear()
+    C.detection_record(twin)  # equal to a made row, but not that row
+    assert len(validations) == 1 and validations[0] is twin
+
+
+@pytest.mark.parametrize(
+    ("change", "phrase"),
+    [
+        (lambda d: d._replace(stream_id=""), "'stream_id'"),
+        (lambda d: d._replace(top_label="zzz"), "not one of the labels"),
+        (lambda d: C.Detection._make([*d][:9] + [-1.0]), "'latency_ms'"),
+        (lambda d: C.Detection(*d)._replace(frame_index=-1), "'frame_index'"),
+    ],
+)
+def test_a_changed_or_foreign_row_is_still_validated(change, phrase):
+    d = det()
+    bad = change(d)
+    with pytest.raises(C.DetectionFormatError, match=phrase):
+        C.encode_detection(bad)
+    with pytest.raises(C.DetectionFormatError, match=phrase):
+        C.detection_record(bad)
+    assert C.encode_detection(d) == reference_bytes(d)
+
+
+def test_copies_and_rows_beyond_the_remembered_ones_are_validated(validations):
+    import copy
+    import pickle
+
+    from costream.connectors.contract import detections
+
+    d = det()
+    validations.clear()
+    for other in (pickle.loads(pickle.dumps(d)), copy.deepcopy(d), C.Detection(*d)):
+        assert C.encode_detection(other) == reference_bytes(d)
+    assert len(validations) == 3
+    first = det(frame_index=0)
+    rest = [det(frame_index=i) for i in range(1, detections._MADE_MAX + 1)]
+    assert len(detections._made) <= detections._MADE_MAX
+    validations.clear()
+    C.encode_detection(first)  # the oldest was forgotten, so it is validated again
+    C.encode_detection(rest[-1])
+    assert validations == [first]

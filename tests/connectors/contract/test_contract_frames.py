@@ -194,3 +194,34 @@ def test_frame_record_refuses_what_decode_refuses():
     frame = C.decode_frame(r.key, r.value, r.headers)
     assert (frame.frame_index, frame.ts_ms) == (2**63 - 1, 253_402_300_799_999)
     assert C.frame_record("s", np.int64(3), 0, C.CT_PNG, png).headers[0][1] == b"3"
+
+
+# --- parsed content types are cached (issue 15) ----------------------------------------------
+
+
+def test_parsed_content_types_are_cached_but_every_frame_gets_its_own():
+    from costream.connectors.contract import content_types
+
+    text = "application/x-costream-features;dtype=float32;dim=4"
+    content_types._parse_checked.cache_clear()
+    a, kind = content_types.parse_checked_content_type(text)
+    b, _ = content_types.parse_checked_content_type(text)
+    assert kind == "features" and a == b == C.parse_content_type(text)
+    assert content_types._parse_checked.cache_info().hits == 1
+    a.params["dim"] = "9"  # a caller that changes its copy changes no one else's
+    assert content_types.parse_checked_content_type(text)[0].params["dim"] == "4"
+    payload, ct = C.encode_features(np.ones(4))
+    rec = C.frame_record("s", 0, 0, ct, payload)
+    f1 = C.decode_frame(rec.key, rec.value, rec.headers)
+    f2 = C.decode_frame(rec.key, rec.value, rec.headers)
+    assert f1 == f2 and f1.content_type.params is not f2.content_type.params
+
+
+def test_a_bad_content_type_is_refused_every_time_not_cached():
+    from costream.connectors.contract import content_types
+
+    for _ in range(2):
+        with pytest.raises(C.UnsupportedContentTypeError, match="dtype=float32"):
+            content_types.parse_checked_content_type("application/x-costream-features;dim=4")
+        with pytest.raises(C.MalformedHeaderError, match="not a 'type/subtype'"):
+            content_types.parse_checked_content_type("nonsense")

@@ -296,3 +296,51 @@ def test_quiet_partition_does_not_stall_the_watermark(kafka_broker, kafka_topics
     assert all(marks[1] == MIN_TIMESTAMP for _, marks in history)
     assert history[-1][1][0] > MIN_TIMESTAMP
     producer.close()
+
+
+# --- the rows the reader builds (issue 15: built cheaper, the same rows) ----------------------
+
+
+def test_rows_carry_the_headers_as_sent_without_a_producer_replay_mark(kafka_broker, kafka_topics):
+    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    producer = KafkaProducer(bootstrap_servers=bs, acks="all")
+    sent = [
+        (b"cam-1", b"v0", [("a", b"1"), (contract.REPLAY_HEADER, b"1"), ("empty", b"")]),
+        (None, b"v1", []),
+        (b"cam-2", None, [("b", b""), ("b", b"2")]),
+    ]
+    for i, (key, value, headers) in enumerate(sent):
+        producer.send(topic, key=key, value=value, headers=headers, partition=0,
+                      timestamp_ms=1_700_000_000_000 + i).get(10)  # fmt: skip
+    producer.close()
+    fn = _ReadPartitionFn(ReadFromKafka(bs, topic, max_records=3)._cfg)
+    fn.setup()
+    fn_rows, rp = [], _OffsetRestrictionProvider()
+    desc = _PartitionDescriptor(topic, 0, 0, 3)
+    rest, est_state = rp.initial_restriction(desc), (MIN_TIMESTAMP, time.time())
+    try:
+        while rest is not None and len(fn_rows) < 3:  # process, take the residual, resume
+            tracker = ThreadsafeRestrictionTracker(rp.create_tracker(rest))
+            est = _WatermarkProvider().create_watermark_estimator(est_state)
+            view = RestrictionTrackerView(tracker)
+            fn_rows += list(fn.process(desc, _Finalizer(), tracker=view, watermark=est))
+            deferred = tracker.deferred_status()  # None once the bounded range is done
+            rest, est_state = deferred and deferred[0], est.get_estimator_state()
+    finally:
+        fn.teardown()
+    records = [tv.value for tv in fn_rows]
+    assert [(r.key, r.value, r.offset, r.timestamp_ms) for r in records] == [
+        (b"cam-1", b"v0", 0, 1_700_000_000_000),
+        (None, b"v1", 1, 1_700_000_000_001),
+        (b"cam-2", b"", 2, 1_700_000_000_002),
+    ]
+    assert [r.headers for r in records] == [
+        [("a", b"1"), ("empty", b"")],  # the producer's replay mark is not the reader's
+        [],
+        [("b", b""), ("b", b"2")],
+    ]
+    assert all(type(h) is contract.Header and type(h.value) is bytes
+               for r in records for h in r.headers)  # fmt: skip
+    assert [tv.timestamp for tv in fn_rows] == [
+        Timestamp(micros=(1_700_000_000_000 + i) * 1000) for i in range(3)
+    ]

@@ -7,6 +7,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.utils.timestamp import Timestamp
 from costream.connectors import contract
 from costream.connectors.contract import (
     DEFAULT_MAX_REQUEST_SIZE,
@@ -207,3 +208,63 @@ def test_compression_type_is_validated():
         WriteToKafka("h:1", "t", compression_type="brotli")
     with pytest.raises(ValueError, match="pass compression_type as the compression_type argument"):
         WriteToKafka("h:1", "t", client_config={"compression_type": "lz4"})
+
+
+# --- producer settings (issue 15: batches fill for linger_ms instead of one wake-up a record) ---
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "linger_ms", "batch_size"),
+    [
+        ({}, 5, 256 << 10),
+        ({"max_request_size": 100_000}, 5, 100_000),  # a batch never outgrows a request
+        ({"client_config": {"linger_ms": 0, "batch_size": 16384}}, 0, 16384),  # merged last
+    ],
+)
+def test_writer_producer_lingers_for_batches_unless_client_config_says_otherwise(
+    kafka_broker, kafka_topics, kwargs, linger_ms, batch_size
+):
+    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    fn = WriteToKafka(bs, topic, **kwargs)._fn
+    fn.setup()
+    try:
+        assert (fn._producer.config["linger_ms"], fn._producer.config["batch_size"]) == (
+            linger_ms,
+            batch_size,
+        )
+        fn.start_bundle()
+        for rec in stream_records("cam-1", 40, 1_700_000_000_000):
+            fn.process(rec, Timestamp(micros=1_700_000_000_000_000))
+        fn.finish_bundle()  # flushes at once: nothing waits for linger_ms
+    finally:
+        fn.teardown()
+    got = read_topic(bs, topic, 40)
+    assert [(r.key, r.value, r.headers, r.timestamp) for r in got] == [
+        (r.key, r.value, list(r.headers), 1_700_000_000_000)
+        for r in stream_records("cam-1", 40, 1_700_000_000_000)
+    ]
+
+
+def test_writer_puts_each_key_on_the_partition_kafka_pythons_default_partitioner_picks(
+    kafka_broker, kafka_topics
+):
+    from kafka.partitioner.default import murmur2
+
+    bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=5)
+    records = [rec for s in range(12) for rec in stream_records(f"cam-{s}", 3, 1_700_000_000_000)]
+    p = beam.Pipeline(runner=FnApiRunner())
+    _ = p | beam.Create(records) | WriteToKafka(bs, topic)
+    p.run().wait_until_finish()
+    c = KafkaConsumer(bootstrap_servers=bs, enable_auto_commit=False)
+    tps = [TopicPartition(topic, i) for i in range(5)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    got, deadline = [], time.monotonic() + 10
+    while len(got) < len(records) and time.monotonic() < deadline:
+        got += [r for rs in c.poll(300).values() for r in rs]
+    c.close()
+    assert len(got) == len(records)
+    assert {(r.key, r.partition) for r in got} == {
+        (rec.key, (murmur2(rec.key) & 0x7FFFFFFF) % 5) for rec in records
+    }
+    assert len({r.partition for r in got}) > 1
