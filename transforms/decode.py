@@ -29,6 +29,7 @@ from costream.connectors.contract import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_MAX_PIXELS,
     CodecError,
+    Header,
     as_headers,
     dead_letter,
     decode_frame,
@@ -142,7 +143,10 @@ def decode_record(
         arrival,
         None if key is None else bytes(key),
         b"" if value is None else bytes(value),
-        as_headers(headers),
+        # ReadFromKafka's headers are Header rows of bytes already: keep them (our own list)
+        headers
+        if all(type(h) is Header and type(h[1]) is bytes for h in headers)
+        else as_headers(headers),
         int(timestamp_us),
     )
 
