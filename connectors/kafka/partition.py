@@ -9,7 +9,7 @@ import logging
 import time
 from typing import NamedTuple
 
-from costream.connectors.contract import REPLAY_HEADER, Header
+from costream.connectors.contract import Header
 from costream.connectors.kafka.config import _ReadConfig, resolve_client_config
 from costream.connectors.kafka.security import check_security
 
@@ -19,11 +19,7 @@ _LOG = logging.getLogger(__name__)
 
 
 class _Fetched(NamedTuple):
-    """A record as the reader got it; ``error`` is set when it cannot become a KafkaRecord.
-
-    ``headers`` is a list of its own, without :data:`REPLAY_HEADER` (only the reader's own marks
-    count, see there).
-    """
+    """A record as the reader got it; ``error`` is set when it cannot become a KafkaRecord."""
 
     offset: int
     timestamp: int | None
@@ -77,8 +73,7 @@ class _PartitionReader:
         """Records from ``start`` on (at most ``max_records``), waiting up to ``timeout_ms``.
 
         A batch kafka-python cannot parse (a non-UTF-8 header name) is fetched raw and read
-        here: its good records come back as usual, the bad ones with ``error`` set. Headers
-        named :data:`REPLAY_HEADER` are left out.
+        here: its good records come back as usual, the bad ones with ``error`` set.
         """
         from costream.connectors.kafka.raw import fetch_lenient
         from kafka.errors import CorruptRecordError
@@ -101,9 +96,8 @@ class _PartitionReader:
             self._consumer.seek(self.tp, after)
             self.position = after
             return [_Fetched(r.offset, r.timestamp, r.key, r.value,
-                             [Header(name, v or b"") for name, v in
-                              ((k.decode("utf-8", "backslashreplace"), v) for k, v in r.headers)
-                              if name != REPLAY_HEADER], r.error) for r in raw]  # fmt: skip
+                             [Header(k.decode("utf-8", "backslashreplace"), v or b"")
+                              for k, v in r.headers], r.error) for r in raw]  # fmt: skip
         records = batch.get(self.tp, [])
         if records:
             self.position = records[-1].offset + 1
@@ -115,7 +109,7 @@ class _PartitionReader:
         new = tuple.__new__
         return [new(_Fetched, (r.offset, r.timestamp, r.key, r.value,
                                [new(Header, h) if h[1] is not None else Header(h[0], b"")
-                                for h in r.headers if h[0] != REPLAY_HEADER], None))
+                                for h in r.headers], None))
                 for r in records]  # fmt: skip
 
     def connected(self) -> bool:

@@ -222,7 +222,7 @@ class _ReadPartitionFn(beam.DoFn):
                     finished = True  # past the end of a bounded range (max_records)
                     break
                 replay = r.offset < desc.replay_until
-                headers = r.headers  # the reader's own list, without REPLAY_HEADER
+                headers = [h for h in r.headers if h[0] != REPLAY_HEADER]
                 if replay:
                     headers.append(Header(REPLAY_HEADER, b"1"))
                     self._replayed.inc()

@@ -7,7 +7,12 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from costream.connectors import contract
-from costream.connectors.contract import HEADER_DROPPED_HEADERS, HEADER_SOURCE, OutgoingRecord
+from costream.connectors.contract import (
+    HEADER_DROPPED_HEADERS,
+    HEADER_SOURCE,
+    REPLAY_HEADER,
+    OutgoingRecord,
+)
 from costream.connectors.kafka import ReadFromKafka, WriteDeadLetters, WriteToKafka
 from kafka import KafkaProducer
 from kafka_helpers import (
@@ -37,7 +42,8 @@ def _poison(kind, bs, topic):
     if kind == "header_name":
         bad = dict(key=b"s", value=b"v1", headers=[(_NotUtf8("x"), b"h"), ("ok", b"1")])
     elif kind == "timestamp":
-        bad = dict(key=b"s", value=b"v1", headers=[], timestamp_ms=2**62)
+        # a producer's replay mark is not the reader's, but a dead letter keeps every header
+        bad = dict(key=b"s", value=b"v1", headers=[(REPLAY_HEADER, b"1")], timestamp_ms=2**62)
     futures = [producer.send(topic, key=good[0].key, value=good[0].value, headers=good[0].headers)]
     futures.append(producer.send(topic, **bad))
     futures.append(
@@ -74,6 +80,7 @@ def test_unreadable_record_is_dead_lettered_and_a_restart_goes_on(
         assert h["ok"] == b"1" and h["\\xff\\xfebad"] == b"h"
     else:
         assert b"record timestamp 4611686018427387904 ms is beyond" in h[contract.HEADER_ERROR]
+        assert h[REPLAY_HEADER] == b"1"
     assert committed(bs, group, topic) == 2  # the poison's offset is committed too
 
     produce(bs, topic, stream_records("s", 2, 1_700_000_001_000))
