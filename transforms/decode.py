@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import apache_beam as beam
 import cv2
@@ -144,7 +144,7 @@ def decode_record(
         None if key is None else bytes(key),
         b"" if value is None else bytes(value),
         # ReadFromKafka's headers are Header rows of bytes already: keep them (our own list)
-        headers
+        cast("list[Header]", headers)
         if all(type(h) is Header and type(h[1]) is bytes for h in headers)
         else as_headers(headers),
         int(timestamp_us),
