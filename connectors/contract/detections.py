@@ -145,16 +145,9 @@ def validate_detection(det: Detection) -> None:
         raise bad(
             f"'scores' and 'labels' must be non-empty and equally long ({len(det.scores)} vs {len(det.labels)})"
         )
-    # The common case first, in C (set of exact types, map): make_detection's floats and strs.
-    if not (
-        {*map(type, det.scores)} == {float}
-        and all(map(math.isfinite, det.scores))
-        or all(isinstance(s, float) and math.isfinite(s) for s in det.scores)
-    ):
+    if not all(isinstance(s, float) and math.isfinite(s) for s in det.scores):
         raise bad("'scores' must all be finite numbers")
-    if not (
-        {*map(type, det.labels)} == {str} or all(isinstance(label, str) for label in det.labels)
-    ):
+    if not all(isinstance(label, str) for label in det.labels):
         raise bad("'labels' must all be strings")
     if det.top_label not in det.labels:
         raise bad(f"'top.label' {det.top_label!r} is not one of the labels")
