@@ -13,10 +13,14 @@ and steady state (first to last record seen by the DoFn after the reader).
 microseconds of costream's own paths with N 64-d feature records from 32 streams (the features
 spec's records): (a) ``ReadFromKafka``'s partition read from poll to emitted rows (its DoFn's
 ``process``, driven with Beam's own restriction tracker and the reader's watermark estimator),
-(b) ``WriteToKafka``'s ``process`` + ``finish_bundle`` for detections, (c) detection make +
-encode, (d) ``decode_record``. ``--before REV`` runs the same measurements on the code of git
-revision REV too (a ``git worktree`` of it, imported in a child process), interleaved with the
-working tree's, so before and after come from one run under the same load (issue 15):
+(b) ``WriteToKafka``'s ``process`` + ``finish_bundle`` for detections (also with kafka-python's
+producer defaults, the settings before issue 15), (c) detection make + encode, (d)
+``decode_record``; (a) and (b) as wall and CPU time (the CPU of the benchmark's process, all its
+threads; the wall time includes the broker's share of a loaded machine), with a plain
+kafka-python poll loop as the floor of (a). ``--before REV`` runs the same measurements on the
+code of git revision REV too (a ``git worktree`` of it, imported in a child process),
+interleaved with the working tree's, so before and after come from one run under the same load
+(issue 15):
 
     .venv/bin/python benchmarks/bench_kafka.py --per-record 8000 --before HEAD~1
 """
