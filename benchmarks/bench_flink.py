@@ -85,11 +85,24 @@ def topics_and_env(broker, cluster, prefix: str) -> tuple[str, str, dict[str, st
     return t_in, t_out, env
 
 
-def one_run(broker, cluster, runner: str, streams: int, fps: float, seconds: float) -> dict:
+def one_run(
+    broker,
+    cluster,
+    runner: str,
+    streams: int,
+    fps: float,
+    seconds: float,
+    batch: bool = False,
+    parallelism: int = 2,
+    shards: int = 4,
+) -> dict:
     t_in, t_out, env = topics_and_env(broker, cluster, "bench")
+    env["COSTREAM_BATCH_STREAMS"] = "true" if batch else "false"
+    env["COSTREAM_SHARDS"] = str(shards if runner == "flink" else 1)
     cmd = [sys.executable, "-m", "costream.pipelines.cli", "run", str(SPEC), "--until-idle", "10"]
     if runner == "flink":
         cmd += ["--runner", "FlinkRunner", f"--flink_master={cluster.flink_master}"]
+        cmd += [f"--parallelism={parallelism}"]
     before = {j["id"] for j in cluster.jobs()}
     log = open(cluster.work_dir / "log" / f"bench-{runner}-{streams}.out", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -117,7 +130,7 @@ def one_run(broker, cluster, runner: str, streams: int, fps: float, seconds: flo
     done = np.array([d["ts_ms"] + d["latency_ms"] for _, d in dets], dtype=float)
     span = (done.max() - done.min()) / 1000 if len(done) > 1 else float("nan")
     return {
-        "runner": runner,
+        "runner": runner + ("+batch" if batch else ""),
         "streams": streams,
         "sent": sent,
         "detections": len(dets),
@@ -182,8 +195,13 @@ def main() -> int:
     ap.add_argument("--fps", type=float, default=10.0, help="frames/s per stream")
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds of paced input per run")
     ap.add_argument("--long-minutes", type=float, default=0.0, help="then a long Flink run")
+    ap.add_argument("--batching", choices=["off", "on", "both"], default="off")
+    ap.add_argument("--parallelism", type=int, default=2, help="Flink parallelism")
+    ap.add_argument("--shards", type=int, default=4, help="batched arm on Flink: shard keys")
+    ap.add_argument("--runners", nargs="+", default=["embedded", "flink"])
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench_flink_checkpoints.png")
     args = ap.parse_args()
+    arms = {"off": [False], "on": [True], "both": [False, True]}[args.batching]
     work = Path(tempfile.mkdtemp(prefix="costream-bench-flink-"))
     print(f"starting Flink in {work} ...", flush=True)
     cluster = FlinkCluster(work, ports=Ports(0, 0, 0, 0, 0, 0), cwd=ROOT).up()
@@ -191,28 +209,48 @@ def main() -> int:
     try:
         with EmbeddedBroker() as broker:
             for s in args.streams:
-                for runner in ("embedded", "flink"):
-                    print(f"S={s} {runner} ...", flush=True)
-                    rows.append(one_run(broker, cluster, runner, s, args.fps, args.seconds))
-            hdr = "runner    S  sent  unique  dupes  frames/s  p50 ms  p99 ms  ckpt ms  ckpt kB  B/stream"
+                for runner in args.runners:
+                    for batch in arms:
+                        print(f"S={s} {runner}{' batched' if batch else ''} ...", flush=True)
+                        rows.append(
+                            one_run(
+                                broker,
+                                cluster,
+                                runner,
+                                s,
+                                args.fps,
+                                args.seconds,
+                                batch,
+                                args.parallelism,
+                                args.shards,
+                            )  # fmt: skip
+                        )
+            print(f"parallelism {args.parallelism} on Flink; load average {os.getloadavg()[0]:.2f}")
+            hdr = "runner          S  sent  unique  dupes  frames/s  p50 ms  p99 ms  ckpt ms  ckpt kB  B/stream"
             print(hdr)
             for r in rows:
                 cp_kb = "-" if r["cp_bytes"] is None else f"{r['cp_bytes'] / 1e3:7.1f}"
                 per = "-" if r["cp_bytes"] is None else f"{r['cp_bytes'] / r['streams']:8.0f}"
                 cp_ms = "-" if r["cp_ms"] is None else f"{r['cp_ms']:7d}"
                 print(
-                    f"{r['runner']:<8} {r['streams']:>3} {r['sent']:>5} {r['unique']:>7} "
+                    f"{r['runner']:<14} {r['streams']:>3} {r['sent']:>5} {r['unique']:>7} "
                     f"{r['detections'] - r['unique']:>6} {r['fps']:>9.1f} {r['p50']:>7.0f} "
                     f"{r['p99']:>7.0f} {cp_ms:>8} {cp_kb:>8} {per:>9}"
                 )
+            by = {(r["runner"], r["streams"]): r for r in rows}
+            for name in dict.fromkeys(r["runner"] for r in rows):
+                S = sorted(s for n, s in by if n == name)
+                if len(S) > 1:
+                    a, b = by[(name, S[0])], by[(name, S[-1])]
+                    print(f"{name}: S={S[-1]} / S={S[0]} frames/s {b['fps'] / a['fps']:.2f}x")
             for s in args.streams:
-                e, f = (
-                    next(r for r in rows if r["streams"] == s and r["runner"] == k)
-                    for k in ("embedded", "flink")
-                )
-                print(
-                    f"S={s}: flink/embedded frames/s {f['fps'] / e['fps']:.2f}x, p50 latency {f['p50'] / max(e['p50'], 1e-9):.2f}x"
-                )
+                for tag in ("", "+batch"):
+                    e, f = by.get((f"embedded{tag}", s)), by.get((f"flink{tag}", s))
+                    if e and f:
+                        print(
+                            f"S={s}{tag}: flink/embedded frames/s {f['fps'] / e['fps']:.2f}x, "
+                            f"p50 latency {f['p50'] / max(e['p50'], 1e-9):.2f}x"
+                        )
             if args.long_minutes > 0:
                 print(f"long run: {args.long_minutes:g} min on Flink, S=8")
                 long_run(broker, cluster, args.long_minutes, args.out)

@@ -8,17 +8,21 @@ id modulo ``shards``), not by stream, and each shard key holds, in Beam keyed st
   the shard's streams (each a stream's :class:`~costream.transforms.stored.Stored` bytes, the
   same bytes the one-stream path stores);
 * ``buffer``: a bag of the frames waiting for their batch (rows, ``RowCoder``, no pickle), and
-  ``pending``, their count;
+  ``pending``, their count and when the first of them arrived;
 * ``flush``: a processing-time timer, set when a frame lands in an empty buffer, at
   ``max_delay_ms`` after it.
 
-The buffer is flushed when it holds ``max_batch`` frames (in the call that fills it) or when
-``flush`` fires: every buffered frame goes through
+The buffer is flushed in the call of a frame that brings it to ``max_batch`` frames or that
+arrives ``max_delay_ms`` or more after the buffer's first frame, and when ``flush`` fires (for
+the frames of a lull, when no frame follows): every buffered frame goes through
 :meth:`~costream.transforms.stepper.StreamStepper.process_many`, which decides duplicates,
 gaps, resets and epochs per stream exactly as the one-stream path does and steps the streams
 together; the shard cell is written once per flush. On the embedded FnApiRunner timers fire
-right after the bundle that set them, so a flush takes every frame of the bundle for that shard;
-on Flink a frame waits at most ``max_delay_ms`` plus the time to step its batch.
+right after the bundle that set them, so a flush takes at most the frames of one bundle for that
+shard. On Flink a processing-time timer set in a bundle reaches the runner when the bundle ends
+(at the latest at the next checkpoint), and its output leaves with the bundle that fires it: the
+timer alone would hold a batch for seconds, so under traffic the frames' own arrivals flush it,
+and the timer only ends a lull.
 
 Idle streams: at every flush, streams of the shard unseen for ``idle_timeout_s`` are dropped;
 with ``idle_timer`` (Flink) a shard unseen that long is cleared by a timer; without it (the
@@ -31,6 +35,7 @@ measurements are in ``docs/batching.md``.
 from __future__ import annotations
 
 import logging
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,7 +43,7 @@ from typing import Any
 
 import apache_beam as beam
 import torch
-from apache_beam.coders import BytesCoder, VarIntCoder
+from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (
     BagStateSpec,
@@ -66,6 +71,7 @@ __all__ = ["DEAD_LETTER", "BatchedInferenceFn"]
 log = logging.getLogger(__name__)
 
 DEAD_LETTER = "dead_letter"
+_PENDING = struct.Struct("<Id")  # frames in the buffer, wall time (ms) the first one arrived
 
 
 class BatchedInferenceFn(beam.DoFn):
@@ -78,7 +84,7 @@ class BatchedInferenceFn(beam.DoFn):
 
     SHARD = ReadModifyWriteStateSpec("shard", BytesCoder())
     BUFFER = BagStateSpec("buffer", beam.coders.registry.get_coder(FeatureRecord))
-    PENDING = ReadModifyWriteStateSpec("pending", VarIntCoder())
+    PENDING = ReadModifyWriteStateSpec("pending", BytesCoder())  # count, first arrival (ms)
     FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
     IDLE = TimerSpec("idle", TimeDomain.REAL_TIME)
 
@@ -138,13 +144,16 @@ class BatchedInferenceFn(beam.DoFn):
             self._sweep(rec.stream_id, rec.ts_ms, shard)
             return
         t0 = time.perf_counter_ns()
-        count = (pending.read() or 0) + 1
+        now_ms = time.time() * 1000
+        held = pending.read()
+        count, first_ms = _PENDING.unpack(held) if held else (0, now_ms)
+        count += 1
         buffer.add(rec)
-        if count >= self.max_batch:
+        if count >= self.max_batch or now_ms - first_ms >= self.max_delay_ms:
             self.metrics.buffer_us.update(round((time.perf_counter_ns() - t0) / 1e3))
             yield from self._flush(shard, buffer, pending, idle)
             return
-        pending.write(count)
+        pending.write(_PENDING.pack(count, first_ms))
         if count == 1:
             flush.set(Timestamp.now() + Duration(micros=int(self.max_delay_ms * 1000)))
         self.metrics.buffer_us.update(round((time.perf_counter_ns() - t0) / 1e3))

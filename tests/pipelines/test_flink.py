@@ -478,3 +478,63 @@ def test_flink_cli_up_status_down(tmp_path):
         assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", p
     gone = subprocess.run([*cli, "status", "--work-dir", str(work)], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert gone.returncode == 1 and "no cluster recorded" in gone.stdout
+
+
+def close_to(out, expected, rtol=1e-5):
+    """Batched detections equal ``costream score``'s (one stream per step) within float32
+    rounding; every other field exactly."""
+    assert set(out) == set(expected)
+    rounded = ("scores", "top")
+    for k, d in out.items():
+        e = expected[k]
+        assert {f: v for f, v in d.items() if f not in rounded} == {
+            f: v for f, v in e.items() if f not in rounded
+        }, k
+        assert d["top"]["label"] == e["top"]["label"], k
+        np.testing.assert_allclose(d["scores"], e["scores"], rtol=rtol, atol=1e-7)
+        np.testing.assert_allclose(d["top"]["score"], e["top"]["score"], rtol=rtol)
+
+
+def test_batched_features_spec_on_flink_rescaled_2_1_2(flink, kafka_broker, kafka_topics):
+    """Cross-stream batching on Flink: shards keyed state survives stop-with-savepoint and
+    rescaling 2 -> 1 -> 2; every frame once, in order, equal to `costream score`."""
+    topics = kafka_topics(4, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
+    streams = [f"b{i}" for i in range(8)]
+    phases = [interleave(streams, a, b) for a, b in ((0, 30), (30, 60), (60, 90))]
+    bad, ct = contract.encode_features(np.full(DIM, np.nan, np.float32))
+    phases[0].insert(
+        40, contract.frame_record("b3", 5, 1_000 + 40 * 5, ct, bad)
+    )  # NaN: dead-lettered at decode
+    env = env_for(flink, kafka_broker, topics, COSTREAM_BATCH_STREAMS="true", COSTREAM_SHARDS=4)
+    savepoint = None
+    seen = 0
+    for phase, parallelism in zip(phases, (2, 1, 2)):
+        produce(kafka_broker.bootstrap, topics[0], phase)
+        seen += len(phase)
+        args = ["--until-idle", "6", f"--parallelism={parallelism}"]
+        if savepoint:
+            args.append(f"--savepoint_path={savepoint}")
+        before = {j["id"] for j in flink.jobs()}
+        proc = submit(flink, FEATURES, env, *args)
+        job = new_job(flink, before)
+        wait_for(
+            lambda n=seen - 1: len(consume_all(kafka_broker.bootstrap, topics[1])) >= n,
+            150,
+            f"{seen - 1} detections",
+        )
+        finish(proc)
+        (line,) = [x for x in proc.log_path.read_text().splitlines() if x.startswith("savepoint=")]
+        savepoint = line.split("=", 1)[1]
+        assert flink.api.state(job) == "FINISHED"
+
+    out = detections(kafka_broker, topics[1])
+    dlq = consume_all(kafka_broker.bootstrap, topics[2])
+    assert len(dlq) == 1 and dict(dlq[0].headers)[contract.HEADER_STAGE] == b"decode"
+    per_stream = {s: [d["frame_index"] for d in out if d["stream_id"] == s] for s in streams}
+    assert per_stream == {s: list(range(90)) for s in streams}  # once each, in order
+    expected, _ = offline(
+        FEATURES, [r for p in phases for r in p], {**env, "COSTREAM_BATCH_STREAMS": "false"}
+    )
+    close_to({key(d): strip(d) for d in out}, expected)
+    cold = {key(d) for d in out if not d["warm"]}
+    assert cold == {(s, i) for s in streams for i in range(WINDOW - 1)}  # state followed its shard

@@ -308,7 +308,9 @@ def test_batched_idle_streams_are_swept_on_the_embedded_runner(weights):
         return r
 
     # one bundle here (Create), and the flush timer fires after it: batches are flushed as they
-    # fill (max_batch), so streams are held, and swept, while the bundle runs
+    # fill (max_batch), so streams are held, and swept, while the bundle runs. (The FnApiRunner
+    # left the counters of the flushes its final timers ran out of the pipeline result, though
+    # their detections came out; so here every flush is one by size.)
     inf = ContinualInference(
         weights=weights,
         idle_timeout_s=0.05,
@@ -316,6 +318,7 @@ def test_batched_idle_streams_are_swept_on_the_embedded_runner(weights):
         batch_streams=True,
         shards=4,
         max_batch=3,
+        max_delay_ms=60_000,  # flushes by size only: 60 streams over 4 shards, 3 per flush
     )
     inf.sweep_every_s = 0.02
     p = beam.Pipeline(runner=FnApiRunner())
@@ -337,3 +340,28 @@ def test_batching_options_are_checked(weights):
             ContinualInference(weights=weights, batch_streams=True, **bad)
     with pytest.raises(ValueError, match="state_dtype"):
         ContinualInference(weights=weights, state_dtype="int8")
+
+
+def test_a_frame_arriving_after_max_delay_flushes_its_batch(weights):
+    """Under traffic a batch waits at most max_delay_ms: the next frame's arrival flushes it (on
+    Flink a timer set in a bundle only reaches the runner when the bundle ends)."""
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    X = np.random.default_rng(21).standard_normal(D_IN).astype(np.float32)
+
+    def slow(r):
+        time.sleep(0.03)  # frames 30 ms apart, one shard: each frame finds the buffer too old
+        return r
+
+    inf = ContinualInference(
+        weights=weights, idle_timer=False, batch_streams=True, shards=1, max_delay_ms=20
+    )
+    p = beam.Pipeline(runner=FnApiRunner())
+    out = p | beam.Create([rec(f"s{k}", 0, X) for k in range(12)]) | beam.Map(slow) | inf
+    assert_that(out["detections"], lambda got: len(got) == 12 or pytest.fail(str(len(got))))
+    result = p.run()
+    result.wait_until_finish()
+    dist = result.metrics().query(MetricsFilter().with_name("batch_frames"))["distributions"]
+    sizes = [d.committed for d in dist]
+    assert sizes and max(s.max for s in sizes) <= 2, sizes  # not one batch of the whole bundle
