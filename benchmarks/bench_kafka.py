@@ -14,13 +14,12 @@ microseconds of costream's own paths with N 64-d feature records from 32 streams
 spec's records): (a) ``ReadFromKafka``'s partition read from poll to emitted rows (its DoFn's
 ``process``, driven with Beam's own restriction tracker and the reader's watermark estimator),
 (b) ``WriteToKafka``'s ``process`` + ``finish_bundle`` for detections (also with kafka-python's
-producer defaults, the settings before issue 15), (c) detection make + encode, (d)
+producer defaults, which WriteToKafka used before it set its own), (c) detection make + encode, (d)
 ``decode_record``; (a) and (b) as wall and CPU time (the CPU of the benchmark's process, all its
 threads; the wall time includes the broker's share of a loaded machine), with a plain
 kafka-python poll loop as the floor of (a). ``--before REV`` runs the same measurements on the
 code of git revision REV too (a ``git worktree`` of it, imported in a child process),
-interleaved with the working tree's, so before and after come from one run under the same load
-(issue 15):
+interleaved with the working tree's, so before and after come from one run under the same load:
 
     .venv/bin/python benchmarks/bench_kafka.py --per-record 8000 --before HEAD~1
 """
@@ -378,7 +377,7 @@ def _cpu_paths_us(n: int) -> dict[str, float]:
 
 
 _OLD_PRODUCER = {"linger_ms": 0, "batch_size": 16384}
-"""kafka-python's producer defaults, which WriteToKafka used before issue 15."""
+"""kafka-python's producer defaults, which WriteToKafka used before it set linger and batch size."""
 
 
 def per_record(bootstrap: str, n: int, bundle: int, arms: bool) -> dict[str, float]:

@@ -70,8 +70,8 @@ _MADE_MAX = 4096
 _made: "OrderedDict[int, Detection]" = OrderedDict()
 """The rows :func:`make_detection` built and validated lately, by ``id``, until encoded.
 
-So :func:`encode_detection` does not validate them again (issue 15: the output path validated
-every detection twice). A :class:`Detection` is immutable all the way down (tuples of floats and
+So :func:`encode_detection` does not validate them again (otherwise the output path would
+validate every detection twice). A :class:`Detection` is immutable all the way down (tuples of floats and
 strings), so a row valid when made stays valid; holding it here keeps its ``id`` from being
 reused, so ``_made.get(id(det)) is det`` is true only of that very row. Every other row (one
 built elsewhere, ``_replace``-d, a copy, one Beam's coders decoded) is validated when encoded.
