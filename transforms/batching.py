@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import struct
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,18 +52,13 @@ from apache_beam.transforms.userstate import (
 )
 from apache_beam.utils.timestamp import Duration, Timestamp
 from costream.models.state import StateFormatError
-from costream.transforms import beam_fixes
 from costream.transforms.records import FeatureRecord, as_array
 from costream.transforms.stepper import (
-    DEFAULT_GAP_POLICY,
-    DEFAULT_MAX_JUMP,
     Frame,
-    GapPolicy,
     StepResult,
-    load_stepper,
 )
 from costream.transforms.stored import ShardCell, Stored
-from costream.transforms.streams import SWEEP, InferenceMetrics, StreamRegistry, is_replay
+from costream.transforms.streams import SWEEP, InferenceDoFn, is_replay
 
 __all__ = ["DEAD_LETTER", "BatchedInferenceFn"]
 
@@ -74,7 +68,7 @@ DEAD_LETTER = "dead_letter"
 _PENDING = struct.Struct("<Id")  # frames in the buffer, wall time (ms) the first one arrived
 
 
-class BatchedInferenceFn(beam.DoFn):
+class BatchedInferenceFn(InferenceDoFn):
     """Stateful DoFn keyed by shard: buffered frames of the shard's streams, stepped together.
 
     Input: ``(shard key, record)`` (``KeyFrames(shards=...)``); outputs as
@@ -90,44 +84,16 @@ class BatchedInferenceFn(beam.DoFn):
 
     def __init__(
         self,
-        weights: str,
-        gap_policy: GapPolicy = DEFAULT_GAP_POLICY,
-        max_fill: int | None = None,
-        idle_timeout_s: float | None = 600.0,
-        idle_timer: bool = True,
-        max_jump: int = DEFAULT_MAX_JUMP,
-        registry: str = "",
-        *,
+        *args: Any,
         max_batch: int = 64,
         max_delay_ms: float = 20.0,
-        state_dtype: str = "float32",
+        **kwargs: Any,
     ) -> None:
-        self.weights, self.gap_policy, self.max_fill = weights, gap_policy, max_fill
-        self.idle_timeout_s, self.idle_timer = idle_timeout_s, idle_timer
-        self.max_jump, self.registry = max_jump, registry or uuid.uuid4().hex
+        super().__init__(*args, **kwargs)
         self.max_batch, self.max_delay_ms = int(max_batch), float(max_delay_ms)
-        self.state_dtype = state_dtype
-        self.metrics = InferenceMetrics()
-
-    @property
-    def ttl_ms(self) -> int | None:
-        """The idle timeout as a TTL (ms) where no idle timer runs, else ``None``."""
-        if self.idle_timeout_s is None or self.idle_timer:
-            return None
-        return int(self.idle_timeout_s * 1000)
 
     def setup(self) -> None:
-        torch.set_num_threads(1)
-        beam_fixes.apply()  # a cleared (idle) shard must not stay in the worker's state cache
-        self.stepper = load_stepper(
-            self.weights,
-            self.gap_policy,
-            self.max_fill,
-            self.ttl_ms,
-            self.max_jump,
-            self.state_dtype,
-        )
-        self._streams = StreamRegistry.named(self.registry) if self.ttl_ms is not None else None
+        super().setup()
         self._idle_ms = None if self.idle_timeout_s is None else int(self.idle_timeout_s * 1000)
 
     def process(

@@ -17,7 +17,6 @@ before that frame. Replayed frames (header ``costream.replay``) step the state b
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +27,6 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 from costream.connectors import contract
-from costream.transforms import beam_fixes
 from costream.transforms.records import FeatureRecord, as_array, typed_outputs
 from costream.transforms.stepper import (
     DEFAULT_GAP_POLICY,
@@ -36,16 +34,9 @@ from costream.transforms.stepper import (
     GapPolicy,
     check_gap_policy,
     check_state_dtype,
-    load_stepper,
 )
 from costream.transforms.stored import Stored
-from costream.transforms.streams import (
-    SWEEP,
-    InferenceMetrics,
-    KeyFrames,
-    StreamRegistry,
-    is_replay,
-)
+from costream.transforms.streams import SWEEP, InferenceDoFn, KeyFrames, is_replay
 
 __all__ = ["DEAD_LETTER", "DETECTIONS", "ContinualInference", "ContinualInferenceFn"]
 
@@ -53,7 +44,7 @@ DEAD_LETTER = "dead_letter"
 DETECTIONS = "detections"
 
 
-class ContinualInferenceFn(beam.DoFn):
+class ContinualInferenceFn(InferenceDoFn):
     """Stateful DoFn keyed by stream id: one continual step per frame, state in Beam state.
 
     Input: ``(stream_id, record)`` where ``record`` has ``stream_id, frame_index, ts_ms,
@@ -87,43 +78,6 @@ class ContinualInferenceFn(beam.DoFn):
 
     STREAM = ReadModifyWriteStateSpec("stream", BytesCoder())
     IDLE = TimerSpec("idle", TimeDomain.REAL_TIME)
-
-    def __init__(
-        self,
-        weights: str,
-        gap_policy: GapPolicy = DEFAULT_GAP_POLICY,
-        max_fill: int | None = None,
-        idle_timeout_s: float | None = 600.0,
-        idle_timer: bool = True,
-        max_jump: int = DEFAULT_MAX_JUMP,
-        registry: str = "",
-        state_dtype: str = "float32",
-    ) -> None:
-        self.weights, self.gap_policy, self.max_fill = weights, gap_policy, max_fill
-        self.idle_timeout_s, self.idle_timer = idle_timeout_s, idle_timer
-        self.max_jump, self.registry = max_jump, registry or uuid.uuid4().hex
-        self.state_dtype = state_dtype
-        self.metrics = InferenceMetrics()
-
-    @property
-    def ttl_ms(self) -> int | None:
-        """The idle timeout as a TTL (ms) where no idle timer runs, else ``None``."""
-        if self.idle_timeout_s is None or self.idle_timer:
-            return None
-        return int(self.idle_timeout_s * 1000)
-
-    def setup(self) -> None:
-        torch.set_num_threads(1)  # one step is small; thread wake-ups dominate (p99 1.7 s -> 31 ms)
-        beam_fixes.apply()  # a cleared (idle) stream must not stay in the worker's state cache
-        self.stepper = load_stepper(
-            self.weights,
-            self.gap_policy,
-            self.max_fill,
-            self.ttl_ms,
-            self.max_jump,
-            self.state_dtype,
-        )
-        self._streams = StreamRegistry.named(self.registry) if self.ttl_ms is not None else None
 
     def _expire(self, stream_id: str, swept_ms: int, stream: Any) -> None:
         stored = stream.read()
@@ -249,31 +203,16 @@ class ContinualInference(beam.PTransform):
         if batch_streams and max_delay_ms < 0:
             raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}.")
         self.shards = shards if batch_streams else None
-        self.fn: beam.DoFn
+        common = (weights, gap_policy, max_fill, idle_timeout_s, idle_timer, max_jump)
+        self.fn: InferenceDoFn
         if batch_streams:
             from costream.transforms.batching import BatchedInferenceFn
 
             self.fn = BatchedInferenceFn(
-                weights,
-                gap_policy,
-                max_fill,
-                idle_timeout_s,
-                idle_timer,
-                max_jump,
-                max_batch=max_batch,
-                max_delay_ms=max_delay_ms,
-                state_dtype=state_dtype,
+                *common, max_batch=max_batch, max_delay_ms=max_delay_ms, state_dtype=state_dtype
             )
         else:
-            self.fn = ContinualInferenceFn(
-                weights,
-                gap_policy,
-                max_fill,
-                idle_timeout_s,
-                idle_timer,
-                max_jump,
-                state_dtype=state_dtype,
-            )
+            self.fn = ContinualInferenceFn(*common, state_dtype=state_dtype)
         self.sweep_every_s = 1.0  # seconds between idle sweeps where a TTL replaces the timer
 
     def expand(self, frames: beam.PCollection) -> dict[str, beam.PCollection]:

@@ -8,7 +8,6 @@ float64), over at least 3n steps.
 
 import random
 import time
-from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -22,23 +21,9 @@ from costream.transforms.stepper import Frame, StreamStepper
 from costream.transforms.stored import ShardCell, Stored
 from costream.transforms.streams import StreamRegistry, shard_key
 
+from .test_inference import rec
+
 D_IN, N, C = 6, 4, 3
-
-
-class Rec(NamedTuple):
-    stream_id: str
-    frame_index: int
-    ts_ms: int
-    features: np.ndarray
-    arrival_ms: float
-    key: bytes
-    value: bytes
-    headers: list
-
-
-def rec(stream, i, feats, ts=None):
-    ts = 1000 + i if ts is None else ts
-    return Rec(stream, i, ts, feats, None, stream.encode(), feats.astype("<f4").tobytes(), [])
 
 
 def make_regular(dtype=torch.float32, blocks=2):
