@@ -360,15 +360,13 @@ def test_failover_restores_state_from_the_last_checkpoint(flink, kafka_broker, k
     print(f"failover: {len(out)} detections for {len(got)} frames, {dupes} duplicates")
 
 
-def test_stop_with_savepoint_resume_and_rescale(flink, kafka_broker, kafka_topics):
-    topics = kafka_topics(4, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
-    streams = [f"r{i}" for i in range(8)]
-    phases = [interleave(streams, a, b) for a, b in ((0, 30), (30, 60), (60, 90))]
-    env = env_for(flink, kafka_broker, topics)
+def run_phases(flink, broker, topics, env, phases, parallelisms, refused=0, timeout_s=120):
+    """Each phase's records produced, then a job at that parallelism from the last savepoint
+    until it has written them all (less ``refused`` dead letters) and stopped by idle time."""
     savepoint = None
-    seen = 0
-    for phase, parallelism in zip(phases, (2, 1, 2)):
-        produce(kafka_broker.bootstrap, topics[0], phase)
+    seen = -refused
+    for phase, parallelism in zip(phases, parallelisms):
+        produce(broker.bootstrap, topics[0], phase)
         seen += len(phase)
         args = ["--until-idle", "6", f"--parallelism={parallelism}"]
         if savepoint:
@@ -377,14 +375,22 @@ def test_stop_with_savepoint_resume_and_rescale(flink, kafka_broker, kafka_topic
         proc = submit(flink, FEATURES, env, *args)
         job = new_job(flink, before)
         wait_for(
-            lambda n=seen: len(consume_all(kafka_broker.bootstrap, topics[1])) >= n,
-            120,
+            lambda n=seen: len(consume_all(broker.bootstrap, topics[1])) >= n,
+            timeout_s,
             f"{seen} detections",
         )
         finish(proc)  # idle for 6 s: `costream run` stops the job with a savepoint
         (line,) = [x for x in proc.log_path.read_text().splitlines() if x.startswith("savepoint=")]
         savepoint = line.split("=", 1)[1]
         assert flink.api.state(job) == "FINISHED"
+
+
+def test_stop_with_savepoint_resume_and_rescale(flink, kafka_broker, kafka_topics):
+    topics = kafka_topics(4, "in"), kafka_topics(1, "out"), kafka_topics(1, "dlq")
+    streams = [f"r{i}" for i in range(8)]
+    phases = [interleave(streams, a, b) for a, b in ((0, 30), (30, 60), (60, 90))]
+    env = env_for(flink, kafka_broker, topics)
+    run_phases(flink, kafka_broker, topics, env, phases, (2, 1, 2))
 
     out = detections(kafka_broker, topics[1])
     expected, _ = offline(FEATURES, [r for p in phases for r in p], env)
@@ -506,26 +512,7 @@ def test_batched_features_spec_on_flink_rescaled_2_1_2(flink, kafka_broker, kafk
         40, contract.frame_record("b3", 5, 1_000 + 40 * 5, ct, bad)
     )  # NaN: dead-lettered at decode
     env = env_for(flink, kafka_broker, topics, COSTREAM_BATCH_STREAMS="true", COSTREAM_SHARDS=4)
-    savepoint = None
-    seen = 0
-    for phase, parallelism in zip(phases, (2, 1, 2)):
-        produce(kafka_broker.bootstrap, topics[0], phase)
-        seen += len(phase)
-        args = ["--until-idle", "6", f"--parallelism={parallelism}"]
-        if savepoint:
-            args.append(f"--savepoint_path={savepoint}")
-        before = {j["id"] for j in flink.jobs()}
-        proc = submit(flink, FEATURES, env, *args)
-        job = new_job(flink, before)
-        wait_for(
-            lambda n=seen - 1: len(consume_all(kafka_broker.bootstrap, topics[1])) >= n,
-            150,
-            f"{seen - 1} detections",
-        )
-        finish(proc)
-        (line,) = [x for x in proc.log_path.read_text().splitlines() if x.startswith("savepoint=")]
-        savepoint = line.split("=", 1)[1]
-        assert flink.api.state(job) == "FINISHED"
+    run_phases(flink, kafka_broker, topics, env, phases, (2, 1, 2), refused=1, timeout_s=150)
 
     out = detections(kafka_broker, topics[1])
     dlq = consume_all(kafka_broker.bootstrap, topics[2])
