@@ -98,6 +98,7 @@ def stepper_alone(weights: str, streams: int, steps: int) -> dict[str, float]:
 def in_pipeline(weights: str, streams: int, frames: int, batch: bool) -> float:
     """Frames/s of the features spec (backlog of S x F frames) with ``weights``."""
     import bench_e2e as e2e
+
     from costream.connectors.broker import EmbeddedBroker
 
     os.environ["COSTREAM_BATCH_STREAMS"] = "true" if batch else "false"

@@ -102,8 +102,9 @@ def drive(plan: Plan, content_type: str, payloads: list[bytes], results: Any) ->
 def _drive(plan: Plan, content_type: str, payloads: list[bytes]) -> dict[str, Any]:
     import threading
 
-    from costream.connectors import contract
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from costream.connectors import contract
 
     producer = KafkaProducer(
         bootstrap_servers=plan.bootstrap,
@@ -321,6 +322,7 @@ def isolated_step(spec: str, streams: int, frames: int = 600) -> dict[str, float
     the surroundings (other threads, the broker, the driver) slow the step itself.
     """
     import torch
+
     from costream.transforms.stepper import load_stepper
 
     torch.set_num_threads(1)  # as ContinualInferenceFn.setup

@@ -30,10 +30,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
 from costream.connectors import contract
 from costream.connectors.broker import EmbeddedBroker
 from costream.pipelines.flink import FlinkCluster, Ports
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "pipelines" / "specs" / "features.yaml"
@@ -104,7 +105,7 @@ def one_run(
         cmd += ["--runner", "FlinkRunner", f"--flink_master={cluster.flink_master}"]
         cmd += [f"--parallelism={parallelism}"]
     before = {j["id"] for j in cluster.jobs()}
-    log = open(cluster.work_dir / "log" / f"bench-{runner}-{streams}.out", "wb")  # noqa: SIM115
+    log = open(cluster.work_dir / "log" / f"bench-{runner}-{streams}.out", "wb")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     job = None
     if runner == "flink":  # feed once the job runs (submission takes ~20 s)
@@ -119,7 +120,7 @@ def one_run(
     if job is not None:
         try:
             cp = cluster.checkpoints(job)["latest"]["completed"]
-        except Exception:  # noqa: BLE001 - reported as missing
+        except Exception:  # reported as missing
             cp = None
     proc.wait(timeout=600)
     log.close()
@@ -149,7 +150,7 @@ def long_run(broker, cluster, minutes: float, out: Path) -> list[tuple[float, in
     cmd = [sys.executable, "-m", "costream.pipelines.cli", "run", str(SPEC), "--until-idle", "10"]
     cmd += ["--runner", "FlinkRunner", f"--flink_master={cluster.flink_master}"]
     before = {j["id"] for j in cluster.jobs()}
-    log = open(cluster.work_dir / "log" / "bench-long.out", "wb")  # noqa: SIM115
+    log = open(cluster.work_dir / "log" / "bench-long.out", "wb")
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     job = None
     while job is None:

@@ -48,13 +48,14 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from tqdm import tqdm
+
 from costream.connectors import contract
 from costream.connectors.broker import make_broker
 from costream.connectors.kafka import ReadFromKafka
 from costream.connectors.synthetic import iter_synthetic_video
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
-from tqdm import tqdm
 
 
 class TimeBundles(beam.DoFn):
@@ -230,6 +231,7 @@ def _read_path_us(bootstrap: str, topic: str, n: int) -> dict[str, float]:
     from apache_beam.io.restriction_trackers import OffsetRange
     from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
     from apache_beam.utils.timestamp import MIN_TIMESTAMP
+
     from costream.connectors.kafka.offsets import _PartitionDescriptor
     from costream.connectors.kafka.read import _ReadPartitionFn
     from costream.connectors.kafka.restriction import _KafkaOffsetTracker, _PartitionWatermark
@@ -300,6 +302,7 @@ def _write_path_us(
 ) -> tuple[float, float]:
     """(b) us/record of WriteToKafka's process + finish_bundle for detections, bundles of ``bundle``."""
     from apache_beam.utils.timestamp import Timestamp
+
     from costream.connectors.kafka import WriteToKafka
 
     topic = f"bench-out-{uuid.uuid4().hex[:8]}"

@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
 from costream.models.encoder import ContinualEncoder
 from costream.models.flops import continual_nystrom_macs, nystrom_macs
-from torch import nn
 
 
 # -- 1. MACs and latency at the paper configuration ----------------------------------------------

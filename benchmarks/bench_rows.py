@@ -41,6 +41,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.coders import Coder
 from apache_beam.typehints import typehints
+
 from costream.connectors import contract
 from costream.connectors.kafka import KafkaRecord, OutgoingRecordCoder, as_outgoing
 from costream.transforms.records import DecodedFrame, FeatureRecord, as_array, ndarray_row

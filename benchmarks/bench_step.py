@@ -24,8 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from costream.models import ContinualEncoder
 from torch import nn
+
+from costream.models import ContinualEncoder
 
 
 def timeit(fn, min_time: float, min_reps: int = 3) -> float:

@@ -70,9 +70,10 @@ def child(args: argparse.Namespace) -> None:
 
 def produce(bootstrap: str, topic: str, ids: int, frames: int) -> None:
     import numpy as np
-    from costream.connectors import contract
     from kafka import KafkaProducer
     from tqdm import tqdm
+
+    from costream.connectors import contract
 
     x = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=1 << 18)

@@ -195,7 +195,7 @@ class _BrokerProcess:
                 f"Port {port} on {self.host} is already in use; pick another or pass port=None."
             )
 
-    def start(self):  # noqa: ANN201 - returns self (the subclass)
+    def start(self):  # returns self (the subclass)
         """Start the broker and wait until it answers; returns self."""
         if self._proc is not None:
             raise BrokerError(f"The broker is already running at {self.bootstrap}.")
@@ -261,7 +261,7 @@ class _BrokerProcess:
         if self._admin is not None:
             try:
                 self._admin.close()
-            except Exception:  # noqa: BLE001 - closing a client of a dying broker may fail
+            except Exception:  # closing a client of a dying broker may fail
                 pass
             self._admin = None
 
@@ -294,7 +294,7 @@ class _BrokerProcess:
             self._proc.wait(self.stop_timeout_s)
         self.stop()
 
-    def admin(self):  # noqa: ANN201 - kafka.KafkaAdminClient, imported lazily
+    def admin(self):  # kafka.KafkaAdminClient, imported lazily
         """The broker's shared ``KafkaAdminClient``."""
         if self._admin is None:
             raise BrokerError("The broker is not running.")
@@ -341,7 +341,7 @@ class _BrokerProcess:
             except UnknownTopicOrPartitionError:
                 pass
 
-    def __enter__(self):  # noqa: ANN204 - returns self (the subclass)
+    def __enter__(self):  # returns self (the subclass)
         return self.start()
 
     def __exit__(

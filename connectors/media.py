@@ -19,6 +19,7 @@ from fractions import Fraction
 import av
 import cv2
 import numpy as np
+
 from costream.connectors import contract
 
 __all__ = [

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from costream.connectors import contract, media, synthetic
 
 __all__ = ["DEFAULT_CHUNK_MS", "IMAGE_CONTENT_TYPES", "Source", "open_source"]

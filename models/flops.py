@@ -459,7 +459,7 @@ def _register_cpu_sdpa() -> None:
         return
 
     @flop_counter.register_flop_formula(op)
-    def _sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    def _sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
         return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
     _SDPA_CPU_REGISTERED = True

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
 from costream.models.data import OadDataset, Video, write_npz_dir
 
 __all__ = [

@@ -267,7 +267,7 @@ class FlinkCluster:
     def _spawn(self, role: str, cmd: Sequence[str], env: dict[str, str] | None = None) -> int:
         log_dir = self.work_dir / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
-        out = open(log_dir / f"{role}.out", "ab")  # noqa: SIM115 - handed to the child
+        out = open(log_dir / f"{role}.out", "ab")  # handed to the child
         proc = subprocess.Popen(
             list(cmd),
             stdout=out,

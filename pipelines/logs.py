@@ -157,7 +157,7 @@ NOISE: tuple[Noise, ...] = (
 def _text(record: logging.LogRecord) -> str:
     try:
         return record.getMessage()
-    except Exception:  # a record whose arguments do not fit its format  # noqa: BLE001
+    except Exception:  # a record whose arguments do not fit its format
         return str(record.msg)
 
 
@@ -168,7 +168,7 @@ class NoiseFilter(logging.Filter):
         super().__init__()
         self.noise = noise
 
-    def filter(self, record: logging.LogRecord) -> bool:  # noqa: D102
+    def filter(self, record: logging.LogRecord) -> bool:
         return not any(n.matches(record) for n in self.noise)
 
 
@@ -179,7 +179,7 @@ class _Formatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(message)s")
         self._named = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:  # noqa: D102
+    def format(self, record: logging.LogRecord) -> str:
         own = record.name == "root" or record.name.split(".")[0] == "costream"
         return super().format(record) if own else self._named.format(record)
 

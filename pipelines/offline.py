@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+
 from costream.connectors import contract
 from costream.connectors.contract import REPLAY_HEADER
 from costream.connectors.kafka import KafkaRecord, as_outgoing

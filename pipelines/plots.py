@@ -33,7 +33,7 @@ def _intervals(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
-def _save(fig, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+def _save(fig, path: str | Path) -> Path:  # a matplotlib Figure
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

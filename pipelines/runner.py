@@ -154,6 +154,7 @@ def run_spec(
         ValueError: ``runner`` is not one of :data:`RUNNERS`.
     """
     import apache_beam as beam
+
     from costream.pipelines import status
 
     if runner not in RUNNERS:

@@ -152,7 +152,7 @@ class LocalCounts:
         self._snapshot = counters.snapshot
         self._base = {k: v for k, v in counters.snapshot().items() if k not in GAUGES}
 
-    def read(self) -> dict[str, int]:  # noqa: D102
+    def read(self) -> dict[str, int]:
         now = self._snapshot()
         return {k: v - self._base.get(k, 0) if k not in GAUGES else v for k, v in now.items()}
 
@@ -221,7 +221,7 @@ class StatusReporter:
             return None
         try:
             counts = self.source.read()
-        except Exception as err:  # a status line must never stop the job  # noqa: BLE001
+        except Exception as err:  # a status line must never stop the job
             if not self._warned:
                 log.warning("status: cannot read the counters (%s); trying again", err)
                 self._warned = True
@@ -265,7 +265,7 @@ class StatusReporter:
         self.line()  # the gauges as the job ended
         try:
             counts = counts_from_result(result)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             log.warning("summary: the runner reports no metrics (%s)", err)
             counts = {}
         label = "summary"

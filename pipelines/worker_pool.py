@@ -43,7 +43,7 @@ def serve(host: str, port: int, state_cache_mb: int, buffer_ms: int = -1) -> tup
     lock = threading.Lock()
 
     class Pool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
-        def StartWorker(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC name
+        def StartWorker(self, request: Any, context: Any) -> Any:  # gRPC name
             cmd = [
                 sys.executable,
                 "-c",
@@ -62,7 +62,7 @@ def serve(host: str, port: int, state_cache_mb: int, buffer_ms: int = -1) -> tup
             log.info("worker %s started (pid %d)", request.worker_id, proc.pid)
             return beam_fn_api_pb2.StartWorkerResponse()
 
-        def StopWorker(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC name
+        def StopWorker(self, request: Any, context: Any) -> Any:  # gRPC name
             with lock:
                 proc = workers.pop(request.worker_id, None)
             if proc is not None:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, Union
 
 import apache_beam as beam
+
 from costream.transforms import beam_fixes
 from costream.transforms.beam_fixes import in_process
 
@@ -80,7 +81,7 @@ class _YamlTransform(beam.PTransform):
         except ConfigError as e:
             raise ConfigError(f"{name}: {e}") from None
 
-    def default_label(self) -> str:  # noqa: D102
+    def default_label(self) -> str:
         return self.yaml_type.name
 
     def python_kwargs(self, pipeline: beam.Pipeline | None) -> dict[str, Any]:
@@ -110,7 +111,7 @@ class _YamlTransform(beam.PTransform):
             message = configs.yaml_message(self.yaml_type.name, str(e))
             raise ConfigError(f"{self.yaml_type.name}: {message}") from e
 
-    def expand(self, pvalue: Any) -> dict[str, beam.PCollection]:  # noqa: D102
+    def expand(self, pvalue: Any) -> dict[str, beam.PCollection]:
         # Expanded in place rather than applied: the target's steps keep the names they had
         # without this layer (Flink derives operator ids, and so savepoint state, from them).
         result = self.build(pvalue.pipeline).expand(pvalue)

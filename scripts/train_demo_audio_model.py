@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
 from costream.connectors.sources import DEFAULT_CHUNK_MS, SYNTHETIC_AUDIO_SECONDS, open_source
 from costream.connectors.synthetic import AUDIO_CLASSES, synthetic_audio
 from costream.models.data import OadDataset, Video, one_hot
@@ -39,7 +41,6 @@ from costream.models.train import TrainConfig, check_continual, train_model
 from costream.models.zoo import get_model, save_model
 from costream.transforms.backbones import BackboneConfig
 from costream.transforms.feature_handler import record_features
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "pipelines" / "assets"

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from costream.models.data import load_dataset
 from costream.models.synthetic import SyntheticConfig, write_dataset
 from costream.models.train import TrainConfig, check_continual, train_model

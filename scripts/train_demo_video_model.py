@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from costream.connectors import contract
 from costream.connectors.synthetic import VIDEO_CLASSES, synthetic_video
 from costream.models.data import OadDataset, Video, load_dataset, one_hot, write_npz_dir
@@ -41,7 +43,6 @@ from costream.models.train import TrainConfig, check_continual, train_model
 from costream.models.zoo import get_model, save_model
 from costream.transforms.backbones import BackboneConfig
 from costream.transforms.feature_handler import record_features
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "pipelines" / "assets"

@@ -43,14 +43,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from torch import nn
+
 from costream.models import vggish
 from costream.models.logmel import LogMelOptions, LogMelSpectrogram
 from costream.models.resnet import IdentityBackbone, resnet18, resnet_width
 from costream.models.weights import WeightsError, load_weights, weights_sha256
 from costream.transforms.decode import image_size_hw
 from costream.transforms.records import DecodedFrame
-from safetensors import safe_open
-from torch import nn
 
 __all__ = ["BACKBONES", "RANDOM", "BackboneConfig"]
 

@@ -51,6 +51,7 @@ from apache_beam.transforms.userstate import (
     on_timer,
 )
 from apache_beam.utils.timestamp import Duration, Timestamp
+
 from costream.models.state import StateFormatError
 from costream.transforms.records import FeatureRecord, as_array
 from costream.transforms.stepper import (

@@ -25,6 +25,7 @@ from typing import Any, cast
 import apache_beam as beam
 import cv2
 import numpy as np
+
 from costream.connectors.contract import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_MAX_PIXELS,

@@ -14,11 +14,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler
+from torch import nn
+
 from costream.transforms.backbones import BackboneConfig
 from costream.transforms.decode import decode_record
 from costream.transforms.records import DecodedFrame, FeatureRecord, as_array, feature_record
 from costream.transforms.subclips import SubclipAssembler
-from torch import nn
 
 __all__ = [
     "METRICS_NAMESPACE",

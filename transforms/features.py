@@ -18,6 +18,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner, SwitchingDirectRunner
+
 from costream.connectors import contract
 from costream.connectors.contract import DeadLetter
 from costream.models.logmel import LogMelOptions

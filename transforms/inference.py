@@ -26,6 +26,7 @@ from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
+
 from costream.connectors import contract
 from costream.transforms.records import FeatureRecord, as_array, typed_outputs
 from costream.transforms.stepper import (

@@ -44,8 +44,9 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
 import apache_beam as beam
-import costream.connectors.kafka.records  # noqa: F401 - registers the coders of the contract's rows
 import numpy as np
+
+import costream.connectors.kafka.records  # noqa: F401 - registers the coders of the contract's rows
 from costream.connectors.contract import DeadLetter, Header, as_headers, dead_letter
 
 __all__ = [

@@ -49,6 +49,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+
 from costream.connectors import contract
 from costream.models.protocol import ContinualModel
 from costream.models.state import StateFormatError, StreamState

@@ -27,6 +27,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
 from costream.models.state import StateFormatError, StreamState
 
 __all__ = ["ShardCell", "Stored"]

@@ -25,6 +25,7 @@ import apache_beam as beam
 import numpy as np
 import torch
 from apache_beam.metrics import Metrics
+
 from costream.connectors import contract
 from costream.connectors.contract import REPLAY_HEADER, DeadLetter
 from costream.transforms import beam_fixes, counters

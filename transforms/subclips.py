@@ -54,6 +54,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.coders import BytesCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
 from costream.connectors import contract
 from costream.models.state import StateFormatError
 from costream.transforms.counters import Counter

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import numpy as np
+
 from costream.connectors.contract.content_types import ContentType, parse_checked_content_type
 from costream.connectors.contract.errors import (
     InvalidKeyError,

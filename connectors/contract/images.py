@@ -17,6 +17,7 @@ import re
 
 import cv2
 import numpy as np
+
 from costream.connectors.contract.content_types import CT_JPEG, CT_PNG, media_kind
 from costream.connectors.contract.errors import (
     ImageSizeError,

@@ -20,6 +20,7 @@ Example:
 """
 
 import numpy as np
+
 from costream.connectors.contract.content_types import (
     AUDIO_L16,
     FEATURES,

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+
 from costream.connectors.kafka.config import _ReadConfig, resolve_client_config
 from costream.connectors.kafka.security import check_security
 
@@ -108,7 +109,7 @@ class _ResolvePartitions(beam.DoFn):
     def __init__(self, cfg: _ReadConfig) -> None:
         self._cfg = cfg
 
-    def process(self, _: bytes) -> Iterator[_PartitionDescriptor]:  # noqa: D102
+    def process(self, _: bytes) -> Iterator[_PartitionDescriptor]:
         from kafka import KafkaConsumer, TopicPartition
 
         cfg = self._cfg

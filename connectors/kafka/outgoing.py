@@ -13,6 +13,7 @@ from typing import Any, Optional
 import apache_beam as beam
 import numpy as np
 from apache_beam.utils.timestamp import Timestamp
+
 from costream.connectors.contract import (
     CT_JSON,
     HEADER_CONTENT_TYPE,

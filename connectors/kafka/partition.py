@@ -75,8 +75,9 @@ class _PartitionReader:
         A batch kafka-python cannot parse (a non-UTF-8 header name) is fetched raw and read
         here: its good records come back as usual, the bad ones with ``error`` set.
         """
-        from costream.connectors.kafka.raw import fetch_lenient
         from kafka.errors import CorruptRecordError
+
+        from costream.connectors.kafka.raw import fetch_lenient
 
         if self.position != start:
             self._consumer.seek(self.tp, start)
@@ -114,7 +115,7 @@ class _PartitionReader:
 
     def connected(self) -> bool:
         """Whether the consumer holds a live connection to a broker (updates ``last_contact``)."""
-        client = self._consumer._client  # noqa: SLF001 - no public "am I connected" in kafka-python
+        client = self._consumer._client  # no public "am I connected" in kafka-python
         if any(client.connected(b.node_id) for b in client.cluster.brokers()):
             self.last_contact = time.monotonic()
             return True
@@ -132,7 +133,7 @@ class _PartitionReader:
             return False
         try:
             raw, _ = fetch_lenient(self._consumer, self.tp, position - 1, 1 << 20, 10_000)
-        except Exception:  # noqa: BLE001 - OffsetOutOfRange: the record is gone
+        except Exception:  # OffsetOutOfRange: the record is gone
             return True
         if any(r.offset == position - 1 for r in raw):
             self._checked_end = (position, end)

@@ -104,7 +104,7 @@ def fetch_lenient(
     from kafka.protocol.consumer import FetchRequest
 
     topic_cls = FetchRequest.FetchTopic
-    client = consumer._client  # noqa: SLF001 - kafka-python has no public raw fetch
+    client = consumer._client  # kafka-python has no public raw fetch
     node = client.cluster.leader_for_partition(tp)
     if node is None or node < 0:
         raise ConnectionError(f"no leader known for {tp.topic}[{tp.partition}]")
@@ -117,10 +117,10 @@ def fetch_lenient(
     )  # fmt: skip
 
     async def send() -> Any:
-        conn = await client._manager.get_connection(node, timeout_ms=timeout_ms)  # noqa: SLF001
+        conn = await client._manager.get_connection(node, timeout_ms=timeout_ms)
         return await conn.send_request(request)
 
-    response = client._net.run(send)  # noqa: SLF001
+    response = client._net.run(send)
     part = response.responses[0].partitions[0]
     if part.error_code:
         raise for_code(part.error_code)(f"raw fetch of {tp.topic}[{tp.partition}] at {offset}")

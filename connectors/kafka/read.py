@@ -37,6 +37,7 @@ from apache_beam.io.iobase import RestrictionTracker
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
+
 from costream.connectors.contract import (
     DEFAULT_MAX_REQUEST_SIZE,
     HEADER_SOURCE,
@@ -90,7 +91,7 @@ class _ReadPartitionFn(beam.DoFn):
         self._replayed = Metrics.counter(_METRICS_NS, "records_replayed")
         self._dlq_producer: Any = None
 
-    def setup(self) -> None:  # noqa: D102
+    def setup(self) -> None:
         self._readers = {}
         self._dlq_producer = None
 
@@ -146,7 +147,7 @@ class _ReadPartitionFn(beam.DoFn):
         reader.last_check = now
         try:
             end = reader.end_offset()
-        except Exception:  # noqa: BLE001 - a broker between restarts; the deadline above decides
+        except Exception:  # a broker between restarts; the deadline above decides
             return
         if end < position and reader.lost_position(position, end):
             raise PartitionResetError(
@@ -156,14 +157,14 @@ class _ReadPartitionFn(beam.DoFn):
                 "'earliest') once you know which."
             )
 
-    def teardown(self) -> None:  # noqa: D102
+    def teardown(self) -> None:
         if self._dlq_producer is not None:
             self._dlq_producer.close(timeout=5)
             self._dlq_producer = None
         for reader in self._readers.values():
             try:
                 reader.close()
-            except Exception as err:  # noqa: BLE001 - teardown must not mask the real outcome
+            except Exception as err:  # teardown must not mask the real outcome
                 _LOG.warning("ReadFromKafka: closing %r failed: %s", reader, err)
         self._readers = {}
 
@@ -180,7 +181,7 @@ class _ReadPartitionFn(beam.DoFn):
         try:
             reader.commit(next_offset)
             self._commits.inc()
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self._commit_failures.inc()
             _LOG.warning(
                 "ReadFromKafka: committing offset %d with %r failed: %s", next_offset, reader, err
@@ -431,7 +432,7 @@ class ReadFromKafka(beam.PTransform):
             warm_restart_frames, warm_restart_max_records,
         )  # fmt: skip
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:  # noqa: D102
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:
         return (
             pbegin
             | "Impulse" >> beam.Impulse()

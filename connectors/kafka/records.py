@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.coders import Coder
+
 from costream.connectors.contract import DeadLetter, Detection, Header, OutgoingRecord
 
 __all__ = ["KafkaRecord", "OutgoingRecordCoder"]
@@ -64,7 +65,7 @@ def _get_bytes(buf: memoryview, pos: int) -> tuple[bytes | None, int]:
 class OutgoingRecordCoder(Coder):
     """Binary coder for :class:`OutgoingRecord` (length-prefixed fields, big-endian)."""
 
-    def encode(self, value: OutgoingRecord) -> bytes:  # noqa: D102
+    def encode(self, value: OutgoingRecord) -> bytes:
         out: list[bytes] = []
         _put_bytes(out, value.key)
         _put_bytes(out, value.value)
@@ -74,7 +75,7 @@ class OutgoingRecordCoder(Coder):
             _put_bytes(out, bytes(header))
         return b"".join(out)
 
-    def decode(self, encoded: bytes) -> OutgoingRecord:  # noqa: D102
+    def decode(self, encoded: bytes) -> OutgoingRecord:
         buf = memoryview(encoded)
         key, pos = _get_bytes(buf, 0)
         value, pos = _get_bytes(buf, pos)
@@ -87,10 +88,10 @@ class OutgoingRecordCoder(Coder):
             headers.append(Header((name or b"").decode("utf-8"), header or b""))
         return OutgoingRecord(key, value or b"", headers)
 
-    def is_deterministic(self) -> bool:  # noqa: D102
+    def is_deterministic(self) -> bool:
         return True
 
-    def to_type_hint(self) -> type:  # noqa: D102
+    def to_type_hint(self) -> type:
         return OutgoingRecord
 
 

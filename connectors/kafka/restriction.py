@@ -13,6 +13,7 @@ from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker, Water
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.transforms.core import RestrictionProvider, WatermarkEstimatorProvider
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
+
 from costream.connectors.kafka.offsets import UNBOUNDED, _PartitionDescriptor
 
 __all__: list[str] = []
@@ -25,12 +26,12 @@ class _KafkaOffsetTracker(OffsetRestrictionTracker):
     the range may be unbounded (stop = ``sys.maxsize``).
     """
 
-    def try_split(self, fraction_of_remainder: float) -> tuple[OffsetRange, OffsetRange] | None:  # noqa: D102
+    def try_split(self, fraction_of_remainder: float) -> tuple[OffsetRange, OffsetRange] | None:
         if fraction_of_remainder != 0:
             return None
         return super().try_split(0)
 
-    def current_progress(self) -> RestrictionProgress:  # noqa: D102
+    def current_progress(self) -> RestrictionProgress:
         rng = self.current_restriction()
         done = 0 if self._current_position is None else self._current_position - rng.start + 1
         if rng.stop == UNBOUNDED:
@@ -39,7 +40,7 @@ class _KafkaOffsetTracker(OffsetRestrictionTracker):
             completed=float(done), remaining=float(rng.stop - rng.start - done)
         )
 
-    def is_bounded(self) -> bool:  # noqa: D102
+    def is_bounded(self) -> bool:
         return self.current_restriction().stop != UNBOUNDED
 
 
@@ -73,13 +74,13 @@ class _PartitionWatermark(WatermarkEstimator):
     def __init__(self, state: tuple[Timestamp, float]) -> None:
         self._watermark, self._last_record_wall_s = state
 
-    def observe_timestamp(self, timestamp: Timestamp) -> None:  # noqa: D102
+    def observe_timestamp(self, timestamp: Timestamp) -> None:
         pass  # the reader calls record_seen() with the wall-clock time as well
 
-    def current_watermark(self) -> Timestamp:  # noqa: D102
+    def current_watermark(self) -> Timestamp:
         return self._watermark
 
-    def get_estimator_state(self) -> tuple[Timestamp, float]:  # noqa: D102
+    def get_estimator_state(self) -> tuple[Timestamp, float]:
         return self._watermark, self._last_record_wall_s
 
     def record_seen(self, event_time: Timestamp, wall_s: float) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
+
 from costream.connectors.contract import (
     DEFAULT_MAX_REQUEST_SIZE,
     HEADER_ORIGINAL_SHA256,
@@ -138,10 +139,10 @@ class _WriteFn(beam.DoFn):
                "partitioner": _keyed_partitioner(), **settings},
         )  # fmt: skip
 
-    def setup(self) -> None:  # noqa: D102
+    def setup(self) -> None:
         self._producer = self._new_producer()
 
-    def start_bundle(self) -> None:  # noqa: D102
+    def start_bundle(self) -> None:
         self._pending = []
 
     def _too_large(self, rec: OutgoingRecord, size: int) -> str:
@@ -216,7 +217,7 @@ class _WriteFn(beam.DoFn):
             ) from err
         self._pending.append((future, topic, rec, ts_ms))
 
-    def process(self, element: Any, ts: Timestamp = beam.DoFn.TimestampParam) -> None:  # noqa: D102
+    def process(self, element: Any, ts: Timestamp = beam.DoFn.TimestampParam) -> None:
         out = as_outgoing(element, format=self._cfg.format, key=self._cfg.key)
         if any(k == REPLAY_HEADER for k, _ in out.headers):
             # built from a record re-read to rebuild state: it was written before the restart
@@ -233,7 +234,7 @@ class _WriteFn(beam.DoFn):
             ts_ms = None
         self._send(self._cfg.topic, rec, ts_ms)
 
-    def finish_bundle(self) -> None:  # noqa: D102
+    def finish_bundle(self) -> None:
         from kafka.errors import MessageSizeTooLargeError
 
         # The bundle succeeds only if every record was acknowledged. What the broker refused as
@@ -297,7 +298,7 @@ class _WriteFn(beam.DoFn):
             f"acknowledged (first error: {first}).{hint}"
         )
 
-    def teardown(self) -> None:  # noqa: D102
+    def teardown(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=self._cfg.flush_timeout_s)
             self._producer = None
@@ -418,7 +419,7 @@ class WriteToKafka(beam.PTransform):
                          oversize, cfg, compression_type, dead_letter_topic, format, key)
         )  # fmt: skip
 
-    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:  # noqa: D102
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
         _check_input_rows(pcoll.element_type, self._fn._cfg)
         return pcoll | "Produce" >> beam.ParDo(self._fn)
 

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def record_to_json(record) -> tuple[str, bool]:  # noqa: ANN001 - kafka ConsumerRecord
+def record_to_json(record) -> tuple[str, bool]:  # kafka ConsumerRecord
     """One output line for a record and whether it was valid.
 
     Detections print as their validated JSON; dead-letter records (``costream.error`` header) as

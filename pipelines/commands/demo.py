@@ -112,12 +112,13 @@ def _demo(
     gt: dict[str, list[str]],
 ) -> int:
     import numpy as np
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
     from costream.connectors import contract
     from costream.connectors.broker import EmbeddedBroker
     from costream.connectors.synthetic import iter_synthetic_video
     from costream.pipelines.plots import plot_score_timeline
     from costream.pipelines.runner import run_spec
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     with EmbeddedBroker() as broker:
         broker.create_topics(["frames"], partitions=args.cameras)

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
     import numpy as np
     import torch
+
     from costream.models.data import DataFormatError, load_dataset
     from costream.models.metrics import softmax
     from costream.models.synthetic import chance_map

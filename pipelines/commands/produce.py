@@ -123,10 +123,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     import sys
     import time
 
-    from costream.connectors.media import MediaError
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
     from tqdm import tqdm
+
+    from costream.connectors.media import MediaError
 
     try:
         source = open_source_from_args(args)

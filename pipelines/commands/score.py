@@ -47,9 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: Any, extra: list[str]) -> int:
+    from tqdm import tqdm
+
     from costream.connectors.sources import open_source
     from costream.pipelines.offline import DEFAULT_CHUNK_RECORDS, iter_scores
-    from tqdm import tqdm
 
     source = open_source(
         args.input,

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from pathlib import Path
 
     import torch
+
     from costream.models.data import DataFormatError, OadDataset, load_dataset
     from costream.models.synthetic import chance_map
     from costream.models.train import TrainConfig, train_model

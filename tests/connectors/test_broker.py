@@ -1,8 +1,9 @@
 import socket
 
 import pytest
-from costream.connectors.broker import BrokerError, EmbeddedBroker
 from kafka import KafkaAdminClient
+
+from costream.connectors.broker import BrokerError, EmbeddedBroker
 
 
 def test_start_create_delete_stop():
@@ -63,9 +64,10 @@ def test_a_just_freed_port_is_reused_at_once():
 
 
 def test_kafka_broker_keeps_its_data_across_a_restart_on_the_same_dir(tmp_path):
-    from costream.connectors.broker import KafkaBroker, kafka_classpath
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
     from kafka.structs import OffsetAndMetadata
+
+    from costream.connectors.broker import KafkaBroker, kafka_classpath
 
     try:
         kafka_classpath()

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from costream.connectors import contract, media, sources, synthetic
 
 

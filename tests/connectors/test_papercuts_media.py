@@ -5,6 +5,7 @@ import types
 import av
 import numpy as np
 import pytest
+
 from costream.connectors import media, sources
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
-from costream.models import ContinualRetroactiveAttention, ContinualSingleOutputAttention
 from torch import nn
+
+from costream.models import ContinualRetroactiveAttention, ContinualSingleOutputAttention
 
 from ._oracle import run_against_oracle, stream_schedule
 

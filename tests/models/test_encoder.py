@@ -2,9 +2,10 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+
 from costream.models import ContinualEncoder
 from costream.models.state import StateFormatError
-from torch import nn
 
 from ._oracle import run_against_oracle, stream_schedule
 

@@ -1,5 +1,7 @@
 import pytest
 import torch
+from torch import nn
+
 from costream.models import ContinualEncoder, encoder_macs, measured_macs, oadtr_macs
 from costream.models.flops import (
     audio_setting_table,
@@ -7,7 +9,6 @@ from costream.models.flops import (
     nystrom_regime_table,
     vggish_macs,
 )
-from torch import nn
 
 PAPER = dict(d_model=1024, window=64, heads=8, ffn=1024, classes=22)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from costream.models.audio import GTZAN_GENRES
 from costream.models.synthetic import GtzanSyntheticConfig, clip_genres, make_gtzan_dataset
 from costream.models.train import predict_stream, predict_windows

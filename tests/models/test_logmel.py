@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from costream.models.logmel import (
     LogMelOptions,
     LogMelSpectrogram,

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from costream.models.metrics import (
     average_precision,
     calibrated_average_precision,

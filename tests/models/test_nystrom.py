@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from costream.models.continual_nystrom import (
     ContinualNystromRetroactiveAttention,
     ContinualNystromSingleOutputAttention,
@@ -19,7 +21,6 @@ from costream.models.nystrom import (
 )
 from costream.models.nystrom_attention import NystromAttention, NystromMultiheadAttention
 from costream.models.state import StreamState
-from torch import nn
 
 D, H, N = 16, 2, 8
 CLASSES = {

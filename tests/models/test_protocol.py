@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+
 from costream.models.online import ContinualOnlineTransformer
 from costream.models.protocol import ContinualModel, StepOutput
 from costream.models.state import StreamState

@@ -1,4 +1,5 @@
 import torch
+
 from costream.models.resnet import IdentityBackbone, normalize_imagenet, resnet18
 
 

@@ -2,6 +2,7 @@ import struct
 
 import pytest
 import torch
+
 from costream.models import ContinualEncoder, StateFormatError, StreamState
 
 

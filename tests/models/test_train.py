@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from costream.models.data import (
     DataFormatError,
     OadDataset,

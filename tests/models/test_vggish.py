@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from costream.models.flops import measured_macs, vggish_macs
 from costream.models.vggish import (
     PATCH_SAMPLES,

@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from costream.models.weights import WeightsError
 from costream.models.zoo import (
     ContinualOnlineTransformer,
@@ -20,7 +22,6 @@ from costream.models.zoo import (
     read_card,
     save_model,
 )
-from safetensors.torch import load_file, save_file
 
 SMALL = {
     "oadtr": dict(d_in=12, d_model=16, window=5, heads=2, ffn=24, classes=4, pe_size=9),

@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from costream.connectors import contract, sources
 from costream.connectors.synthetic import synthetic_audio
 from costream.models.logmel import LogMelOptions

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
 from costream.connectors import contract
 from costream.pipelines.cli import build_parser, main
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 pytestmark = pytest.mark.integration
 AUDIO_SPEC = Path(__file__).resolve().parents[2] / "pipelines" / "specs" / "audio.yaml"

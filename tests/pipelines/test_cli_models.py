@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from costream.pipelines.cli import main
 
 ASSETS = Path(__file__).resolve().parents[2] / "pipelines" / "assets"
@@ -132,6 +133,7 @@ def test_cli_errors_are_clear(tmp_path, synthetic, capsys):
 
 def test_plot_score_timeline(tmp_path):
     import numpy as np
+
     from costream.pipelines.plots import plot_score_timeline
 
     gt = np.zeros((50, 3))
@@ -144,6 +146,7 @@ def test_plot_score_timeline(tmp_path):
 
 def test_shipped_demo_model(tmp_path):
     import torch
+
     from costream.models.synthetic import SyntheticConfig, make_dataset
     from costream.models.train import evaluate, predict_stream, predict_windows
     from costream.models.zoo import load_model

@@ -5,13 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
 from costream.connectors import contract
 from costream.connectors.synthetic import synthetic_video
 from costream.models.zoo import get_model, save_model
 from costream.pipelines.offline import score_records
 from costream.pipelines.runner import run_spec
 from costream.transforms.decode import decode_record
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 SPEC = Path(__file__).resolve().parents[2] / "pipelines" / "specs" / "video.yaml"
 STREAMS, FRAMES, WINDOW = ("cam-1", "cam-2", "cam-3"), 20, 8

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
 from costream.connectors import contract, sources
 from costream.connectors.synthetic import synthetic_audio
 from costream.models.logmel import LogMelOptions
@@ -21,7 +23,6 @@ from costream.pipelines.runner import run_spec
 from costream.pipelines.spec import load_spec
 from costream.transforms.backbones import BackboneConfig
 from costream.transforms.decode import decode_record
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "pipelines" / "specs" / "gtzan.yaml"

@@ -15,11 +15,12 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.transforms.util import _BatchSizeEstimator
+from kafka import KafkaProducer
+
 from costream.connectors import contract
 from costream.connectors.kafka import WriteToKafka
 from costream.pipelines import logs
 from costream.pipelines.cli import build_parser
-from kafka import KafkaProducer
 
 ROOT = Path(__file__).resolve().parents[2]
 

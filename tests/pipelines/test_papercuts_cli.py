@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from costream.connectors import contract, sources
 from costream.pipelines.cli import main
 

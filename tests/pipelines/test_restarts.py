@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from costream.connectors import contract
-from costream.pipelines.offline import score_records
 from kafka import KafkaProducer
 
+from costream.connectors import contract
+from costream.pipelines.offline import score_records
 from tests.pipelines.test_e2e import consume_all
 
 pytestmark = pytest.mark.integration

@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
 from costream.connectors import contract
 from costream.pipelines.cli import build_parser, main
 from costream.pipelines.runner import describe_runner, run_spec
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from costream.pipelines.cli import build_parser, main
 from costream.pipelines.spec import SpecError, load_spec
 

@@ -11,12 +11,13 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from kafka import KafkaProducer
+
 from costream.connectors import contract
 from costream.pipelines import runner as runner_module
 from costream.pipelines import status
 from costream.pipelines.cli import main
 from costream.transforms import counters
-from kafka import KafkaProducer
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL = {

@@ -10,6 +10,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
 from costream.pipelines import configs, yaml_transforms
 from costream.pipelines.cli import main
 from costream.pipelines.configs import TYPES, ConfigError, parse_config, python_kwargs

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kafka import KafkaProducer
+
 from costream.connectors import contract, sources
 from costream.connectors.synthetic import synthetic_video
 from costream.pipelines.offline import score_records
-from kafka import KafkaProducer
-
 from tests.pipelines.test_e2e import consume_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -7,6 +7,7 @@ import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as _TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+
 from costream.connectors import contract
 from costream.connectors.contract import CT_JPEG, CT_PNG, frame_record
 from costream.connectors.kafka import as_outgoing
@@ -28,7 +29,7 @@ def _restore_torch_threads():
     torch.set_num_threads(n)
 
 
-def BeamPipeline():  # noqa: N802
+def BeamPipeline():
     # The embedded runner costream uses (pipelines/runner.py). Beam's DirectRunner picks its
     # bundle-based runner for real-time timers, which can lose the final flush of the stateful
     # BatchElements at the end of a bounded input.
@@ -349,6 +350,7 @@ def test_features_do_not_depend_on_how_frames_are_batched(backbone):
 
 def test_feature_counters_have_stage_names():
     from apache_beam.metrics.metric import MetricsFilter
+
     from costream.transforms import counters
 
     vec = np.arange(4, dtype=np.float32)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from apache_beam.testing.util import assert_that
+
 from costream.models.state import StateFormatError
 from costream.models.zoo import get_model, save_model
 from costream.transforms.inference import ContinualInference

@@ -6,6 +6,7 @@ import pytest
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.worker import sdk_worker
 from apache_beam.runners.worker.statecache import StateCache
+
 from costream.transforms import beam_fixes
 
 

@@ -5,6 +5,7 @@ import pytest
 from apache_beam.coders import FastPrimitivesCoder, PickleCoder
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
+
 from costream.connectors import contract
 from costream.connectors.contract import CT_JPEG, CT_PNG, frame_record
 from costream.connectors.kafka import as_outgoing
@@ -126,6 +127,7 @@ def test_decode_frames_pipeline_routes_bad_records():
 
 def test_decode_counters_have_stage_names():
     from apache_beam.metrics.metric import MetricsFilter
+
     from costream.transforms import counters
 
     good = frame_record("cam-1", 0, 10, CT_PNG, contract.encode_png(_image()))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
+
 from costream.connectors import contract
 from costream.connectors.contract import CT_JPEG, CT_PNG, frame_record
 from costream.connectors.kafka import as_outgoing

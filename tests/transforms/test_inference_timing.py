@@ -6,6 +6,7 @@ import pytest
 import torch
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
 from costream.models.zoo import get_model, save_model
 from costream.transforms.inference import ContinualInference
 from costream.transforms.stepper import StreamStepper

@@ -20,6 +20,7 @@ from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints import schemas
 from apache_beam.yaml.yaml_transform import YamlTransform
+
 from costream.connectors import contract
 from costream.connectors.contract import REPLAY_HEADER
 from costream.connectors.kafka import as_outgoing

@@ -6,6 +6,7 @@ import pytest
 import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
+
 from costream.connectors import contract
 from costream.connectors.kafka import KafkaRecord
 from costream.models.logmel import LogMelOptions

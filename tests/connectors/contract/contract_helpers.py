@@ -1,6 +1,7 @@
 """Helpers of the stream-contract tests: images and frame records to decode."""
 
 import numpy as np
+
 from costream.connectors import contract as C
 
 

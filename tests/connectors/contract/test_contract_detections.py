@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from costream.connectors import contract as C
 
 

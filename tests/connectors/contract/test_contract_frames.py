@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from contract_helpers import rec, replace_header, rgb
+
 from costream.connectors import contract as C
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 from contract_helpers import rec, rgb
+
 from costream.connectors import contract as C
 
 

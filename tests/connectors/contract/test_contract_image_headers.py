@@ -6,6 +6,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
+
 from costream.connectors import contract as C
 from costream.connectors import media
 

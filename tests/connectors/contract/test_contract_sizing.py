@@ -4,6 +4,7 @@ import hashlib
 
 import pytest
 from contract_helpers import rec
+
 from costream.connectors import contract as C
 from costream.connectors.contract import OutgoingRecord
 

@@ -7,9 +7,10 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
 from costream.connectors import contract
 from costream.connectors.contract import DEFAULT_MAX_REQUEST_SIZE, record_size
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 
 def produce(bootstrap, topic, records, partition_of=None, one_batch_each=False):

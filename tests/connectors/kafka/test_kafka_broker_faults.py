@@ -10,10 +10,11 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
 from costream.connectors.broker import BrokerError, EmbeddedBroker, KafkaBroker, kafka_classpath
 from costream.connectors.contract import OutgoingRecord
 from costream.connectors.kafka import ReadFromKafka, WriteToKafka
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,7 @@
 """ReadFromKafka / WriteToKafka validate their configuration in the constructor."""
 
 import pytest
+
 from costream.connectors.kafka import (
     ReadFromKafka,
     WriteDeadLetters,

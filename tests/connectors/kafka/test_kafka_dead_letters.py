@@ -6,14 +6,6 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from costream.connectors import contract
-from costream.connectors.contract import (
-    HEADER_DROPPED_HEADERS,
-    HEADER_SOURCE,
-    REPLAY_HEADER,
-    OutgoingRecord,
-)
-from costream.connectors.kafka import ReadFromKafka, WriteDeadLetters, WriteToKafka
 from kafka import KafkaProducer
 from kafka_helpers import (
     AppendJsonLines,
@@ -24,6 +16,15 @@ from kafka_helpers import (
     run_read,
     stream_records,
 )
+
+from costream.connectors import contract
+from costream.connectors.contract import (
+    HEADER_DROPPED_HEADERS,
+    HEADER_SOURCE,
+    REPLAY_HEADER,
+    OutgoingRecord,
+)
+from costream.connectors.kafka import ReadFromKafka, WriteDeadLetters, WriteToKafka
 
 pytestmark = pytest.mark.integration
 

@@ -5,10 +5,11 @@ import json
 import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from kafka_helpers import read_topic, stream_records
+
 from costream.connectors import contract
 from costream.connectors.contract import REPLAY_HEADER, OutgoingRecord
 from costream.connectors.kafka import KafkaRecord, WriteDeadLetters, WriteToKafka, as_outgoing
-from kafka_helpers import read_topic, stream_records
 
 pytestmark = pytest.mark.integration
 

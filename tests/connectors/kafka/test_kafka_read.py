@@ -13,13 +13,6 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
-from costream.connectors import contract
-from costream.connectors.kafka import ReadFromKafka, offsets
-from costream.connectors.kafka.offsets import UNBOUNDED, _PartitionDescriptor
-from costream.connectors.kafka.read import _ReadPartitionFn
-from costream.connectors.kafka.restriction import _OffsetRestrictionProvider, _WatermarkProvider
-from costream.connectors.sources import open_source
-from costream.connectors.synthetic import write_synthetic_video
 from kafka import KafkaProducer
 from kafka_helpers import (
     AppendJsonLines,
@@ -31,6 +24,14 @@ from kafka_helpers import (
     run_read,
     stream_records,
 )
+
+from costream.connectors import contract
+from costream.connectors.kafka import ReadFromKafka, offsets
+from costream.connectors.kafka.offsets import UNBOUNDED, _PartitionDescriptor
+from costream.connectors.kafka.read import _ReadPartitionFn
+from costream.connectors.kafka.restriction import _OffsetRestrictionProvider, _WatermarkProvider
+from costream.connectors.sources import open_source
+from costream.connectors.synthetic import write_synthetic_video
 
 pytestmark = pytest.mark.integration
 

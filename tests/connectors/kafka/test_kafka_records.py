@@ -2,6 +2,7 @@
 
 import apache_beam as beam
 import pytest
+
 from costream.connectors import contract
 from costream.connectors.contract import OutgoingRecord
 from costream.connectors.kafka import KafkaRecord, OutgoingRecordCoder

@@ -15,6 +15,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
 from costream.connectors.broker import (
     BrokerError,
     KafkaBroker,
@@ -29,7 +31,6 @@ from costream.connectors.kafka import (
     WriteToKafka,
     check_security,
 )
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

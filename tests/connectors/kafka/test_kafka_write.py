@@ -8,6 +8,15 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.utils.timestamp import Timestamp
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka_helpers import (
+    near_limit_dead_letter,
+    produce,
+    read_topic,
+    run_read,
+    stream_records,
+)
+
 from costream.connectors import contract
 from costream.connectors.contract import (
     DEFAULT_MAX_REQUEST_SIZE,
@@ -21,14 +30,6 @@ from costream.connectors.kafka import (
     ReadFromKafka,
     WriteDeadLetters,
     WriteToKafka,
-)
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka_helpers import (
-    near_limit_dead_letter,
-    produce,
-    read_topic,
-    run_read,
-    stream_records,
 )
 
 pytestmark = pytest.mark.integration
