@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from costream.connectors import contract
-from costream.pipelines.offline import score_records
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from costream.connectors import contract
+from costream.pipelines.offline import score_records
 from tests.pipelines.test_e2e import consume_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink, pytest.mark.slow]
