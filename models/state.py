@@ -246,8 +246,11 @@ class StreamState:
         """Serialise to compact bytes: dtypes kept, versioned header, CRC32, no pickle."""
         layout, payload = self.layout()
         header = json.dumps(layout, separators=(",", ":")).encode()
-        body = b"".join([_PREFIX.pack(MAGIC, VERSION, len(header)), header, *payload])
-        return body + _CRC.pack(zlib.crc32(body))
+        parts = [_PREFIX.pack(MAGIC, VERSION, len(header)), header, *payload]
+        crc = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        return b"".join([*parts, _CRC.pack(crc)])
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> StreamState:
@@ -279,9 +282,14 @@ class StreamState:
         return cls.from_layout(header, bytearray(blob[pos:end]))  # one writable copy
 
 
-def _raw(x: Tensor) -> bytes:
-    """Little-endian raw bytes of a tensor (bfloat16 viewed as int16 since numpy lacks it)."""
+def _raw(x: Tensor) -> memoryview:
+    """Little-endian raw bytes of a tensor (bfloat16 viewed as int16 since numpy lacks it).
+
+    A view of the tensor's memory where it already is contiguous little-endian CPU data (no
+    copy: a state's tensors are large and are joined into one value right away), else of a copy.
+    """
     x = x.detach().contiguous().cpu()
     if x.dtype == torch.bfloat16:
         x = x.view(torch.int16)
-    return x.numpy().astype(x.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
+    a = x.numpy()
+    return memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False)).cast("B")

@@ -67,12 +67,15 @@ class Stored:
             },
             separators=(",", ":"),
         ).encode()
-        body = b"".join([_PREFIX.pack(_MAGIC, _VERSION, len(header)), header, feats, *tensors])
-        return body + _CRC.pack(zlib.crc32(body))
+        parts = [_PREFIX.pack(_MAGIC, _VERSION, len(header)), header, feats, *tensors]
+        return _joined(parts)
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> Stored:
-        """Inverse of :meth:`to_bytes` (and versions 1-2); :class:`StateFormatError` on damage."""
+    def from_bytes(cls, blob: bytes | memoryview) -> Stored:
+        """Inverse of :meth:`to_bytes` (and versions 1-2); :class:`StateFormatError` on damage.
+
+        ``blob`` may be a view (a shard cell's entry): the state's tensors get one writable copy.
+        """
         if len(blob) < _PREFIX.size:
             raise StateFormatError("Stored stream state is truncated.")
         magic, version = struct.unpack_from("<4sH", blob)
@@ -91,10 +94,11 @@ class Stored:
         _, _, hlen = _PREFIX.unpack_from(blob)
         pos = _PREFIX.size + hlen
         try:
-            meta = json.loads(blob[_PREFIX.size : pos])
+            meta = json.loads(bytes(blob[_PREFIX.size : pos]))
             flen = 4 * int(meta["features"])
             feats = np.frombuffer(blob[pos : pos + flen], dtype="<f4").astype(np.float32)
-            state = StreamState.from_layout(meta["state"], bytearray(blob[pos + flen : end]))
+            tensors = bytearray(memoryview(blob)[pos + flen : end])  # one writable copy
+            state = StreamState.from_layout(meta["state"], tensors)
             return cls(
                 meta["model"],
                 meta["last_index"],
@@ -116,7 +120,7 @@ class Stored:
         _, _, mlen, flen = _LEGACY.unpack_from(blob)
         pos = _LEGACY.size
         try:
-            meta = json.loads(blob[pos : pos + mlen])
+            meta = json.loads(bytes(blob[pos : pos + mlen]))
         except ValueError as e:
             raise StateFormatError(f"Stored stream state metadata is unreadable: {e}.") from e
         pos += mlen
@@ -131,7 +135,7 @@ class Stored:
         )
 
     @staticmethod
-    def last_seen(blob: bytes) -> int:
+    def last_seen(blob: bytes | memoryview) -> int:
         """The last-seen wall time (ms) of a cell, reading only its header."""
         _, version = struct.unpack_from("<4sH", blob)
         if version < 3:
@@ -140,7 +144,15 @@ class Stored:
         else:
             _, _, mlen = _PREFIX.unpack_from(blob)
             start = _PREFIX.size
-        return int(json.loads(blob[start : start + mlen])["last_seen_ms"])
+        return int(json.loads(bytes(blob[start : start + mlen]))["last_seen_ms"])
+
+
+def _joined(parts: list) -> bytes:
+    """``parts`` joined, with the CRC32 of them all appended (one copy of the parts)."""
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return b"".join([*parts, _CRC.pack(crc)])
 
 
 _SHARD_MAGIC = b"CoSh"
@@ -153,19 +165,21 @@ class ShardCell:
     """The cells of a shard's streams: stream id -> :class:`Stored` bytes (insertion order)."""
 
     @staticmethod
-    def to_bytes(cells: dict[str, bytes]) -> bytes:
+    def to_bytes(cells: dict[str, bytes | memoryview]) -> bytes:
         """One value for all of a shard's streams (entries kept as they are, no re-encoding)."""
-        parts = [_SHARD_PREFIX.pack(_SHARD_MAGIC, _SHARD_VERSION, len(cells))]
+        parts: list[bytes | memoryview] = [
+            _SHARD_PREFIX.pack(_SHARD_MAGIC, _SHARD_VERSION, len(cells))
+        ]
         for sid, cell in cells.items():
             raw = sid.encode()
             parts += [_ENTRY.pack(len(raw), len(cell)), raw, cell]
-        body = b"".join(parts)
-        return body + _CRC.pack(zlib.crc32(body))
+        return _joined(parts)
 
     @staticmethod
-    def from_bytes(blob: bytes | None) -> dict[str, bytes]:
+    def from_bytes(blob: bytes | None) -> dict[str, memoryview]:
         """Inverse of :meth:`to_bytes` (``None`` or empty: no streams).
 
+        The cells are views into ``blob`` (a shard holds many streams' states: no copies).
         Raises :class:`StateFormatError` on damage.
         """
         if not blob:
@@ -182,7 +196,7 @@ class ShardCell:
         end = len(view) - _CRC.size
         if zlib.crc32(view[:end]) != _CRC.unpack_from(view, end)[0]:
             raise StateFormatError("Shard state is corrupted or truncated: CRC32 mismatch.")
-        cells: dict[str, bytes] = {}
+        cells: dict[str, memoryview] = {}
         pos = _SHARD_PREFIX.size
         for _ in range(count):
             if pos + _ENTRY.size > end:
@@ -192,7 +206,7 @@ class ShardCell:
             if pos + idlen + clen > end:
                 raise StateFormatError("Shard state is truncated inside a stream's cell.")
             sid = bytes(view[pos : pos + idlen]).decode()
-            cells[sid] = bytes(view[pos + idlen : pos + idlen + clen])
+            cells[sid] = view[pos + idlen : pos + idlen + clen]
             pos += idlen + clen
         if pos != end:
             raise StateFormatError(f"Shard state has {end - pos} unexpected trailing bytes.")
