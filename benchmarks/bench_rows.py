@@ -126,7 +126,9 @@ def kafka_record(rec: contract.OutgoingRecord, pairs: bool) -> KafkaRecord:
     return KafkaRecord(rec.key, rec.value, headers, "costream.frames", 3, 987_654, TS)
 
 
-def decoded(rec: contract.OutgoingRecord, data: np.ndarray, kind: str, before: bool) -> DecodedFrame:
+def decoded(
+    rec: contract.OutgoingRecord, data: np.ndarray, kind: str, before: bool
+) -> DecodedFrame:
     """Before: a numpy array and header pairs; after: an NdArray row and Header rows."""
     headers = _pairs(rec.headers) if before else contract.as_headers(rec.headers)
     array = data if before else ndarray_row(data)

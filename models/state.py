@@ -23,6 +23,7 @@ import math
 import struct
 import zlib
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -191,7 +192,7 @@ class StreamState:
         return self
 
     # -- bytes ---------------------------------------------------------------------------------
-    def layout(self) -> tuple[dict, list[bytes]]:
+    def layout(self) -> tuple[dict, list[memoryview]]:
         """The state as a JSON-able description and the raw bytes of its tensors.
 
         The description holds ``kind``, ``window`` and ``tensors`` (name, dtype, shape each);
@@ -246,7 +247,8 @@ class StreamState:
         """Serialise to compact bytes: dtypes kept, versioned header, CRC32, no pickle."""
         layout, payload = self.layout()
         header = json.dumps(layout, separators=(",", ":")).encode()
-        parts = [_PREFIX.pack(MAGIC, VERSION, len(header)), header, *payload]
+        parts: list[bytes | memoryview] = [_PREFIX.pack(MAGIC, VERSION, len(header)), header]
+        parts += payload
         crc = 0
         for part in parts:
             crc = zlib.crc32(part, crc)
@@ -292,4 +294,5 @@ def _raw(x: Tensor) -> memoryview:
     if x.dtype == torch.bfloat16:
         x = x.view(torch.int16)
     a = x.numpy()
-    return memoryview(a.astype(a.dtype.newbyteorder("<"), copy=False)).cast("B")
+    little = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    return memoryview(cast(Any, little)).cast("B")  # numpy's stubs lack the buffer protocol

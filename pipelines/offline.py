@@ -177,6 +177,9 @@ def _run(
         with _LOCK:
             out, dead = (_SINKS.pop(s) for s in sinks.values())
     out.sort(
-        key=lambda r: (r.key, int(contract.header_value(r.headers, contract.HEADER_FRAME_INDEX) or 0))
+        key=lambda r: (
+            r.key,
+            int(contract.header_value(r.headers, contract.HEADER_FRAME_INDEX) or 0),
+        )
     )
     return out, dead

@@ -142,7 +142,7 @@ class BatchedInferenceFn(InferenceDoFn):
         self.metrics.idle_cleared.inc(len(cells))
 
     # -- the flush ---------------------------------------------------------------------------------
-    def _cells(self, shard: Any) -> dict[str, bytes]:
+    def _cells(self, shard: Any) -> dict[str, bytes | memoryview]:
         try:
             return ShardCell.from_bytes(shard.read())
         except StateFormatError as e:  # the shard's streams start again rather than stop
@@ -223,7 +223,7 @@ class BatchedInferenceFn(InferenceDoFn):
                 m.emitted(det)
                 yield det
 
-    def _evict(self, cells: dict[str, bytes], now_ms: int, touched: set[str]) -> int:
+    def _evict(self, cells: dict[str, bytes | memoryview], now_ms: int, touched: set[str]) -> int:
         """Drop the shard's streams idle for longer than the timeout; how many were dropped.
 
         A stream with a frame in this flush is left to the stepper where it checks a TTL (it

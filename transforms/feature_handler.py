@@ -136,14 +136,18 @@ class FeatureModelHandler(ModelHandler[DecodedFrame, Any, nn.Module]):
                 out[i] = result
         return out  # type: ignore[return-value]
 
-    def _forward(self, model: nn.Module, frames: list[DecodedFrame]) -> list[FeaturesDone | FeaturesFailed]:
+    def _forward(
+        self, model: nn.Module, frames: list[DecodedFrame]
+    ) -> list[FeaturesDone | FeaturesFailed]:
         try:
             if torch.get_num_threads() != self._num_threads:  # the thread count is per process:
                 torch.set_num_threads(self._num_threads)  # other stages (inference) set theirs
             feats = batch_features(model, [as_array(f.data) for f in frames])  # (B, D)
         except Exception as err:
             if len(frames) == 1:
-                return [FeaturesFailed(frames[0], f"The backbone failed: {type(err).__name__}: {err}")]
+                return [
+                    FeaturesFailed(frames[0], f"The backbone failed: {type(err).__name__}: {err}")
+                ]
             _LOG.warning("Batched backbone forward failed (%s); retrying frame by frame.", err)
             return [r for f in frames for r in self._forward(model, [f])]
         results: list[FeaturesDone | FeaturesFailed] = []

@@ -21,4 +21,3 @@ def restamp(element: Any, original_us: int, batch_ts: Timestamp, window: Any) ->
     """
     ts = max(Timestamp(micros=original_us), batch_ts)
     return TimestampedValue(element, min(ts, window.max_timestamp()))
-

@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -292,7 +292,7 @@ class StreamStepper:
     # -- one stream ------------------------------------------------------------------------------
     def process(
         self,
-        stored: bytes | None,
+        stored: bytes | memoryview | None,
         stream_id: str,
         frame_index: int,
         ts_ms: int,
@@ -315,9 +315,12 @@ class StreamStepper:
         plan = self.plan(prev, frame_index, ts_ms, now_ms)
         if plan.duplicate:
             return None, StepResult(None, plan.events, decode_us=_us(t0))
-        state = self.model.init_state(1) if plan.fresh else self.load_state(prev.state)  # type: ignore[union-attr]
+        if plan.fresh or prev is None or prev.state is None:
+            state = self.model.init_state(1)
+        else:
+            state = self.load_state(prev.state)
         t1 = time.perf_counter_ns()
-        if plan.fills:
+        if plan.fills and plan.hold is not None:
             hold = self._tensor(plan.hold).unsqueeze(0)
             for i in plan.fills:
                 _, state = self.model.step(hold, state, torch.tensor([i]))
@@ -341,7 +344,11 @@ class StreamStepper:
 
     # -- many streams ----------------------------------------------------------------------------
     def process_many(
-        self, stored: dict[str, bytes], frames: Sequence[Frame], *, now_ms: int | None = None
+        self,
+        stored: Mapping[str, bytes | memoryview],
+        frames: Sequence[Frame],
+        *,
+        now_ms: int | None = None,
     ) -> tuple[dict[str, bytes], list[StepResult]]:
         """Apply frames of many streams, in order per stream, stepping streams together.
 
@@ -397,8 +404,8 @@ class StreamStepper:
             rows = []
             for sid in order:
                 cell = orig[sid]
-                if cell is not None and not ops[sid][0][0]:  # stored, and not fresh at once
-                    rows.append(self.load_state(cell.state))
+                if cell is not None and cell.state is not None and not ops[sid][0][0]:
+                    rows.append(self.load_state(cell.state))  # stored, and not fresh at once
                 else:
                     rows.append(self.model.init_state(1))
             state = StreamState.cat(rows) if len(rows) > 1 else rows[0]
@@ -415,13 +422,13 @@ class StreamStepper:
             resets = [b for b, op in zip(rows_r, take) if op[0]]
             if resets:
                 state.reset(resets)
-            x = self._tensor(np.stack([op[1] for op in take]))
+            xs = self._tensor(np.stack([op[1] for op in take]))
             index = torch.tensor([op[2] for op in take], dtype=torch.long)
             if len(rows_r) == len(order):
-                out, state = self.model.step(x, state, index)
+                out, state = self.model.step(xs, state, index)
             else:
                 sub = state.select(rows_r)
-                out, sub = self.model.step(x, sub, index)
+                out, sub = self.model.step(xs, sub, index)
                 state.put(rows_r, sub)
             keep = [j for j, op in enumerate(take) if op[3] >= 0]
             if keep:
@@ -458,7 +465,11 @@ class StreamStepper:
         return changed, results  # type: ignore[return-value]
 
     def process_each(
-        self, stored: dict[str, bytes], frames: Sequence[Frame], *, now_ms: int | None = None
+        self,
+        stored: Mapping[str, bytes | memoryview],
+        frames: Sequence[Frame],
+        *,
+        now_ms: int | None = None,
     ) -> tuple[dict[str, bytes], list[StepResult]]:
         """:meth:`process_many` frame by frame with :meth:`process`, with B = 1 steps.
 
@@ -531,7 +542,7 @@ def load_stepper(
             model, card = load_model(weights, continual=True)
             model_id = f"{card['continual_name']}@{card['sha256'][:12]}"
             _STEPPERS[key] = StreamStepper(
-                model,
+                cast(ContinualModel, model),  # continual=True: a ContinualOnlineTransformer
                 model_id,
                 card["classes"],
                 gap_policy,

@@ -113,7 +113,7 @@ class Stored:
             raise StateFormatError(f"Stored stream state header is unreadable: {e}.") from e
 
     @classmethod
-    def _legacy(cls, blob: bytes) -> Stored:
+    def _legacy(cls, blob: bytes | memoryview) -> Stored:
         """A version 1 or 2 cell: metadata JSON, features, a nested ``StreamState`` blob."""
         if len(blob) < _LEGACY.size:
             raise StateFormatError("Stored stream state is truncated.")
@@ -176,7 +176,7 @@ class ShardCell:
         return _joined(parts)
 
     @staticmethod
-    def from_bytes(blob: bytes | None) -> dict[str, memoryview]:
+    def from_bytes(blob: bytes | None) -> dict[str, bytes | memoryview]:
         """Inverse of :meth:`to_bytes` (``None`` or empty: no streams).
 
         The cells are views into ``blob`` (a shard holds many streams' states: no copies).
@@ -196,7 +196,7 @@ class ShardCell:
         end = len(view) - _CRC.size
         if zlib.crc32(view[:end]) != _CRC.unpack_from(view, end)[0]:
             raise StateFormatError("Shard state is corrupted or truncated: CRC32 mismatch.")
-        cells: dict[str, memoryview] = {}
+        cells: dict[str, bytes | memoryview] = {}
         pos = _SHARD_PREFIX.size
         for _ in range(count):
             if pos + _ENTRY.size > end:

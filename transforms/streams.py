@@ -184,7 +184,7 @@ class KeyFrames(beam.DoFn):
         return stream_id if self.shards is None else shard_key(stream_id, self.shards)
 
     def process(self, rec: Any) -> Iterator[tuple[str, FeatureRecord]]:
-        if type(rec) is not FeatureRecord or type(rec.features) is np.ndarray:
+        if type(rec) is not FeatureRecord or isinstance(rec.features, np.ndarray):
             rec = feature_record(rec, rec.features)  # any row with its fields: this schema
         yield self._key(rec.stream_id), rec
         if self.ttl_ms is None or time.monotonic() < self._next_sweep:

@@ -114,7 +114,8 @@ def test_sources_give_contract_records(tmp_path, video_file):
         (folder / f"{i:03d}.png").write_bytes(contract.encode_png(np.full((4, 6, 3), i, np.uint8)))
     recs = [r for r, _ in sources.open_source(str(folder), "s", content_type="image/png").records]
     assert [
-        contract.decode_payload(contract.decode_frame(r.key, r.value, r.headers))[0, 0, 0] for r in recs
+        contract.decode_payload(contract.decode_frame(r.key, r.value, r.headers))[0, 0, 0]
+        for r in recs
     ] == [0, 1, 2]
 
     audio = sources.open_source("synthetic:audio", "mic", rate=8000, chunk_ms=500, limit=4)

@@ -33,7 +33,10 @@ def features_records():
             payload, ct = contract.encode_features(rng.standard_normal(64).astype(np.float32))
             good.append(contract.frame_record(s, i, 1000 + 40 * i, ct, payload))
     wrong, ct = contract.encode_features(np.zeros(63, np.float32))  # not the model's 64
-    bad = [contract.frame_record("c", 0, 1, ct, wrong), contract.OutgoingRecord(b"c", b"\0" * 8, [])]
+    bad = [
+        contract.frame_record("c", 0, 1, ct, wrong),
+        contract.OutgoingRecord(b"c", b"\0" * 8, []),
+    ]
     return good, bad, [b"features", b"decode"]
 
 
