@@ -2,8 +2,9 @@
 
 A public builder and a private worker, one concept per module:
 
-- :mod:`~costream.connectors.kafka.read`: ``ReadFromKafka`` (the splittable read, its delivery
-  contract) on top of :mod:`~costream.connectors.kafka.offsets` (where a read starts),
+- :mod:`~costream.connectors.kafka.read_transform`: ``ReadFromKafka`` (argument checks, the
+  expansion) over :mod:`~costream.connectors.kafka.read` (the splittable DoFn, its delivery
+  contract), on top of :mod:`~costream.connectors.kafka.offsets` (where a read starts),
   :mod:`~costream.connectors.kafka.partition` (the per-partition worker),
   :mod:`~costream.connectors.kafka.restriction` (offset ranges and watermarks) and
   :mod:`~costream.connectors.kafka.raw` (batches kafka-python cannot parse);
@@ -40,7 +41,7 @@ from costream.connectors.kafka.errors import (
     PartitionResetError,
 )
 from costream.connectors.kafka.outgoing import FORMATS, as_outgoing
-from costream.connectors.kafka.read import ReadFromKafka
+from costream.connectors.kafka.read_transform import ReadFromKafka
 from costream.connectors.kafka.records import KafkaRecord, OutgoingRecordCoder
 from costream.connectors.kafka.security import SECURITY_CHECK_TIMEOUT_S, check_security
 from costream.connectors.kafka.write import WriteDeadLetters, WriteToKafka
