@@ -8,8 +8,10 @@ A public builder and a private worker, one concept per module:
   :mod:`~costream.connectors.kafka.partition` (the per-partition worker),
   :mod:`~costream.connectors.kafka.restriction` (offset ranges and watermarks) and
   :mod:`~costream.connectors.kafka.raw` (batches kafka-python cannot parse);
-- :mod:`~costream.connectors.kafka.write`: ``WriteToKafka`` and ``WriteDeadLetters``, with
-  :mod:`~costream.connectors.kafka.outgoing` (what each element becomes on the wire);
+- :mod:`~costream.connectors.kafka.write_transform`: ``WriteToKafka`` and ``WriteDeadLetters``
+  over :mod:`~costream.connectors.kafka.write` (the producer DoFn: sizing, acknowledgements,
+  resends, the producer's settings), with :mod:`~costream.connectors.kafka.outgoing` (what
+  each element becomes on the wire);
 - :mod:`~costream.connectors.kafka.records`: ``KafkaRecord`` and the Beam coders (registered on
   import of this package);
 - :mod:`~costream.connectors.kafka.config` and :mod:`~costream.connectors.kafka.security`:
@@ -44,7 +46,7 @@ from costream.connectors.kafka.outgoing import FORMATS, as_outgoing
 from costream.connectors.kafka.read_transform import ReadFromKafka
 from costream.connectors.kafka.records import KafkaRecord, OutgoingRecordCoder
 from costream.connectors.kafka.security import SECURITY_CHECK_TIMEOUT_S, check_security
-from costream.connectors.kafka.write import WriteDeadLetters, WriteToKafka
+from costream.connectors.kafka.write_transform import WriteDeadLetters, WriteToKafka
 
 __all__ = [
     "COMPRESSION_TYPES",
