@@ -3,7 +3,7 @@
 #   $COSTREAM_CACHE/flink-job-server-2.62.0/   Beam's Flink 1.19 job server (lib/ + launcher jar)
 #   $COSTREAM_CACHE/kafka-4.1.1/lib/            Apache Kafka broker (KRaft)
 #   $COSTREAM_CACHE/flink-1.19.3/pyflink/        a Flink 1.19 distribution (FLINK_HOME)
-# Versions must match costream.pipelines.flink and costream.connectors.broker.
+# Versions must match costream.pipelines.flink.config and costream.connectors.broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${COSTREAM_CACHE:-$HOME/.cache/costream}

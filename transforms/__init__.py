@@ -12,7 +12,8 @@ The main entry points, re-exported lazily so that ``import costream.transforms``
 - :mod:`~costream.transforms.inference`: ``ContinualInference`` (each stream's continual state in
   Beam keyed state) and its one-stream DoFn; :mod:`~costream.transforms.batching`: the
   cross-stream batching DoFn; :mod:`~costream.transforms.stepper`: the plain per-stream state
-  update ``StreamStepper`` both use; :mod:`~costream.transforms.stored`: the state cells;
+  update ``StreamStepper`` both use (its many-streams step in
+  :mod:`~costream.transforms.many_streams`); :mod:`~costream.transforms.stored`: the state cells;
 - :mod:`~costream.transforms.records`: the records between stages and the output tags.
 
 Example:

@@ -32,11 +32,12 @@ Gap policies, when frame ``i`` follows ``last`` with ``i > last + 1``:
 
 Every decision above reads only a stream's metadata (model, last index, last capture time,
 last-seen time), never the model's output. :meth:`StreamStepper.plan` makes it, and the model
-work follows: :meth:`StreamStepper.process` steps one stream (B = 1);
-:meth:`StreamStepper.process_many` plans every frame of many streams first and then steps all
-streams that have a step to take as one B-row step, round by round (a stream with two frames,
-or with gap fills, takes part in as many rounds). Both give the same detections, within
-float32 rounding (a B-row matrix product sums in another order than a one-row product).
+work follows: :meth:`StreamStepper.process` steps one stream (B = 1), here;
+:meth:`StreamStepper.process_many` (:mod:`costream.transforms.many_streams`) plans every frame
+of many streams first and then steps all streams that have a step to take as one B-row step,
+round by round (a stream with two frames, or with gap fills, takes part in as many rounds).
+Both give the same detections, within float32 rounding (a B-row matrix product sums in another
+order than a one-row product).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import torch
 
 from costream.connectors import contract
 from costream.models.protocol import ContinualModel
-from costream.models.state import StateFormatError, StreamState
+from costream.models.state import StreamState
 from costream.transforms.stored import Stored
 
 __all__ = [
@@ -342,7 +343,7 @@ class StreamStepper:
             encode_us=_us(t3),
         )
 
-    # -- many streams ----------------------------------------------------------------------------
+    # -- many streams (costream.transforms.many_streams) -----------------------------------------
     def process_many(
         self,
         stored: Mapping[str, bytes | memoryview],
@@ -354,115 +355,11 @@ class StreamStepper:
 
         ``stored``: stream id -> its cell (streams without one start fresh). Returns the cells
         that changed (stream id -> new bytes) and one :class:`StepResult` per frame, in the
-        order of ``frames``: a detection, a duplicate (``detection`` None, no ``error``) or a
-        refused frame (``error`` set; the stream's state is as before that frame, and the
-        stream's later frames still step). A stream whose stored cell cannot be read has all
-        its frames refused, and its cell is kept, as :meth:`process` does frame by frame.
+        order of ``frames`` (:func:`costream.transforms.many_streams.process_many`).
         """
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        t0 = time.perf_counter_ns()
-        results: list[StepResult | None] = [None] * len(frames)
-        cells: dict[str, Stored | None] = {}  # the stream's cell as the plan goes
-        orig: dict[str, Stored | None] = {}  # the stream's cell as stored
-        broken: dict[str, Exception] = {}
-        ops: dict[str, list[tuple[bool, np.ndarray, int, int]]] = {}  # fresh, x, index, pos (-1)
-        for pos, f in enumerate(frames):
-            sid = f.stream_id
-            if sid not in cells and sid not in broken:
-                blob = stored.get(sid)
-                try:
-                    cells[sid] = orig[sid] = Stored.from_bytes(blob) if blob else None
-                except StateFormatError as e:
-                    broken[sid] = e
-            if sid in broken:
-                results[pos] = StepResult(None, error=broken[sid])
-                continue
-            try:
-                x = self.check_features(f.features)
-            except ValueError as e:
-                results[pos] = StepResult(None, error=e)
-                continue
-            prev = cells[sid]
-            plan = self.plan(prev, f.frame_index, f.ts_ms, now_ms)
-            if plan.duplicate:
-                results[pos] = StepResult(None, plan.events)
-                continue
-            todo = ops.setdefault(sid, [])
-            fresh = plan.fresh
-            for i in plan.fills:
-                todo.append((fresh, plan.hold, i, -1))  # type: ignore[arg-type]
-                fresh = False
-            todo.append((fresh, x, f.frame_index, pos))
-            cells[sid] = self._next_stored(plan, f.frame_index, f.ts_ms, now_ms, x)
-            results[pos] = StepResult(None, plan.events)
+        from costream.transforms import many_streams
 
-        order = list(ops)  # the batch's rows, one per stream that steps
-        t1 = time.perf_counter_ns()
-        if not order:
-            return {}, [r for r in results if r is not None]  # type: ignore[misc]
-        try:
-            rows = []
-            for sid in order:
-                cell = orig[sid]
-                if cell is not None and cell.state is not None and not ops[sid][0][0]:
-                    rows.append(self.load_state(cell.state))  # stored, and not fresh at once
-                else:
-                    rows.append(self.model.init_state(1))
-            state = StreamState.cat(rows) if len(rows) > 1 else rows[0]
-        except StateFormatError:  # a model state that cannot be read: settle it stream by stream
-            return self.process_each(stored, frames, now_ms=now_ms)
-        t2 = time.perf_counter_ns()
-        emitted: list[tuple[int, int, int]] = []  # (frame pos, round, row in the round's output)
-        round_probs: list[torch.Tensor] = []
-        round_warm: list[torch.Tensor] = []
-        width = max(len(v) for v in ops.values())
-        for r in range(width):
-            rows_r = [b for b, sid in enumerate(order) if len(ops[sid]) > r]
-            take = [ops[order[b]][r] for b in rows_r]
-            resets = [b for b, op in zip(rows_r, take) if op[0]]
-            if resets:
-                state.reset(resets)
-            xs = self._tensor(np.stack([op[1] for op in take]))
-            index = torch.tensor([op[2] for op in take], dtype=torch.long)
-            if len(rows_r) == len(order):
-                out, state = self.model.step(xs, state, index)
-            else:
-                sub = state.select(rows_r)
-                out, sub = self.model.step(xs, sub, index)
-                state.put(rows_r, sub)
-            keep = [j for j, op in enumerate(take) if op[3] >= 0]
-            if keep:
-                k = len(round_probs)
-                round_probs.append(torch.softmax(out.scores[keep].double(), dim=-1))
-                round_warm.append(out.warm[keep])
-                emitted.extend((take[j][3], k, jj) for jj, j in enumerate(keep))
-        probs = [p.tolist() for p in round_probs]
-        warm = [w.tolist() for w in round_warm]
-        t3 = time.perf_counter_ns()
-        for pos, k, j in emitted:
-            f = frames[pos]
-            res = results[pos]
-            assert res is not None
-            res.detection = self._detection(
-                f.stream_id, f.frame_index, f.ts_ms, probs[k][j], warm[k][j], f.arrival_ms
-            )
-        changed: dict[str, bytes] = {}
-        for b, sid in enumerate(order):
-            cell = cells[sid]
-            assert cell is not None
-            cell.state = self.dump_state(state.view(b))
-            changed[sid] = cell.to_bytes()
-        t4 = time.perf_counter_ns()
-        n = max(1, len(frames))
-        decode_us = ((t1 - t0) + (t2 - t1)) / 1e3 / n
-        model_us = (t3 - t2) / 1e3 / n
-        encode_us = (t4 - t3) / 1e3 / n
-        for pos, res in enumerate(results):
-            assert res is not None
-            res.decode_us, res.model_us, res.encode_us = decode_us, model_us, encode_us
-            if res.detection is not None:
-                res.state_bytes = len(changed[frames[pos].stream_id])
-        return changed, results  # type: ignore[return-value]
+        return many_streams.process_many(self, stored, frames, now_ms=now_ms)
 
     def process_each(
         self,
@@ -473,30 +370,12 @@ class StreamStepper:
     ) -> tuple[dict[str, bytes], list[StepResult]]:
         """:meth:`process_many` frame by frame with :meth:`process`, with B = 1 steps.
 
-        The same contract; a frame whose update fails in any way is refused alone (``error``).
+        The same contract; a frame whose update fails in any way is refused alone (``error``)
+        (:func:`costream.transforms.many_streams.process_each`).
         """
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        cells = dict(stored)
-        changed: dict[str, bytes] = {}
-        results: list[StepResult] = []
-        for f in frames:
-            try:
-                blob, res = self.process(
-                    cells.get(f.stream_id),
-                    f.stream_id,
-                    f.frame_index,
-                    f.ts_ms,
-                    f.features,
-                    now_ms=now_ms,
-                    arrival_ms=f.arrival_ms,
-                )
-            except Exception as e:  # one frame's failure must not take the others with it
-                results.append(StepResult(None, error=e))
-                continue
-            if blob is not None:
-                cells[f.stream_id] = changed[f.stream_id] = blob
-            results.append(res)
-        return changed, results
+        from costream.transforms import many_streams
+
+        return many_streams.process_each(self, stored, frames, now_ms=now_ms)
 
 
 def _us(since_ns: int) -> float:

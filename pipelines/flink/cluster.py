@@ -1,22 +1,7 @@
-"""A local Flink session cluster for costream, on loopback, without Docker.
+"""The local session cluster: its configuration, its processes and ``cluster.json``.
 
-The same topology as ``docker-compose.yml``: a JobManager and a TaskManager as separate JVMs (a
-Flink distribution from PyPI), Beam's Flink job server (jars from Maven Central) and a Python SDK
-worker pool with costream installed (``--environment_type=EXTERNAL``). ``scripts/fetch_jars.sh``
-puts the Java side in ``$COSTREAM_CACHE`` (``~/.cache/costream``).
-
-The versions are tied: Beam's Python SDK (pyproject.toml), the job server and the Flink minor
-must match. Beam 2.62.0 is the newest Beam whose Flink runner resolves with all its dependencies
-from the Maven mirror this project builds with (the shaded ``*-job-server`` jars are not served
-at any version; ``fetch_jars.sh`` rebuilds one as a classpath plus a launcher jar).
-
-Example:
-    >>> cluster = FlinkCluster(Path("/tmp/costream-flink")).up()  # doctest: +SKIP
-    >>> cluster.pipeline_args()  # doctest: +SKIP
-    ['--runner=PortableRunner', '--job_endpoint=127.0.0.1:8099', ...]
-    >>> cluster.down()  # doctest: +SKIP
-
-Every process is started in its own session and stopped by its pid; ``cluster.json`` in the work
+A JobManager and a TaskManager as separate JVMs, Beam's Flink job server and a Python SDK worker
+pool, each started in its own session and stopped by its pid; ``cluster.json`` in the work
 folder records roles, pids and ports so ``costream flink status`` / ``down`` can find them.
 """
 
@@ -25,140 +10,25 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "BEAM_VERSION",
-    "FLINK_MINOR",
-    "FLINK_VERSION",
-    "FlinkCluster",
-    "FlinkError",
-    "FlinkRest",
-    "cache_dir",
-    "default_work_dir",
-    "flink_home",
-    "job_server_jar",
-]
+from costream.pipelines.flink.config import (
+    HOST,
+    FlinkError,
+    _default_java_opts,
+    flink_home,
+    job_server_jar,
+)
+from costream.pipelines.flink.ports import Ports, _alive, _listening, stop_pid
+from costream.pipelines.flink.rest import FlinkRest
 
-BEAM_VERSION = "2.62.0"
-FLINK_VERSION = "1.19.3"
-FLINK_MINOR = "1.19"
-HOST = "127.0.0.1"
-
-
-class FlinkError(RuntimeError):
-    """The local Flink cluster is not set up, did not start, or a REST call failed."""
-
-
-def cache_dir() -> Path:
-    """Where ``scripts/fetch_jars.sh`` puts jars and the Flink distribution."""
-    return Path(os.environ.get("COSTREAM_CACHE", Path.home() / ".cache" / "costream"))
-
-
-def _need(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FlinkError(
-            f"{what} is missing at {path}. Run ./scripts/fetch_jars.sh (or ./scripts/setup.sh) "
-            "to fetch it (Maven Central and PyPI)."
-        )
-    return path
-
-
-def default_work_dir() -> Path:
-    """The cluster's work folder: ``$COSTREAM_FLINK_DIR`` or ``$COSTREAM_CACHE/flink-cluster``."""
-    return Path(os.environ.get("COSTREAM_FLINK_DIR", cache_dir() / "flink-cluster"))
-
-
-def flink_home() -> Path:
-    """``FLINK_HOME`` of the Flink distribution (``$FLINK_HOME`` wins when set)."""
-    if os.environ.get("FLINK_HOME"):
-        return Path(os.environ["FLINK_HOME"])
-    return _need(cache_dir() / f"flink-{FLINK_VERSION}" / "pyflink", f"Flink {FLINK_VERSION}")
-
-
-def job_server_jar() -> Path:
-    """The job-server launcher jar (``java -jar`` runs ``FlinkJobServerDriver``)."""
-    name = f"beam-runners-flink-{FLINK_MINOR}-job-server-{BEAM_VERSION}.jar"
-    return _need(cache_dir() / f"flink-job-server-{BEAM_VERSION}" / name, "Beam's Flink job server")
-
-
-def free_port(host: str = HOST) -> int:
-    """A port nobody listens on right now (the OS's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as gone
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
-def stop_pid(pid: int, timeout_s: float = 15.0, sig: int = signal.SIGTERM) -> None:
-    """Signal ``pid``, wait up to ``timeout_s`` for it to exit, then SIGKILL it."""
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    while _alive(pid) and time.monotonic() < deadline + 5:
-        time.sleep(0.1)
-
-
-@dataclass
-class Ports:
-    """Loopback ports of one cluster (``0`` = pick a free one at ``up``)."""
-
-    rest: int = 8081
-    rpc: int = 6123
-    job: int = 8099
-    artifact: int = 8098
-    expansion: int = 8097
-    worker_pool: int = 50000
-
-    def resolved(self) -> Ports:
-        taken: set[int] = set()
-
-        def pick(p: int) -> int:
-            while p == 0 or p in taken:
-                p = free_port()
-            taken.add(p)
-            return p
-
-        return Ports(**{k: pick(v) for k, v in asdict(self).items()})
+__all__ = ["FlinkCluster"]
 
 
 @dataclass
@@ -515,148 +385,3 @@ class FlinkCluster:
             f"--parallelism={parallelism}",
         ]
         return beam_fixes.pipeline_args("FlinkRunner", args)  # a Flink job, whatever the runner
-
-
-class FlinkRest:
-    """The few calls of Flink's REST API that costream uses (``master`` = ``host:port``)."""
-
-    def __init__(self, master: str) -> None:
-        self.master = master
-
-    def rest(self, path: str, body: dict[str, Any] | None = None, method: str | None = None) -> Any:
-        """Call the JobManager's REST API; returns the decoded JSON answer."""
-        url = f"http://{self.master}{path}"
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            url, data=data, method=method or ("POST" if body is not None else "GET")
-        )
-        req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as err:
-            raise FlinkError(f"{req.method} {url}: HTTP {err.code}: {err.read()[:500]!r}") from err
-        except urllib.error.URLError as err:
-            raise FlinkError(f"{req.method} {url}: {err.reason}") from err
-        except OSError as err:  # a read timeout while the JobManager is busy, a reset
-            raise FlinkError(f"{req.method} {url}: {err}") from err
-        return json.loads(raw) if raw else None
-
-    def jobs(self) -> list[dict[str, Any]]:
-        """``[{jid, name, state, ...}]`` of every job the cluster knows (``/jobs/overview``)."""
-        return [
-            {"id": j["jid"], "status": j["state"], "name": j["name"]}
-            for j in self.rest("/jobs/overview")["jobs"]
-        ]
-
-    def job_named(self, name: str, timeout_s: float = 300.0) -> str:
-        """The id of the job called ``name`` (waits for it to be submitted)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for j in self.jobs():
-                if j["name"] == name:
-                    return str(j["id"])
-            time.sleep(0.5)
-        raise FlinkError(f"no job named {name!r} on {self.master} within {timeout_s:.0f} s")
-
-    def state(self, job_id: str) -> str:
-        return str(self.rest(f"/jobs/{job_id}")["state"])
-
-    def checkpoints(self, job_id: str) -> dict[str, Any]:
-        return dict(self.rest(f"/jobs/{job_id}/checkpoints"))
-
-    def wait_for_checkpoints(
-        self, job_id: str, count: int, timeout_s: float = 120.0
-    ) -> dict[str, Any]:
-        """Wait until ``count`` checkpoints completed; returns the latest completed one."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            cp = self.checkpoints(job_id)
-            if cp["counts"]["completed"] >= count and cp["latest"]["completed"]:
-                return dict(cp["latest"]["completed"])
-            time.sleep(0.5)
-        raise FlinkError(f"job {job_id}: fewer than {count} checkpoints in {timeout_s:.0f} s")
-
-    def stop_with_savepoint(
-        self, job_id: str, target: str | None = None, timeout_s: float = 120.0
-    ) -> str:
-        """Stop ``job_id`` with a savepoint (in ``target``, or the cluster's default folder)."""
-        body: dict[str, Any] = {"drain": False}
-        if target:
-            body["targetDirectory"] = target
-        tid = self.rest(f"/jobs/{job_id}/stop", body)["request-id"]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                ans = self.rest(f"/jobs/{job_id}/savepoints/{tid}")
-            except FlinkError:  # a busy JobManager: ask again
-                time.sleep(1.0)
-                continue
-            if ans["status"]["id"] == "COMPLETED":
-                op = ans["operation"]
-                if "failure-cause" in op:
-                    cause = op["failure-cause"].get("stack-trace", op["failure-cause"])
-                    raise FlinkError(f"stop-with-savepoint of {job_id} failed: {str(cause)[:2000]}")
-                return str(op["location"])
-            time.sleep(0.5)
-        raise FlinkError(f"stop-with-savepoint of {job_id} did not finish in {timeout_s:.0f} s")
-
-    def vertex_records(self, job_id: str) -> list[dict[str, Any]]:
-        """Per vertex of ``job_id``: name, records in and out, lowest input watermark (epoch ms).
-
-        Records are summed over the vertex's subtasks; a value Flink does not report (a source
-        has no records in) is ``None``. A stage that took records in and sent none on while the
-        watermark after it reached the end of time holds its output back (see
-        :meth:`FlinkCluster.pipeline_args`).
-        """
-        out = []
-        for vertex in self.rest(f"/jobs/{job_id}")["vertices"]:
-            base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
-
-            # one metric a call: Flink answers nothing at all when one of several is missing
-            def value(name: str, agg: str, base: str = base) -> int | None:
-                got = self.rest(f"{base}?get={name}&agg={agg}")
-                return int(float(got[0][agg])) if got and agg in got[0] else None
-
-            out.append(
-                {
-                    "name": vertex["name"],
-                    "records_in": value("numRecordsIn", "sum"),
-                    "records_out": value("numRecordsOut", "sum"),
-                    "input_watermark_ms": value("currentInputWatermark", "min"),
-                }
-            )
-        return out
-
-    def user_metrics(self, job_id: str) -> dict[str, float]:
-        """Costream's Beam counters and distributions of a job, summed over subtasks.
-
-        Beam reports user metrics as Flink task metrics named ``<stage>.<namespace>_<name>``
-        (``costream.kafka`` -> ``costream_kafka_records_read``); keys here are
-        ``<namespace>_<name>`` summed over stages and subtasks.
-        """
-        out: dict[str, float] = {}
-        job = self.rest(f"/jobs/{job_id}")
-        for vertex in job["vertices"]:
-            vid = vertex["id"]
-            names = [m["id"] for m in self.rest(f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics")]
-            wanted = [n for n in names if ".costream_" in n]
-            for chunk in range(0, len(wanted), 20):
-                part = ",".join(urllib.parse.quote(n, safe="") for n in wanted[chunk : chunk + 20])
-                url = f"/jobs/{job_id}/vertices/{vid}/subtasks/metrics?get={part}&agg=sum"
-                for m in self.rest(url):
-                    name = m["id"].rsplit(".", 1)[-1]
-                    out[name] = out.get(name, 0.0) + float(m.get("sum", 0.0))
-        return out
-
-
-def _default_java_opts() -> str:
-    """The ``--add-opens`` flags Flink's own config.yaml sets for Java 17."""
-    import yaml
-
-    conf = flink_home() / "conf" / "config.yaml"
-    try:
-        data = yaml.safe_load(conf.read_text()) or {}
-        return str(data["env"]["java"]["opts"]["all"])
-    except (OSError, KeyError, TypeError):
-        return ""

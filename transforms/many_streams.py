@@ -1,0 +1,239 @@
+"""Many streams at a time: the frames of many streams stepped as one B-row model step.
+
+Plain logic, no Beam, for :class:`~costream.transforms.batching.BatchedInferenceFn`'s flushes
+(through :meth:`StreamStepper.process_many <costream.transforms.stepper.StreamStepper.process_many>`
+and :meth:`~costream.transforms.stepper.StreamStepper.process_each`). The decisions stay the
+stepper's: :func:`process_many` first plans every frame of every stream with
+:meth:`~costream.transforms.stepper.StreamStepper.plan`, in order per stream, from the streams'
+metadata alone, and then steps all streams that have a step to take as one B-row step, round by
+round (a stream with two frames, or with gap fills, takes part in as many rounds).
+:func:`process_each` is the same contract with one-stream steps (B = 1), frame by frame.
+
+Both give the detections of :meth:`~costream.transforms.stepper.StreamStepper.process`, within
+float32 rounding (a B-row matrix product sums in another order than a one-row product).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from costream.models.state import StateFormatError, StreamState
+from costream.transforms.stored import Stored
+
+if TYPE_CHECKING:
+    from costream.transforms.stepper import Frame, StepResult, StreamStepper
+
+__all__ = ["process_each", "process_many"]
+
+Op = tuple[bool, np.ndarray, int, int]
+"""One pending step of a stream: (start fresh, features, frame index, frame position or -1)."""
+
+
+def process_many(
+    stepper: StreamStepper,
+    stored: Mapping[str, bytes | memoryview],
+    frames: Sequence[Frame],
+    *,
+    now_ms: int | None = None,
+) -> tuple[dict[str, bytes], list[StepResult]]:
+    """Apply frames of many streams, in order per stream, stepping streams together.
+
+    ``stored``: stream id -> its cell (streams without one start fresh). Returns the cells
+    that changed (stream id -> new bytes) and one :class:`StepResult` per frame, in the
+    order of ``frames``: a detection, a duplicate (``detection`` None, no ``error``) or a
+    refused frame (``error`` set; the stream's state is as before that frame, and the
+    stream's later frames still step). A stream whose stored cell cannot be read has all
+    its frames refused, and its cell is kept, as ``StreamStepper.process`` does frame by frame.
+    """
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    t0 = time.perf_counter_ns()
+    results, cells, orig, ops = _plan_frames(stepper, stored, frames, now_ms)
+    order = list(ops)  # the batch's rows, one per stream that steps
+    t1 = time.perf_counter_ns()
+    if not order:
+        return {}, [r for r in results if r is not None]  # type: ignore[misc]
+    try:
+        state = _first_state(stepper, order, orig, ops)
+    except StateFormatError:  # a model state that cannot be read: settle it stream by stream
+        return stepper.process_each(stored, frames, now_ms=now_ms)
+    t2 = time.perf_counter_ns()
+    state, emitted, probs, warm = _step_rounds(stepper, state, order, ops)
+    t3 = time.perf_counter_ns()
+    for pos, k, j in emitted:
+        f = frames[pos]
+        res = results[pos]
+        assert res is not None
+        res.detection = stepper._detection(
+            f.stream_id, f.frame_index, f.ts_ms, probs[k][j], warm[k][j], f.arrival_ms
+        )
+    changed: dict[str, bytes] = {}
+    for b, sid in enumerate(order):
+        cell = cells[sid]
+        assert cell is not None
+        cell.state = stepper.dump_state(state.view(b))
+        changed[sid] = cell.to_bytes()
+    t4 = time.perf_counter_ns()
+    n = max(1, len(frames))
+    decode_us = ((t1 - t0) + (t2 - t1)) / 1e3 / n
+    model_us = (t3 - t2) / 1e3 / n
+    encode_us = (t4 - t3) / 1e3 / n
+    for pos, res in enumerate(results):
+        assert res is not None
+        res.decode_us, res.model_us, res.encode_us = decode_us, model_us, encode_us
+        if res.detection is not None:
+            res.state_bytes = len(changed[frames[pos].stream_id])
+    return changed, results  # type: ignore[return-value]
+
+
+def _plan_frames(
+    stepper: StreamStepper,
+    stored: Mapping[str, bytes | memoryview],
+    frames: Sequence[Frame],
+    now_ms: int,
+) -> tuple[
+    list[StepResult | None],
+    dict[str, Stored | None],
+    dict[str, Stored | None],
+    dict[str, list[Op]],
+]:
+    """Plan every frame: its result so far, each stream's cell after it, the steps to take.
+
+    Returns the results (one per frame, detections still to come), the streams' cells as the
+    plan leaves them, the cells as stored, and per stream that steps its pending steps in order.
+    """
+    from costream.transforms.stepper import StepResult
+
+    results: list[StepResult | None] = [None] * len(frames)
+    cells: dict[str, Stored | None] = {}  # the stream's cell as the plan goes
+    orig: dict[str, Stored | None] = {}  # the stream's cell as stored
+    broken: dict[str, Exception] = {}
+    ops: dict[str, list[Op]] = {}  # fresh, x, index, pos (-1)
+    for pos, f in enumerate(frames):
+        sid = f.stream_id
+        if sid not in cells and sid not in broken:
+            blob = stored.get(sid)
+            try:
+                cells[sid] = orig[sid] = Stored.from_bytes(blob) if blob else None
+            except StateFormatError as e:
+                broken[sid] = e
+        if sid in broken:
+            results[pos] = StepResult(None, error=broken[sid])
+            continue
+        try:
+            x = stepper.check_features(f.features)
+        except ValueError as e:
+            results[pos] = StepResult(None, error=e)
+            continue
+        prev = cells[sid]
+        plan = stepper.plan(prev, f.frame_index, f.ts_ms, now_ms)
+        if plan.duplicate:
+            results[pos] = StepResult(None, plan.events)
+            continue
+        todo = ops.setdefault(sid, [])
+        fresh = plan.fresh
+        for i in plan.fills:
+            todo.append((fresh, plan.hold, i, -1))  # type: ignore[arg-type]
+            fresh = False
+        todo.append((fresh, x, f.frame_index, pos))
+        cells[sid] = stepper._next_stored(plan, f.frame_index, f.ts_ms, now_ms, x)
+        results[pos] = StepResult(None, plan.events)
+    return results, cells, orig, ops
+
+
+def _first_state(
+    stepper: StreamStepper,
+    order: list[str],
+    orig: Mapping[str, Stored | None],
+    ops: Mapping[str, list[Op]],
+) -> StreamState:
+    """The B-row state the first round starts from (``StateFormatError``: one is unreadable)."""
+    rows = []
+    for sid in order:
+        cell = orig[sid]
+        if cell is not None and cell.state is not None and not ops[sid][0][0]:
+            rows.append(stepper.load_state(cell.state))  # stored, and not fresh at once
+        else:
+            rows.append(stepper.model.init_state(1))
+    return StreamState.cat(rows) if len(rows) > 1 else rows[0]
+
+
+def _step_rounds(
+    stepper: StreamStepper,
+    state: StreamState,
+    order: list[str],
+    ops: Mapping[str, list[Op]],
+) -> tuple[StreamState, list[tuple[int, int, int]], list[list], list[list]]:
+    """Step round r: the r-th pending step of every stream that has one, as one B-row step.
+
+    Returns the state after the last round, ``(frame pos, round, row in the round's output)``
+    of each frame stepped, and each round's class probabilities and warm flags (lists).
+    """
+    emitted: list[tuple[int, int, int]] = []  # (frame pos, round, row in the round's output)
+    round_probs: list[torch.Tensor] = []
+    round_warm: list[torch.Tensor] = []
+    width = max(len(v) for v in ops.values())
+    for r in range(width):
+        rows_r = [b for b, sid in enumerate(order) if len(ops[sid]) > r]
+        take = [ops[order[b]][r] for b in rows_r]
+        resets = [b for b, op in zip(rows_r, take) if op[0]]
+        if resets:
+            state.reset(resets)
+        xs = stepper._tensor(np.stack([op[1] for op in take]))
+        index = torch.tensor([op[2] for op in take], dtype=torch.long)
+        if len(rows_r) == len(order):
+            out, state = stepper.model.step(xs, state, index)
+        else:
+            sub = state.select(rows_r)
+            out, sub = stepper.model.step(xs, sub, index)
+            state.put(rows_r, sub)
+        keep = [j for j, op in enumerate(take) if op[3] >= 0]
+        if keep:
+            k = len(round_probs)
+            round_probs.append(torch.softmax(out.scores[keep].double(), dim=-1))
+            round_warm.append(out.warm[keep])
+            emitted.extend((take[j][3], k, jj) for jj, j in enumerate(keep))
+    probs = [p.tolist() for p in round_probs]
+    warm = [w.tolist() for w in round_warm]
+    return state, emitted, probs, warm
+
+
+def process_each(
+    stepper: StreamStepper,
+    stored: Mapping[str, bytes | memoryview],
+    frames: Sequence[Frame],
+    *,
+    now_ms: int | None = None,
+) -> tuple[dict[str, bytes], list[StepResult]]:
+    """:func:`process_many` frame by frame with ``StreamStepper.process``, with B = 1 steps.
+
+    The same contract; a frame whose update fails in any way is refused alone (``error``).
+    """
+    from costream.transforms.stepper import StepResult
+
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    cells = dict(stored)
+    changed: dict[str, bytes] = {}
+    results: list[StepResult] = []
+    for f in frames:
+        try:
+            blob, res = stepper.process(
+                cells.get(f.stream_id),
+                f.stream_id,
+                f.frame_index,
+                f.ts_ms,
+                f.features,
+                now_ms=now_ms,
+                arrival_ms=f.arrival_ms,
+            )
+        except Exception as e:  # one frame's failure must not take the others with it
+            results.append(StepResult(None, error=e))
+            continue
+        if blob is not None:
+            cells[f.stream_id] = changed[f.stream_id] = blob
+        results.append(res)
+    return changed, results
