@@ -109,8 +109,27 @@ class AudioConfig:
         return self.patch * 3 * (self.n_mels * c + c * c) + c * self.d_model
 
 
+class LinearEmbeddingConfig:
+    """What the families that embed a token with ``Linear(D_in -> d)`` share (OadTR, GTZAN).
+
+    A plain base, not a dataclass: each family's dataclass declares its own fields and defaults,
+    so the field order of its model card stays its own.
+    """
+
+    d_in: int
+    d_model: int
+
+    def make_embedding(self) -> nn.Module:
+        """Token embedding of this family: ``Linear(D_in -> d)`` ("linear_encoding")."""
+        return nn.Linear(self.d_in, self.d_model)
+
+    def embedding_macs(self) -> int:
+        """Multiply-accumulates of the embedding per token."""
+        return self.d_in * self.d_model
+
+
 @dataclass(frozen=True)
-class GtzanConfig:
+class GtzanConfig(LinearEmbeddingConfig):
     """The Continual Transformers papers' GTZAN configuration (docs/audio-setting.md).
 
     One token per 128-d VGGish embedding (``D_in`` = 128) of a 1 s sub-clip, one every 0.25 s, so
@@ -134,11 +153,3 @@ class GtzanConfig:
     attention: str = "softmax"
 
     family: ClassVar[str] = "gtzan"
-
-    def make_embedding(self) -> nn.Module:
-        """Token embedding of this family: ``Linear(D_in -> d)`` ("linear_encoding")."""
-        return nn.Linear(self.d_in, self.d_model)
-
-    def embedding_macs(self) -> int:
-        """Multiply-accumulates of the embedding per token."""
-        return self.d_in * self.d_model

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from safetensors import safe_open
 
@@ -94,6 +94,24 @@ def read_card(path: str | Path) -> dict[str, Any]:
     card["sha256"] = weights_sha256(path)
     card["weights"] = path.name
     return card
+
+
+@overload
+def load_model(
+    path: str | Path, *, continual: Literal[False] = False
+) -> tuple[OnlineTransformer, dict[str, Any]]: ...
+
+
+@overload
+def load_model(
+    path: str | Path, *, continual: Literal[True]
+) -> tuple[ContinualOnlineTransformer, dict[str, Any]]: ...
+
+
+@overload
+def load_model(
+    path: str | Path, *, continual: bool
+) -> tuple[OnlineTransformer | ContinualOnlineTransformer, dict[str, Any]]: ...
 
 
 def load_model(

@@ -14,15 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import nn
-
-from .audio import AudioConfig, GtzanConfig
+from .audio import AudioConfig, GtzanConfig, LinearEmbeddingConfig
 
 __all__ = ["FAMILIES", "AudioConfig", "GtzanConfig", "ModelConfig", "OadTRConfig"]
 
 
 @dataclass(frozen=True)
-class OadTRConfig:
+class OadTRConfig(LinearEmbeddingConfig):
     """CoOadTR configuration (paper defaults: docs/continual-attention.md#the-oad-model-and-its-protocol)."""
 
     d_in: int = 3072
@@ -38,14 +36,6 @@ class OadTRConfig:
     attention: str = "softmax"
 
     family: ClassVar[str] = "oadtr"
-
-    def make_embedding(self) -> nn.Module:
-        """Token embedding of this family: ``Linear(D_in -> d)`` ("linear_encoding")."""
-        return nn.Linear(self.d_in, self.d_model)
-
-    def embedding_macs(self) -> int:
-        """Multiply-accumulates of the embedding per token."""
-        return self.d_in * self.d_model
 
 
 ModelConfig = OadTRConfig | AudioConfig | GtzanConfig

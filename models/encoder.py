@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,7 @@ from .attention import (
     ContinualRetroactiveAttention,
     ContinualSingleOutputAttention,
     MultiheadWeights,
+    _ContinualAttention,
     temporal_order,
     write_slots,
 )
@@ -169,6 +170,14 @@ class ContinualEncoder(nn.Module):
         self.attention = attention
         self.d_model = layers[0].self_attn.d_model
 
+    def _layers(self) -> list[EncoderLayer]:
+        """``layers`` as the :class:`EncoderLayer` list it holds (``ModuleList`` items are Modules)."""
+        return cast("list[EncoderLayer]", list(self.layers))
+
+    def _first_attention(self) -> _ContinualAttention:
+        """The first layer's attention: the continual one (the others attend over windows)."""
+        return cast(_ContinualAttention, cast(EncoderLayer, self.layers[0]).self_attn)
+
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def from_torch(
@@ -242,7 +251,7 @@ class ContinualEncoder(nn.Module):
         """Identifies states this encoder can step (shapes, not weights)."""
         kind = self.__dict__.get("_kind")
         if kind is None:  # the shapes are fixed at construction; every step checks the state
-            a = self.layers[0].self_attn
+            a = self._first_attention()
             kind = self.__dict__["_kind"] = (
                 f"ContinualEncoder(L={len(self.layers)},d={self.d_model},h={a.num_heads},"
                 f"n={self.window},attention={self.attention})"
@@ -255,7 +264,7 @@ class ContinualEncoder(nn.Module):
         """All-zero state for ``batch_size`` streams; dtype/device default to the weights'."""
         p = next(self.parameters())
         dtype, device = dtype or p.dtype, device or p.device
-        first = self.layers[0].self_attn
+        first = self._first_attention()
         tensors = {f"l0.{k}": v for k, v in first.init_tensors(batch_size, dtype, device).items()}
         if len(self.layers) > 1:  # residual ring of the retroactive layer, aligned to its slots
             tensors["res"] = torch.zeros(
@@ -284,22 +293,24 @@ class ContinualEncoder(nn.Module):
             )
         self.check_state(state)
         t = state.t
-        first, *rest = self.layers
+        first, *rest = self._layers()
+        attn = cast(_ContinualAttention, first.self_attn)  # the first layer's is continual
         l0 = _layer_tensors(state, "l0")
         if not rest:
-            y = first.post(x, first.self_attn.step_tensors(first.pre(x), l0, t))  # (B, d)
+            y = first.post(x, attn.step_tensors(first.pre(x), l0, t))  # (B, d)
         elif self.attention == "softmax":
             # Rows stay in ring-slot order throughout: token-wise parts and unmasked softmax
             # attention do not care about row order, and the last layer reads the newest slot.
             res, slot = state.tensors["res"], t % n  # (B, n, d) layer inputs, slot order
             write_slots(res.unsqueeze(1), slot, x.unsqueeze(1))
-            o = first.self_attn.step_heads(first.pre(x), l0, t)  # (B, n, d) slot order
+            retro = cast(ContinualRetroactiveAttention, attn)  # softmax, more than one layer
+            o = retro.step_heads(first.pre(x), l0, t)  # (B, n, d) slot order
             h = first.post_heads(res, o)  # (B, n, d): all n refreshed rows
             for layer in rest[:-1]:
                 h = layer(h)
             y = rest[-1].step_last(h, slot)  # (B, d)
         else:  # Nyström landmarks are segment means: rows must be in temporal order
-            a = first.self_attn.step_tensors(first.pre(x), l0, t)  # (B, n, d) temporal order
+            a = attn.step_tensors(first.pre(x), l0, t)  # (B, n, d) temporal order
             res = state.tensors["res"]  # (B, n, d) slot order
             res[torch.arange(B, device=x.device), t % n] = x
             order = temporal_order(t + 1, n)  # (B, n)
@@ -320,7 +331,7 @@ class ContinualEncoder(nn.Module):
         Same weights and the same function as ``torch.nn.TransformerEncoder(window)[:, -1]``; this
         is the training path and the oracle the continual step is tested against.
         """
-        *body, last = self.layers
+        *body, last = self._layers()
         h = window
         for layer in body:
             h = layer(h)  # (B, n, d)

@@ -316,7 +316,9 @@ def nystrom_encoder_macs_delta(
 
 
 # -- a zoo model, from its config -------------------------------------------------------------
-def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "paper") -> int:
+def macs_per_frame(
+    config: ModelConfig, *, continual: bool, convention: Convention = "paper"
+) -> int:
     """MACs per frame (docs/continual-attention.md#macs-per-frame) of a zoo model: embedding + encoder + head.
 
     The OadTR family supports the paper's counting convention (``"paper"``, reproduces
@@ -334,7 +336,7 @@ def macs_per_frame(config: ModelConfig, *, continual: bool, convention: str = "p
     if kind == "nystrom":
         nystrom = round(nystrom_encoder_macs_delta(
             layers=c.blocks, n=c.window, d=c.d_model, h=c.heads, continual=continual,
-            options=NystromOptions(**options),  # type: ignore[arg-type]
+            options=NystromOptions(**options),
         ))  # fmt: skip
     if c.family == "oadtr":
         return nystrom + oadtr_macs(
@@ -421,7 +423,8 @@ def nystrom_regime_table(
     ratio for comparison (``softmax_ratio``, CoSi), and the attention part alone (``attn_ratio``:
     2 n^2 d of regular softmax attention over 7 m d + h m^2 per step).
     """
-    P, rows = GTZAN, []
+    P = GTZAN
+    rows: list[dict[str, object]] = []
     d, h = P["d_model"], P["heads"]
     for n in windows:
         reg = oadtr_macs(**{**P, "window": n}, blocks=1, continual=False, convention="clean")
@@ -459,7 +462,14 @@ def _register_cpu_sdpa() -> None:
         return
 
     @flop_counter.register_flop_formula(op)
-    def _sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    def _sdpa_cpu(
+        query_shape: tuple[int, ...],
+        key_shape: tuple[int, ...],
+        value_shape: tuple[int, ...],
+        *args: object,
+        out_shape: tuple[int, ...] | None = None,
+        **kwargs: object,
+    ) -> int:
         return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
     _SDPA_CPU_REGISTERED = True

@@ -42,6 +42,7 @@ consistent state and warm-up outputs are finite; they match no regular computati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -185,7 +186,7 @@ def nystrom(
     return (F_ @ pseudo_inverse(A, pinv, iters)) @ G  # same association as the continual step
 
 
-def parse_attention(spec: str, window: int | None = None) -> tuple[str, dict[str, object]]:
+def parse_attention(spec: str, window: int | None = None) -> tuple[str, dict[str, Any]]:
     """Split a model-config attention string into (kind, options) for ``ContinualEncoder``.
 
     ``"softmax"`` -> ("softmax", {}); ``"nystrom:m=8"`` -> ("nystrom", {"landmarks": 8}); more
@@ -198,7 +199,7 @@ def parse_attention(spec: str, window: int | None = None) -> tuple[str, dict[str
     if kind != "nystrom":
         raise ValueError(f"Unknown attention {spec!r}; use 'softmax' or 'nystrom:m=<landmarks>'.")
     names = {"m": "landmarks", "landmarks": "landmark_mode", "pinv": "pinv", "iters": "pinv_iters"}
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}  # NystromOptions' (and the Nyström layers') keyword arguments
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         if key not in names or not value:
@@ -211,5 +212,5 @@ def parse_attention(spec: str, window: int | None = None) -> tuple[str, dict[str
         raise ValueError(
             f"Nyström attention needs the number of landmarks, e.g. 'nystrom:m=8' (got {spec!r})."
         )
-    NystromOptions(**options).validate(window)  # type: ignore[arg-type]
+    NystromOptions(**options).validate(window)
     return "nystrom", options

@@ -8,6 +8,8 @@ computation ``attend_window``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +28,9 @@ class NystromLayer:
 
     num_heads: int
     head_dim: int
+    # from the class it is mixed into (MultiheadWeights; NystromMultiheadAttention borrows them)
+    project: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+    merge: Callable[[Tensor], Tensor]
 
     def _init_nystrom(
         self,
@@ -181,7 +186,7 @@ class NystromMultiheadAttention(NystromLayer, nn.MultiheadAttention):
         # bypass this forward in eval mode.
         self.register_forward_pre_hook(lambda module, args: None)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         query: Tensor,
         key: Tensor,

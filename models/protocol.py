@@ -56,7 +56,8 @@ class ContinualModel(Protocol):
     ``isinstance(m, ContinualModel)`` checks that these names exist, not their signatures.
     """
 
-    config: ModelInput
+    @property
+    def config(self) -> ModelInput: ...
 
     @property
     def window(self) -> int: ...

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from torch import Tensor, nn
 from .data import OadDataset
 from .metrics import FrameMetrics, frame_metrics
 from .protocol import ContinualModel
+
+if TYPE_CHECKING:
+    from .online import OnlineTransformer
 
 __all__ = [
     "TrainConfig",
@@ -142,7 +145,7 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
 
 # -- training --------------------------------------------------------------------------------------
 def train_model(
-    model: nn.Module,
+    model: OnlineTransformer,
     train: OadDataset,
     val: OadDataset | None = None,
     cfg: TrainConfig = TrainConfig(),
@@ -226,7 +229,7 @@ def train_model(
     return result
 
 
-def _validate(model: nn.Module, ds: OadDataset) -> tuple[FrameMetrics, float]:
+def _validate(model: OnlineTransformer, ds: OadDataset) -> tuple[FrameMetrics, float]:
     logits = predict_windows(model, ds)
     m = evaluate(logits, ds, model.window)
     z = torch.from_numpy(np.concatenate(logits))
@@ -240,7 +243,7 @@ def _validate(model: nn.Module, ds: OadDataset) -> tuple[FrameMetrics, float]:
 # -- prediction ------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict_windows(
-    model: nn.Module, ds: OadDataset, batch_size: int = 128, first_index: int = 0
+    model: OnlineTransformer, ds: OadDataset, batch_size: int = 128, first_index: int = 0
 ) -> list[np.ndarray]:
     """Regular model over every full window: per video, logits (T - n + 1, C) for frames n-1 … T-1.
 
@@ -332,7 +335,9 @@ def evaluate(logits: list[np.ndarray], ds: OadDataset, window: int) -> FrameMetr
     )
 
 
-def check_continual(model: nn.Module, ds: OadDataset, tol: float = 1e-6) -> dict[str, float]:
+def check_continual(
+    model: OnlineTransformer, ds: OadDataset, tol: float = 1e-6
+) -> dict[str, float]:
     """Validation metrics of a trained regular model and of its continual twin, which must agree.
 
     Returns ``val_mAP``, ``val_mcAP`` (regular, over windows), ``val_mAP_continual`` (streamed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -78,7 +79,10 @@ def weights_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def input_major_(module: nn.Module) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def input_major_(module: _M) -> _M:
     """Store each 2-D ``*weight`` parameter input-major, in place; shapes and values unchanged.
 
     A parameter of shape (out, in) becomes the transposed view of an (in, out)-contiguous tensor,

@@ -142,7 +142,9 @@ def _for_beam(tp: Any) -> Any:
         kinds = {type(a) for a in args}
         return kinds.pop() if len(kinds) == 1 else Any
     if origin is list:
-        return typing.List[_for_beam(args[0])]  # noqa: UP006
+        # built from a runtime value (mypy reads List[...] as a static type application)
+        list_form: Any = typing.List  # noqa: UP006 (Beam reads typing forms)
+        return list_form[_for_beam(args[0])]
     if origin is dict:
         return typing.Dict[str, Any]  # noqa: UP006
     return tp

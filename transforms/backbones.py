@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class _Family:
     subclips: bool = False  # takes each stream's last 1 s, assembled from 0.25 s chunks
 
 
-_IMAGE_FAMILIES = dict(kind="image", weighted=True)
+_IMAGE_FAMILIES: dict[str, Any] = dict(kind="image", weighted=True)
 
 
 BACKBONES: dict[str, _Family] = {
@@ -153,13 +154,15 @@ class BackboneConfig:
         """(height, width) images are resized to, for image backbones; else None."""
         if self.kind != "image":
             return None
-        return image_size_hw(self.input_size or BACKBONES[self.name].input_size)
+        size = self.input_size or BACKBONES[self.name].input_size
+        assert size is not None  # every image family has a default input_size
+        return image_size_hw(size)
 
     @property
     def feature_dim(self) -> int | None:
         """D of the output features (None for ``identity`` without ``dim``)."""
         if self.kind == "image":
-            return resnet_width(512, self.width or BACKBONES[self.name].width)
+            return resnet_width(512, self._width)
         if self.name == "vggish":
             return self._vggish_config().embedding
         if self.kind == "audio":
@@ -178,11 +181,24 @@ class BackboneConfig:
         """Samples per sub-clip the backbone reads (``vggish``: 1 s), else None (one chunk)."""
         return vggish.SUBCLIP_SAMPLES if BACKBONES[self.name].subclips else None
 
+    @property
+    def _width(self) -> float:
+        """The ResNet width multiplier: ``width``, else the family's default (image families)."""
+        width = self.width or BACKBONES[self.name].width
+        assert width is not None  # every image family has a default width
+        return width
+
+    @property
+    def _weights(self) -> str:
+        """``weights`` of a family that takes them (``__post_init__`` requires it there)."""
+        assert self.weights is not None
+        return self.weights
+
     def _vggish_config(self) -> vggish.VGGishConfig:
         """The VGGish architecture: the full one for random weights, else the file's metadata."""
-        if self.weights == RANDOM or not Path(self.weights).is_file():
+        if self.weights == RANDOM or not Path(self._weights).is_file():
             return vggish.VGGishConfig()
-        return _vggish_file_config(self.weights)
+        return _vggish_file_config(self._weights)
 
     def identity(self) -> str:
         """``name@<weights sha256 prefix>`` (``@random-seed<N>`` for random weights)."""
@@ -190,7 +206,7 @@ class BackboneConfig:
             return self.name
         if self.weights == RANDOM:
             return f"{self.name}@random-seed{self.seed}"
-        return f"{self.name}@{weights_sha256(self.weights)[:12]}"
+        return f"{self.name}@{weights_sha256(self._weights)[:12]}"
 
     def build(self) -> nn.Module:
         """Build the module in eval mode, loading weights (raises ``WeightsError`` on a bad file)."""
@@ -199,17 +215,17 @@ class BackboneConfig:
                 torch.manual_seed(self.seed)
                 if self.weights == RANDOM:
                     return vggish.VGGishFrontEnd(vggish.VGGishConfig()).eval()
-                return vggish.VGGishFrontEnd(vggish=vggish.load_vggish(self.weights)).eval()
+                return vggish.VGGishFrontEnd(vggish=vggish.load_vggish(self._weights)).eval()
         if self.kind == "audio":
             return LogMelSpectrogram(self.logmel).eval()
         if self.kind == "features":
             return IdentityBackbone().eval()
-        width = self.width or BACKBONES[self.name].width
+        width = self._width
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = resnet18(width)
         if self.weights != RANDOM:
-            load_weights(net, self.weights)
+            load_weights(net, self._weights)
         return net.eval()
 
     def check(self, frame: DecodedFrame) -> str | None:
@@ -220,7 +236,9 @@ class BackboneConfig:
             )
         shape, dtype = tuple(frame.data.shape), np.dtype(frame.data.dtype)  # an NdArray or array
         if self.kind == "image":
-            want = (*self.image_size, 3)
+            size = self.image_size
+            assert size is not None  # an image backbone's
+            want = (*size, 3)
             if shape != want or dtype != np.uint8:
                 return f"Backbone {self.name!r} takes uint8 images of shape {want}; got {dtype} {shape}."
         elif self.subclip_samples is not None:
@@ -234,10 +252,12 @@ class BackboneConfig:
         elif self.kind == "audio":
             if frame.rate != self.rate:
                 return f"Backbone 'logmel' takes audio at {self.rate} Hz; this chunk is at {frame.rate} Hz."
-            if shape != (self.chunk_samples,):
+            chunk = self.chunk_samples
+            assert chunk is not None  # an audio backbone's
+            if shape != (chunk,):
                 return (
-                    f"Backbone 'logmel' takes chunks of {self.chunk_samples} samples "
-                    f"({1000 * self.chunk_samples / self.rate:g} ms at {self.rate} Hz, one token of "
+                    f"Backbone 'logmel' takes chunks of {chunk} samples "
+                    f"({1000 * chunk / self.rate:g} ms at {self.rate} Hz, one token of "
                     f"{self.logmel.patch} frames); this chunk holds {shape[0]} samples."
                 )
         elif self.dim is not None and shape != (self.dim,):
@@ -274,6 +294,5 @@ def _vggish_file_config(path: str | Path) -> vggish.VGGishConfig:
     except Exception as e:  # safetensors raises its own error types for unreadable files
         raise WeightsError(f"Cannot read weights file {path}: {e}.") from e
     raw = json.loads(meta.get(vggish._CONFIG_KEY, "{}"))  # the key save_vggish writes
-    return vggish.VGGishConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    )
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return vggish.VGGishConfig(**fields)

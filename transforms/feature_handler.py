@@ -196,6 +196,7 @@ def record_features(
     decoded = []
     assembler = None
     if cfg.subclip_samples is not None:
+        assert cfg.chunk_samples is not None  # a backbone with sub-clips has chunks
         assembler = SubclipAssembler(cfg.chunk_samples, cfg.subclip_samples)
     history: dict[str, bytes | None] = {}
     for rec in records:

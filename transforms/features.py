@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import apache_beam as beam
 import numpy as np
@@ -226,9 +226,10 @@ class ExtractFeatures(beam.PTransform):
             weights,
             seed=seed,
             width=width,
+            # a sequence's length is checked by BackboneConfig (image_size_hw)
             input_size=input_size
             if input_size is None or isinstance(input_size, int)
-            else tuple(input_size),
+            else cast("tuple[int, int]", tuple(input_size)),
             logmel=LogMelOptions(
                 rate=rate,
                 n_mels=n_mels,
@@ -277,6 +278,7 @@ class ExtractFeatures(beam.PTransform):
         )
         frames, dead_frames = decoded[MAIN], [decoded[DEAD_LETTER]]
         if self.config.subclip_samples is not None:  # vggish: each stream's last 1 s
+            assert self.config.chunk_samples is not None  # a backbone with sub-clips has chunks
             subclips = frames | "Subclips" >> AssembleSubclips(
                 self.config.chunk_samples, self.config.subclip_samples, self.config.check_chunk
             )

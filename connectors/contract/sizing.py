@@ -17,6 +17,8 @@ Example (what happens to a dead letter of a 1 MiB input):
 """
 
 import hashlib
+from collections.abc import Sequence
+from typing import cast
 
 from costream.connectors.contract.frames import OutgoingRecord
 from costream.connectors.contract.headers import (
@@ -51,6 +53,17 @@ class RecordTooLargeError(ValueError):
     """A record is larger than the writer's ``max_request_size`` and may not be truncated."""
 
 
+def _outgoing(
+    key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]]
+) -> OutgoingRecord:
+    """An :class:`OutgoingRecord` of ``headers`` as they are: :class:`Header` rows and plain pairs.
+
+    ``OutgoingRecord.headers`` is typed ``Sequence[Header]`` (the Beam schema's row type), but it
+    takes plain ``(name, value)`` pairs too (its docstring; they compare equal to ``Header``).
+    """
+    return OutgoingRecord(key, value, cast("Sequence[Header]", headers))
+
+
 def truncated_record(record: OutgoingRecord, keep: int) -> OutgoingRecord:
     """``record`` with its value cut to its first ``keep`` bytes, marked as truncated.
 
@@ -62,7 +75,8 @@ def truncated_record(record: OutgoingRecord, keep: int) -> OutgoingRecord:
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
         raise ValueError(f"keep must be a number of bytes >= 0, got {keep!r}.")
-    headers = as_headers(record.headers)
+    # plain pairs are added to the Header rows below (OutgoingRecord takes both: _outgoing)
+    headers = cast("list[tuple[str, bytes]]", as_headers(record.headers))
     if header_value(headers, HEADER_TRUNCATED) != b"true":
         drop = (HEADER_TRUNCATED, HEADER_ORIGINAL_SIZE, HEADER_ORIGINAL_SHA256)
         headers = [(k, v) for k, v in headers if k not in drop]
@@ -73,7 +87,7 @@ def truncated_record(record: OutgoingRecord, keep: int) -> OutgoingRecord:
                 HEADER_ORIGINAL_SHA256, hashlib.sha256(record.value).hexdigest().encode("ascii")
             ),
         ]
-    return OutgoingRecord(record.key, bytes(record.value[:keep]), headers)
+    return _outgoing(record.key, bytes(record.value[:keep]), headers)
 
 
 def record_size(record: OutgoingRecord) -> int:
@@ -137,7 +151,7 @@ def fit_dead_letter(record: OutgoingRecord, max_request_size: int) -> OutgoingRe
     headers = [(k, v[:1000] if k == HEADER_ERROR else v) for k, v in record.headers if k in keep]
     headers.append((HEADER_DROPPED_HEADERS, f"{len(dropped)} headers, {size} bytes".encode()))
     try:
-        return fit_record(OutgoingRecord(record.key, record.value, headers), max_request_size)
+        return fit_record(_outgoing(record.key, record.value, headers), max_request_size)
     except RecordTooLargeError:
         pass
     key = record.key or b""
@@ -145,10 +159,10 @@ def fit_dead_letter(record: OutgoingRecord, max_request_size: int) -> OutgoingRe
         (HEADER_ORIGINAL_KEY_SIZE, str(len(key)).encode()),
         (HEADER_ORIGINAL_KEY_SHA256, hashlib.sha256(key).hexdigest().encode()),
     ]
-    empty = truncated_record(OutgoingRecord(b"", record.value, headers), 0)
+    empty = truncated_record(_outgoing(b"", record.value, headers), 0)
     room = max_request_size - record_size(empty) - 8  # the key's length varint grows with it
     if room < 0:
         raise RecordTooLargeError(
             f"Not even an empty dead letter fits max_request_size={max_request_size}."
         )
-    return fit_record(OutgoingRecord(key[:room], record.value, headers), max_request_size)
+    return fit_record(_outgoing(key[:room], record.value, headers), max_request_size)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 HELP = (
     "Start, stop or inspect a local Flink session cluster (JobManager, TaskManager, Beam's job "
@@ -47,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from costream.pipelines.flink import FlinkCluster, FlinkError, Ports
 
+    cluster: FlinkCluster | None  # "up" starts one; the other actions attach to one, if any
     try:
         if args.action == "up":
             ports = Ports(0, 0, 0, 0, 0, 0) if args.free_ports else Ports()
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             cluster.down()
             print("stopped")
             return 0
+        status: dict[str, Any]  # FlinkCluster.status()'s shape
         if cluster is None:
             status = {"work_dir": str(args.work_dir), "processes": []}
         else:

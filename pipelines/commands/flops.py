@@ -7,6 +7,10 @@ counting reproduces the papers' 51.5x, and where continual Nyström reaches 1000
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from costream.models.flops import Convention
 
 HELP = "MACs per frame of a zoo model (or a saved model), continual vs regular, and the ratio."
 
@@ -100,8 +104,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"error: {e}")
         return 2
     paper_families = ("oadtr", "gtzan")
-    default = "paper" if cfg.family in paper_families else "clean"
-    convention = (args.convention or default) if cfg.family in paper_families else "clean"
+    default: Convention = "paper" if cfg.family in paper_families else "clean"
+    convention: Convention = (
+        (args.convention or default) if cfg.family in paper_families else "clean"
+    )
     if cfg.family == "gtzan" and cfg.attention != "softmax":
         convention = "clean"  # the paper's regular GTZAN count has no n^2 term to replace
     co = macs_per_frame(cfg, continual=True, convention=convention)

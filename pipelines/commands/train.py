@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from costream.models.online import OnlineTransformer
 
 HELP = "Train a zoo model (e.g. oadtr_b1) on per-frame features; writes safetensors + a JSON card."
 
@@ -118,7 +121,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         overrides.pop("d_in")  # d_in = n_mels * patch, set n_mels/patch with --set
     torch.manual_seed(args.seed)
     try:
-        model = get_model(regular_name, **overrides)
+        # a regular name (the co_ prefix dropped): get_model builds an OnlineTransformer
+        model = cast("OnlineTransformer", get_model(regular_name, **overrides))
     except (ValueError, TypeError) as e:
         print(f"error: {e}")
         return 2
