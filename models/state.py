@@ -129,6 +129,13 @@ class StreamState:
             self.kind,
         )
 
+    def to_float(self, dtype: torch.dtype) -> StreamState:
+        """This state with its floating tensors in ``dtype`` (itself when they already are)."""
+        if all(v.dtype is dtype or not v.is_floating_point() for v in self.tensors.values()):
+            return self
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.tensors.items()}
+        return StreamState(tensors, self.t, self.window, self.kind)
+
     def view(self, row: int) -> StreamState:
         """Row ``row`` as a one-row state sharing this state's memory (no copy)."""
         return StreamState(

@@ -41,7 +41,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-import torch
 from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (
@@ -157,8 +156,7 @@ class BatchedInferenceFn(InferenceDoFn):
         pending.clear()
         if not recs:
             return
-        if torch.get_num_threads() != 1:  # a backbone in this process may use more
-            torch.set_num_threads(1)
+        self.one_thread()
         t0 = time.perf_counter_ns()
         cells = self._cells(shard)
         t1 = time.perf_counter_ns()
@@ -184,11 +182,7 @@ class BatchedInferenceFn(InferenceDoFn):
         t2 = time.perf_counter_ns()
         if changed or evicted:
             cells.update(changed)
-            if cells:
-                blob = ShardCell.to_bytes(cells)
-                shard.write(blob)
-            else:
-                shard.clear()
+            _store(shard, cells)
         t3 = time.perf_counter_ns()
         m.batch_rows.update(len(recs))
         read_us = round((t1 - t0) / 1e3 / len(recs))  # the flush's state I/O, per frame
@@ -254,10 +248,15 @@ class BatchedInferenceFn(InferenceDoFn):
         last_seen = Stored.last_seen(cell)
         if self._idle_ms is not None and swept_ms - last_seen > self._idle_ms:
             del cells[stream_id]
-            if cells:
-                shard.write(ShardCell.to_bytes(cells))
-            else:
-                shard.clear()
+            _store(shard, cells)
             self.metrics.idle_cleared.inc()
         elif self._streams is not None:  # a frame came in since: still held
             self._streams.seen(stream_id, last_seen, len(cell))
+
+
+def _store(shard: Any, cells: dict[str, bytes | memoryview]) -> None:
+    """Write the shard's cells as its one value (or clear it when no stream is left)."""
+    if cells:
+        shard.write(ShardCell.to_bytes(cells))
+    else:
+        shard.clear()

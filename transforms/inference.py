@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-import torch
 from apache_beam.coders import BytesCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -102,8 +101,7 @@ class ContinualInferenceFn(InferenceDoFn):
         if rec.frame_index == SWEEP:
             self._expire(stream_id, rec.ts_ms, stream)
             return
-        if torch.get_num_threads() != 1:  # a backbone in this process may use more
-            torch.set_num_threads(1)
+        self.one_thread()
         m = self.metrics
         replay = is_replay(rec.headers)
         (m.replayed if replay else m.frames_in).inc()

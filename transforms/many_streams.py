@@ -56,7 +56,7 @@ def process_many(
     order = list(ops)  # the batch's rows, one per stream that steps
     t1 = time.perf_counter_ns()
     if not order:
-        return {}, [r for r in results if r is not None]  # type: ignore[misc]
+        return {}, results
     try:
         state = _first_state(stepper, order, orig, ops)
     except StateFormatError:  # a model state that cannot be read: settle it stream by stream
@@ -66,9 +66,7 @@ def process_many(
     t3 = time.perf_counter_ns()
     for pos, k, j in emitted:
         f = frames[pos]
-        res = results[pos]
-        assert res is not None
-        res.detection = stepper._detection(
+        results[pos].detection = stepper._detection(
             f.stream_id, f.frame_index, f.ts_ms, probs[k][j], warm[k][j], f.arrival_ms
         )
     changed: dict[str, bytes] = {}
@@ -83,11 +81,10 @@ def process_many(
     model_us = (t3 - t2) / 1e3 / n
     encode_us = (t4 - t3) / 1e3 / n
     for pos, res in enumerate(results):
-        assert res is not None
         res.decode_us, res.model_us, res.encode_us = decode_us, model_us, encode_us
         if res.detection is not None:
             res.state_bytes = len(changed[frames[pos].stream_id])
-    return changed, results  # type: ignore[return-value]
+    return changed, results
 
 
 def _plan_frames(
@@ -96,7 +93,7 @@ def _plan_frames(
     frames: Sequence[Frame],
     now_ms: int,
 ) -> tuple[
-    list[StepResult | None],
+    list[StepResult],
     dict[str, Stored | None],
     dict[str, Stored | None],
     dict[str, list[Op]],
@@ -108,7 +105,7 @@ def _plan_frames(
     """
     from costream.transforms.stepper import StepResult
 
-    results: list[StepResult | None] = [None] * len(frames)
+    results: list[StepResult] = []  # one per frame, in order
     cells: dict[str, Stored | None] = {}  # the stream's cell as the plan goes
     orig: dict[str, Stored | None] = {}  # the stream's cell as stored
     broken: dict[str, Exception] = {}
@@ -122,17 +119,17 @@ def _plan_frames(
             except StateFormatError as e:
                 broken[sid] = e
         if sid in broken:
-            results[pos] = StepResult(None, error=broken[sid])
+            results.append(StepResult(None, error=broken[sid]))
             continue
         try:
             x = stepper.check_features(f.features)
         except ValueError as e:
-            results[pos] = StepResult(None, error=e)
+            results.append(StepResult(None, error=e))
             continue
         prev = cells[sid]
         plan = stepper.plan(prev, f.frame_index, f.ts_ms, now_ms)
         if plan.duplicate:
-            results[pos] = StepResult(None, plan.events)
+            results.append(StepResult(None, plan.events))
             continue
         todo = ops.setdefault(sid, [])
         fresh = plan.fresh
@@ -141,7 +138,7 @@ def _plan_frames(
             fresh = False
         todo.append((fresh, x, f.frame_index, pos))
         cells[sid] = stepper._next_stored(plan, f.frame_index, f.ts_ms, now_ms, x)
-        results[pos] = StepResult(None, plan.events)
+        results.append(StepResult(None, plan.events))
     return results, cells, orig, ops
 
 

@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Literal
 
 import numpy as np
 import torch
@@ -255,11 +255,7 @@ class StreamStepper:
     # -- state bytes -----------------------------------------------------------------------------
     def load_state(self, state: StreamState) -> StreamState:
         """A stored model state, in the model's precision whatever it was stored in."""
-        dt = self.dtype
-        if all(v.dtype is dt or not v.is_floating_point() for v in state.tensors.values()):
-            return state
-        tensors = {k: v.to(dt) if v.is_floating_point() else v for k, v in state.tensors.items()}
-        return StreamState(tensors, state.t, state.window, state.kind)
+        return state.to_float(self.dtype)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(x)
@@ -267,15 +263,9 @@ class StreamStepper:
 
     def dump_state(self, state: StreamState) -> StreamState:
         """The model state as it is stored: its floating tensors in ``state_dtype``."""
-        if self._store_dtype is not torch.float32 and self._store_dtype is not self.dtype:
-            dt = self._store_dtype
-            state = StreamState(
-                {k: v.to(dt) if v.is_floating_point() else v for k, v in state.tensors.items()},
-                state.t,
-                state.window,
-                state.kind,
-            )
-        return state
+        if self._store_dtype is torch.float32:  # as computed (float32, or a float64 model)
+            return state
+        return state.to_float(self._store_dtype)
 
     def _detection(self, stream_id: str, frame_index: int, ts_ms: int, probs, warm, arrival_ms):
         latency = 0.0 if arrival_ms is None else max(0.0, time.time() * 1000 - arrival_ms)
@@ -421,7 +411,7 @@ def load_stepper(
             model, card = load_model(weights, continual=True)
             model_id = f"{card['continual_name']}@{card['sha256'][:12]}"
             _STEPPERS[key] = StreamStepper(
-                cast(ContinualModel, model),  # continual=True: a ContinualOnlineTransformer
+                model,
                 model_id,
                 card["classes"],
                 gap_policy,

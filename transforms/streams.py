@@ -317,3 +317,9 @@ class InferenceDoFn(beam.DoFn):
             self.state_dtype,
         )
         self._streams = StreamRegistry.named(self.registry) if self.ttl_ms is not None else None
+
+    @staticmethod
+    def one_thread() -> None:
+        """Step with one torch thread: the count is per process, and a backbone may have set more."""
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
