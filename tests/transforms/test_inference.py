@@ -1,6 +1,7 @@
 import json
 import struct
 import time
+import zlib
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -466,6 +467,29 @@ def test_version_1_state_cells_still_load(regular):
     assert old.last_ts_ms is None and old.last_index == 2
     _, res = _run(s, [(1, 5000, feats(1, 17)[0])], v1)  # unknown capture time: a duplicate
     assert res[0].events == ["duplicate"]
+
+
+def test_version_3_cells_with_a_json_header_still_load(regular):
+    s = stepper(regular)
+    blob, _ = _run(s, [(i, 1000 + i, x) for i, x in enumerate(feats(3, 21))])
+    st = Stored.from_bytes(blob)
+    layout, tensors = st.state.layout()
+    f = st.last_features.astype("<f4").tobytes()
+    meta = {"model": st.model, "last_index": st.last_index, "last_seen_ms": st.last_seen_ms}
+    meta |= {"last_ts_ms": st.last_ts_ms, "features": len(f) // 4, "state": layout}
+    head = json.dumps(meta).encode()
+    body = struct.pack("<4sHI", b"CoSS", 3, len(head)) + head + f + b"".join(tensors)
+    v3 = body + struct.pack("<I", zlib.crc32(body))
+    assert len(v3) > len(blob)  # the JSON header is the larger one
+    old = Stored.from_bytes(v3)
+    assert (old.model, old.last_index, old.last_ts_ms) == (st.model, 2, 1002)
+    assert Stored.last_seen(v3) == Stored.last_seen(blob) == st.last_seen_ms
+    torch.testing.assert_close(old.state.tensors, st.state.tensors)
+    _, res = _run(s, [(3, 1003, feats(1, 22)[0])], v3)  # a v3 cell steps on
+    assert res[0].events == [] and res[0].detection.frame_index == 3
+    # and a version-1 cell (no capture time) round-trips through the binary header
+    none_ts = Stored(st.model, 2, 5, st.last_features, st.state, None)
+    assert Stored.from_bytes(none_ts.to_bytes()).last_ts_ms is None
 
 
 def test_stream_registry_sweeps_oldest_first():
