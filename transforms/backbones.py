@@ -49,7 +49,7 @@ from torch import nn
 
 from costream.models import vggish
 from costream.models.logmel import LogMelOptions, LogMelSpectrogram
-from costream.models.resnet import IdentityBackbone, resnet18, resnet_width
+from costream.models.resnet import IdentityBackbone, fold_batch_norm, resnet18, resnet_width
 from costream.models.weights import WeightsError, load_weights, weights_sha256
 from costream.transforms.decode import image_size_hw
 from costream.transforms.records import DecodedFrame
@@ -208,8 +208,13 @@ class BackboneConfig:
             return f"{self.name}@random-seed{self.seed}"
         return f"{self.name}@{weights_sha256(self._weights)[:12]}"
 
-    def build(self) -> nn.Module:
-        """Build the module in eval mode, loading weights (raises ``WeightsError`` on a bad file)."""
+    def build(self, fold: bool = True) -> nn.Module:
+        """Build the module in eval mode, loading weights (raises ``WeightsError`` on a bad file).
+
+        ResNets come with their BatchNorms folded into the convolutions (``fold_batch_norm``:
+        the same function, faster); ``fold=False`` keeps the module whose ``state_dict`` is the
+        weights file's (to save or fine-tune it).
+        """
         if self.name == "vggish":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
@@ -226,7 +231,7 @@ class BackboneConfig:
             net = resnet18(width)
         if self.weights != RANDOM:
             load_weights(net, self._weights)
-        return net.eval()
+        return fold_batch_norm(net.eval()) if fold else net.eval()
 
     def check(self, frame: DecodedFrame) -> str | None:
         """Why ``frame`` does not fit this backbone, as a sentence; None when it fits."""

@@ -68,14 +68,17 @@ def image_size_hw(size: int | Sequence[int]) -> tuple[int, int]:
 def resize_rgb(rgb: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     """Resize RGB ``uint8`` (H, W, 3) to ``size`` = (height, width) (no crop, aspect not kept).
 
-    Shrinking uses area interpolation (no aliasing), enlarging bilinear; same size is a copy-free
+    Shrinking by 2x or more (either side) uses area interpolation (no aliasing); smaller
+    shrinks and enlarging use bilinear, which at under 2x still reads every source pixel and
+    costs a fifth of OpenCV's area filter at a fractional ratio. Same size is a copy-free
     pass-through. Deterministic: the same image always gives the same bytes.
     """
     h, w = image_size_hw(size)
     if rgb.shape[:2] == (h, w):
         return np.ascontiguousarray(rgb)
     shrink = h <= rgb.shape[0] and w <= rgb.shape[1]
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    large = rgb.shape[0] >= 2 * h or rgb.shape[1] >= 2 * w
+    interp = cv2.INTER_AREA if shrink and large else cv2.INTER_LINEAR
     return cv2.resize(rgb, (w, h), interpolation=interp)
 
 
@@ -129,9 +132,10 @@ def decode_record(
     frame = decode_frame(key, value, headers, max_payload_bytes=max_payload_bytes)
     kind = media_kind(frame.content_type.media_type)  # decode_frame let only known kinds in
     assert kind is not None
-    data = decode_payload(frame, max_pixels=max_pixels)
-    if kind == "image" and image_size is not None:
-        data = resize_rgb(data, image_size)
+    at_least = None if image_size is None else image_size_hw(image_size)
+    data = decode_payload(frame, max_pixels=max_pixels, at_least=at_least)
+    if kind == "image" and at_least is not None:
+        data = resize_rgb(data, at_least)
     rate = int(frame.content_type.params["rate"]) if kind == "audio" else 0
     arrival = int(time.time() * 1000) if now_ms is None else int(now_ms)
     return DecodedFrame(

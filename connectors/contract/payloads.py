@@ -77,16 +77,22 @@ def decode_features(frame: Frame, *, expected_dim: int | None = None) -> np.ndar
     return vec
 
 
-def decode_payload(frame: Frame, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_payload(
+    frame: Frame,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    at_least: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Decode any contract payload by its kind: image, PCM or features.
 
-    ``max_pixels`` bounds images (:func:`~costream.connectors.contract.images.decode_image`).
+    ``max_pixels`` bounds images, ``at_least`` lets a JPEG decode at a reduced scale that still
+    covers that (height, width) (:func:`~costream.connectors.contract.images.decode_image`).
     A media type of no known kind is refused by :func:`decode_features` with
     ``UnsupportedContentTypeError``.
     """
     kind = media_kind(frame.content_type.media_type)
     if kind == "image":
-        return decode_image(frame, max_pixels=max_pixels)
+        return decode_image(frame, max_pixels=max_pixels, at_least=at_least)
     if kind == "audio":
         return decode_pcm(frame)
     return decode_features(frame)

@@ -12,7 +12,7 @@ from costream.connectors import contract
 from costream.connectors.contract import CT_JPEG, CT_PNG, frame_record
 from costream.connectors.kafka import as_outgoing
 from costream.models.logmel import LogMelOptions, LogMelSpectrogram
-from costream.models.resnet import resnet18
+from costream.models.resnet import fold_batch_norm, resnet18
 from costream.models.weights import WeightsError, save_weights
 from costream.transforms.backbones import BackboneConfig
 from costream.transforms.decode import decode_record, resize_rgb
@@ -63,17 +63,19 @@ def test_resnet_shape_determinism_and_batch_rows():
     assert ya.shape == (3, 128) and ya.dtype == torch.float32
     torch.testing.assert_close(ya, yb, rtol=0, atol=0)  # same seed: same weights, same output
     assert not torch.allclose(ya, other)
-    torch.testing.assert_close(row[0], ya[1], rtol=1e-5, atol=1e-6)
+    # a batch of one runs other kernels: float32 rounding, relative to the features' scale
+    torch.testing.assert_close(row[0], ya[1], rtol=1e-5, atol=1e-5 * ya.abs().max().item())
 
 
 def test_weights_round_trip_and_refusals(tmp_path):
-    net = _small(seed=3).build()
+    net = _small(seed=3).build(fold=False)
     path = tmp_path / "r18s.safetensors"
     save_weights(net, path)
     loaded = BackboneConfig("resnet18_small", weights=str(path), input_size=32).build()
     x = torch.from_numpy(_image(32, 32)[None])
     with torch.inference_mode():
-        torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+        torch.testing.assert_close(loaded(x), fold_batch_norm(net)(x), rtol=0, atol=0)
+        torch.testing.assert_close(loaded(x), net(x), rtol=1e-5, atol=1e-6)  # folded: rounding
     assert (
         BackboneConfig("resnet18_small", weights=str(path)).identity().startswith("resnet18_small@")
     )

@@ -147,3 +147,43 @@ def test_decode_counters_have_stage_names():
     totals = counters.snapshot()
     assert totals["decoded"] == 1 and totals["decode_dead_letters"] == 2
     assert "dead_letter" not in totals
+
+
+def _photo(h=240, w=320):
+    """Smooth gradients plus noise: JPEG-like content (a random image does not compress)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([(xx * 0.8) % 256, yy % 256, ((xx + yy) * 0.5) % 256], -1)
+    noise = np.random.default_rng(0).integers(0, 16, rgb.shape)
+    return np.clip(rgb + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("at_least", "decoded"),
+    [(None, (240, 320)), ((112, 112), (120, 160)), ((121, 100), (240, 320)),
+     ((60, 80), (60, 80)), ((30, 40), (30, 40)), ((29, 1), (30, 40))],
+)  # fmt: skip
+def test_jpeg_decodes_at_the_coarsest_scale_that_covers_the_target(at_least, decoded):
+    rec = frame_record("cam", 0, 0, CT_JPEG, contract.encode_jpeg(_photo()))
+    frame = contract.decode_frame(rec.key, rec.value, rec.headers)
+    assert contract.decode_image(frame, at_least=at_least).shape == (*decoded, 3)
+    png = frame_record("cam", 0, 0, CT_PNG, contract.encode_png(_photo()))
+    png_frame = contract.decode_frame(png.key, png.value, png.headers)
+    assert contract.decode_image(png_frame, at_least=at_least).shape == (240, 320, 3)
+
+
+def test_scaled_jpeg_decode_looks_like_the_full_decode_shrunk():
+    rgb = _photo()
+    rec = frame_record("cam", 0, 0, CT_JPEG, contract.encode_jpeg(rgb))
+    got = as_array(decode_record(rec.key, rec.value, rec.headers, image_size=112).data)
+    full = as_array(decode_record(rec.key, rec.value, rec.headers).data)
+    want = cv2.resize(full, (112, 112), interpolation=cv2.INTER_AREA)
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert got.shape == (112, 112, 3) and diff.mean() < 2.0, diff.mean()
+
+
+def test_resize_rgb_filters_by_ratio():
+    rgb = _photo()
+    for size, interp in [((112, 112), cv2.INTER_AREA), ((120, 200), cv2.INTER_AREA),
+                         ((200, 200), cv2.INTER_LINEAR), ((121, 161), cv2.INTER_LINEAR)]:  # fmt: skip
+        want = cv2.resize(rgb, size[::-1], interpolation=interp)
+        np.testing.assert_array_equal(resize_rgb(rgb, size), want)
