@@ -31,6 +31,7 @@ runner, Kafka I/O and decoding.
 
     .venv/bin/python benchmarks/bench_e2e.py            # ~10 min on 2 cores; out/bench_e2e.{png,json}
     .venv/bin/python benchmarks/bench_e2e.py --quick    # fewer frames, S in {1, 8}
+    .venv/bin/python benchmarks/bench_e2e.py --specs video --streams 32 --before REV  # vs REV
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import subprocess
 import sys
 import time
 import uuid
@@ -49,8 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from revisions import child_env, remove_worktree, use_source, worktree
 
-ROOT = Path(__file__).resolve().parents[1]
+# the checkout measured: this one, or with --before the old revision's worktree (in a child)
+ROOT = use_source()
 SPECS = {
     "features": ("features.yaml", "demo_model.safetensors"),
     "video": ("video.yaml", "demo_video_model.safetensors"),
@@ -444,6 +448,13 @@ def main() -> int:
         "both side by side (default)",
     )
     ap.add_argument("--shards", type=int, help="batched arm: shard keys (COSTREAM_SHARDS)")
+    ap.add_argument(
+        "--before",
+        metavar="REV",
+        help="also run every configuration on revision REV (a git worktree), alternating "
+        "with this checkout's, each side in a fresh child process; prints after / before",
+    )
+    ap.add_argument("--rows-json", type=Path, help=argparse.SUPPRESS)  # a --before child's rows
     ap.add_argument("--out", type=Path, default=Path("out"))
     args = ap.parse_args()
     if args.shards:
@@ -462,18 +473,25 @@ def main() -> int:
 
     rows: list[dict[str, Any]] = []
     started = time.time()
-    with EmbeddedBroker() as broker:
-        print(
-            f"broker {broker.bootstrap}; {os.cpu_count()} CPUs; paced at {args.load:g} x "
-            f"capacity; partitions min(S, {args.partitions}); runs stop {args.idle_s:g} s idle",
-            flush=True,
-        )
-        for spec in args.specs:
-            payloads = make_payloads(spec)
-            arms = {"off": [False], "on": [True], "both": [False, True]}[args.batching]
-            for S in streams:
-                for batch in arms:
-                    rows.append(run_config(broker, spec, S, payloads, args, batch))
+    arms = {"off": [False], "on": [True], "both": [False, True]}[args.batching]
+    if args.before:
+        rows = run_sides(args, streams, arms)
+    else:
+        with EmbeddedBroker() as broker:
+            print(
+                f"broker {broker.bootstrap}; {os.cpu_count()} CPUs; paced at {args.load:g} x "
+                f"capacity; partitions min(S, {args.partitions}); runs stop {args.idle_s:g} s "
+                f"idle; load average {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+            for spec in args.specs:
+                payloads = make_payloads(spec)
+                for S in streams:
+                    for batch in arms:
+                        rows.append(run_config(broker, spec, S, payloads, args, batch))
+    if args.rows_json:
+        args.rows_json.write_text(json.dumps(rows))
+        return 0
     print(f"\n{len(rows)} configurations in {time.time() - started:.0f} s")
     print_tables(rows, args.load)
     print_ratios(rows)
@@ -493,6 +511,41 @@ def main() -> int:
     return 1 if any(r["problems"] for r in rows) else 0
 
 
+def run_sides(args: argparse.Namespace, streams: list[int], arms: list[bool]) -> list[dict]:
+    """--before: every configuration on REV and on this checkout, alternating, in children."""
+    import tempfile
+
+    src = worktree(args.before)
+    rows: list[dict[str, Any]] = []
+    try:
+        configs = [(spec, S, batch) for spec in args.specs for S in streams for batch in arms]
+        for i, (spec, S, batch) in enumerate(configs):
+            print(f"\n[{i + 1}/{len(configs)}] {spec} S={S}, load average "
+                  f"{os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+            for side in ("before", "after") if i % 2 == 0 else ("after", "before"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = Path(tmp) / "rows.json"
+                    cmd = [sys.executable, os.path.abspath(__file__), "--specs", spec,
+                           "--streams", str(S), "--batching", "on" if batch else "off",
+                           "--rows-json", str(out), "--out", tmp,
+                           "--load", str(args.load), "--partitions", str(args.partitions),
+                           "--idle-s", str(args.idle_s), "--paced-s", str(args.paced_s),
+                           "--features-frames", str(args.backlog_frames["features"]),
+                           "--video-frames", str(args.backlog_frames["video"])]  # fmt: skip
+                    if args.shards:
+                        cmd += ["--shards", str(args.shards)]
+                    env = child_env(src if side == "before" else None)
+                    subprocess.run(cmd, env=env, check=True)
+                    got = json.loads(out.read_text())
+                for r in got:
+                    if side == "before":
+                        r["spec"] = f"{r['spec']}@{args.before}"
+                rows += got
+    finally:
+        remove_worktree(src)
+    return rows
+
+
 def print_ratios(rows: list[dict[str, Any]]) -> None:
     """Capacity at the most streams over the same arm's 1-stream capacity, and batched over not."""
     print("\nratios (same run)")
@@ -504,6 +557,10 @@ def print_ratios(rows: list[dict[str, Any]]) -> None:
                 f"{label:>14}: S={S[-1]} / S=1 = {by[(label, S[-1])] / by[(label, 1)]:.2f}x "
                 f"({by[(label, S[-1])]:.0f} / {by[(label, 1)]:.0f} frames/s)"
             )
+    for (label, S), fps in by.items():
+        if "@" in label and (label.split("@")[0], S) in by:
+            after = by[(label.split("@")[0], S)]
+            print(f"{label.split('@')[0]:>14} S={S}: this checkout / {label} = {after / fps:.2f}x")
     for (label, S), fps in by.items():
         if label.endswith("+batch") and (label[: -len("+batch")], S) in by:
             base = by[(label[: -len("+batch")], S)]

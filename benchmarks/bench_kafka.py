@@ -35,14 +35,10 @@ import tempfile
 import time
 import uuid
 
-if __name__ == "__main__" and os.environ.get("COSTREAM_BENCH_SRC"):
-    # The child of --before: import costream from a worktree of the old revision. The editable
-    # install maps each costream subpackage to a folder of /work/main; point them elsewhere.
-    import __editable___costream_0_1_0_finder as _finder  # type: ignore[import-not-found]
+from revisions import child_env, remove_worktree, use_source, worktree
 
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for _name, _path in list(_finder.MAPPING.items()):
-        _finder.MAPPING[_name] = _path.replace(_root, os.environ["COSTREAM_BENCH_SRC"], 1)
+if __name__ == "__main__":
+    use_source()  # the child of --before imports costream from the old revision's worktree
 
 import apache_beam as beam
 import numpy as np
@@ -403,24 +399,9 @@ def per_record(bootstrap: str, n: int, bundle: int, arms: bool) -> dict[str, flo
     return out
 
 
-def _worktree(rev: str) -> str:
-    """A detached ``git worktree`` of ``rev`` in a temporary folder (removed by the caller)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(tempfile.mkdtemp(prefix="bench-kafka-"), "src")
-    subprocess.run(["git", "-C", root, "worktree", "add", "--detach", "-q", path, rev], check=True)
-    return path
-
-
-def _remove_worktree(path: str) -> None:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run(["git", "-C", root, "worktree", "remove", "--force", path], check=True)
-
-
 def _child(bootstrap: str, n: int, bundle: int, src: str | None) -> dict[str, float]:
     """per_record on the code in ``src`` (a worktree; None: this one), in a child process."""
-    env = {k: v for k, v in os.environ.items() if k != "COSTREAM_BENCH_SRC"}
-    if src is not None:
-        env["COSTREAM_BENCH_SRC"] = src
+    env = child_env(src)
     cmd = [sys.executable, os.path.abspath(__file__), "--per-record", str(n), "--bundle",
            str(bundle), "--bootstrap", bootstrap, "--repeat", "1", "--json"]  # fmt: skip
     if src is None:
@@ -433,7 +414,7 @@ def run_per_record(args: argparse.Namespace) -> int:
     """--per-record: the measurements, with --before REV side by side (best of --repeat)."""
     broker = None if args.bootstrap else make_broker("tansu").start()
     bootstrap = args.bootstrap or broker.bootstrap
-    src = _worktree(args.before) if args.before else None
+    src = worktree(args.before) if args.before else None
     try:
         after: list[dict[str, float]] = []
         before: list[dict[str, float]] = []
@@ -450,7 +431,7 @@ def run_per_record(args: argparse.Namespace) -> int:
                     before.append(_child(bootstrap, args.per_record, args.bundle, src))
     finally:
         if src is not None:
-            _remove_worktree(src)
+            remove_worktree(src)
         if broker is not None:
             broker.stop()
     best_after = {k: min(r[k] for r in after) for k in after[0]}
