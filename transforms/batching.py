@@ -132,13 +132,15 @@ class BatchedInferenceFn(InferenceDoFn):
         pending=beam.DoFn.StateParam(PENDING),
         idle=beam.DoFn.TimerParam(IDLE),
     ) -> Iterator[Any]:
-        yield from self._flush(shard, buffer, pending, idle)
+        with self.metrics.hold.during():  # counted in finish_bundle (counters.Hold)
+            yield from self._flush(shard, buffer, pending, idle)
 
     @on_timer(IDLE)
     def on_idle(self, shard=beam.DoFn.StateParam(SHARD)) -> None:
-        cells = self._cells(shard)
-        shard.clear()
-        self.metrics.idle_cleared.inc(len(cells))
+        with self.metrics.hold.during():
+            cells = self._cells(shard)
+            shard.clear()
+            self.metrics.idle_cleared.inc(len(cells))
 
     # -- the flush ---------------------------------------------------------------------------------
     def _cells(self, shard: Any) -> dict[str, bytes | memoryview]:

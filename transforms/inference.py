@@ -146,7 +146,8 @@ class ContinualInferenceFn(InferenceDoFn):
     @on_timer(IDLE)
     def on_idle(self, stream=beam.DoFn.StateParam(STREAM)) -> None:
         stream.clear()
-        self.metrics.idle_cleared.inc()
+        with self.metrics.hold.during():  # counted in finish_bundle (counters.Hold)
+            self.metrics.idle_cleared.inc()
 
 
 class ContinualInference(beam.PTransform):

@@ -24,7 +24,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import torch
-from apache_beam.metrics import Metrics
 
 from costream.connectors import contract
 from costream.connectors.contract import REPLAY_HEADER, DeadLetter
@@ -209,27 +208,42 @@ class InferenceMetrics:
 
     def __init__(self) -> None:
         m = "costream"
-        self.frames_in = counters.Counter(m, "frames_in")
-        self.detections = counters.Counter(m, "detections_out")
-        self.warmup = counters.Counter(m, "warmup_frames")
-        self.duplicates = counters.Counter(m, "duplicates")
-        self.gaps = counters.Counter(m, "gaps")
-        self.filled = counters.Counter(m, "gap_filled")
-        self.resets = counters.Counter(m, "state_resets")
-        self.epochs = counters.Counter(m, "stream_epochs")
-        self.dead = counters.Counter(m, "dead_letters")
-        self.idle_cleared = counters.Counter(m, "idle_cleared")
-        self.replayed = counters.Counter(m, "replayed_frames")
-        self.latency = Metrics.distribution(m, "latency_ms")
-        self.state_size = Metrics.distribution(m, "state_bytes")
-        self.read_us = Metrics.distribution(m, "state_read_us")
-        self.write_us = Metrics.distribution(m, "state_write_us")
-        self.serde_us = Metrics.distribution(m, "serde_us")
-        self.model_us = Metrics.distribution(m, "model_us")
-        self.frame_us = Metrics.distribution(m, "frame_us")
-        self.batch_rows = Metrics.distribution(m, "batch_frames")  # frames per batched flush
-        self.buffer_us = Metrics.distribution(m, "buffer_us")  # a frame into the batch buffer
+        # timer callbacks update through the hold; the DoFn's finish_bundle releases it
+        self.hold = hold = counters.Hold()
+
+        def counter(name: str) -> counters.Counter:
+            return counters.Counter(m, name, hold)
+
+        def distribution(name: str) -> counters.Distribution:
+            return counters.Distribution(m, name, hold)
+
+        self.frames_in = counter("frames_in")
+        self.detections = counter("detections_out")
+        self.warmup = counter("warmup_frames")
+        self.duplicates = counter("duplicates")
+        self.gaps = counter("gaps")
+        self.filled = counter("gap_filled")
+        self.resets = counter("state_resets")
+        self.epochs = counter("stream_epochs")
+        self.dead = counter("dead_letters")
+        self.idle_cleared = counter("idle_cleared")
+        self.replayed = counter("replayed_frames")
+        self.latency = distribution("latency_ms")
+        self.state_size = distribution("state_bytes")
+        self.read_us = distribution("state_read_us")
+        self.write_us = distribution("state_write_us")
+        self.serde_us = distribution("serde_us")
+        self.model_us = distribution("model_us")
+        self.frame_us = distribution("frame_us")
+        self.batch_rows = distribution("batch_frames")  # frames per batched flush
+        self.buffer_us = distribution("buffer_us")  # a frame into the batch buffer
         self.log = Throttled()
+
+    def __getstate__(self) -> dict:
+        return {}  # rebuilt where it is unpickled: the counters share one Hold
+
+    def __setstate__(self, _: dict) -> None:
+        self.__init__()  # type: ignore[misc]  # unpickling
 
     def count(self, stream_id: str, frame_index: int, events: list[str]) -> None:
         """Count a stepped or dropped frame's events (``StepResult.events``)."""
@@ -317,6 +331,9 @@ class InferenceDoFn(beam.DoFn):
             self.state_dtype,
         )
         self._streams = StreamRegistry.named(self.registry) if self.ttl_ms is not None else None
+
+    def finish_bundle(self) -> None:
+        self.metrics.hold.release()  # what the bundle's timer callbacks counted
 
     @staticmethod
     def one_thread() -> None:

@@ -313,9 +313,7 @@ def test_batched_idle_streams_are_swept_on_the_embedded_runner(weights):
         return r
 
     # one bundle here (Create), and the flush timer fires after it: batches are flushed as they
-    # fill (max_batch), so streams are held, and swept, while the bundle runs. (The FnApiRunner
-    # left the counters of the flushes its final timers ran out of the pipeline result, though
-    # their detections came out; so here every flush is one by size.)
+    # fill (max_batch), so streams are held, and swept, while the bundle runs.
     inf = ContinualInference(
         weights=weights,
         idle_timeout_s=0.05,
@@ -337,6 +335,37 @@ def test_batched_idle_streams_are_swept_on_the_embedded_runner(weights):
     assert got["frames_in"] == streams and got["detections_out"] == streams
     assert got["idle_cleared"] >= streams // 2, got
     assert len(StreamRegistry.named(inf.fn.registry)) <= streams - got["idle_cleared"]
+
+
+@pytest.mark.parametrize("max_batch", [3, 7, 1000])
+def test_counters_of_timer_fired_flushes_reach_the_pipeline_result(weights, max_batch):
+    """Flushes by size in process() and by the flush timer at the end of the input, mixed:
+    every frame counted once (timer callbacks count through counters.Hold)."""
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    X = np.random.default_rng(19).standard_normal((12, D_IN)).astype(np.float32)
+    frames = [rec(f"s{k}", i, X[i]) for i in range(12) for k in range(5)]
+    inf = ContinualInference(
+        weights=weights, idle_timer=False, batch_streams=True, shards=2, max_batch=max_batch,
+        max_delay_ms=1e7,
+    )  # fmt: skip
+    p = beam.Pipeline(runner=FnApiRunner())
+    out = p | beam.Create(frames) | inf
+    _ = (
+        out["detections"]
+        | beam.combiners.Count.Globally()
+        | beam.Map(lambda n: n == len(frames) or pytest.fail(f"{n} detections"))
+    )
+    result = p.run()
+    result.wait_until_finish()
+    got = {
+        r.key.metric.name: r.committed
+        for r in result.metrics().query(MetricsFilter().with_namespace("costream"))["counters"]
+    }
+    assert got["frames_in"] == got["detections_out"] == len(frames), got
+    dist = result.metrics().query(MetricsFilter().with_name("frame_us"))["distributions"]
+    assert sum(d.committed.count for d in dist) == len(frames)
 
 
 def test_batching_options_are_checked(weights):
