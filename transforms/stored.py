@@ -28,6 +28,7 @@ the cells of all its streams in one value, :class:`ShardCell`; each entry is a s
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import zlib
@@ -166,13 +167,17 @@ def _header(cell: Stored, layout: dict, features: int) -> bytes:
     """The binary header of a version-4 cell (format in the module docstring)."""
     entries = layout["tensors"]
     ts = _NO_TS if cell.last_ts_ms is None else cell.last_ts_ms
-    parts = [
-        _FIXED.pack(
-            cell.last_index, cell.last_seen_ms, ts, features, layout["window"], len(entries)
-        ),
-        _text(cell.model, "B"),
-        _text(layout["kind"], "H"),
-    ]
+    fixed = _FIXED.pack(
+        cell.last_index, cell.last_seen_ms, ts, features, layout["window"], len(entries)
+    )
+    shapes = tuple((name, dtype, tuple(shape)) for name, dtype, shape in entries)
+    return fixed + _describe(cell.model, layout["kind"], shapes)
+
+
+@functools.lru_cache(maxsize=64)
+def _describe(model: str, kind: str, entries: tuple) -> bytes:
+    """The header after its fixed fields: the same for every stream of a model (cached)."""
+    parts = [_text(model, "B"), _text(kind, "H")]
     for name, dtype, shape in entries:
         parts += [
             _text(name, "B"),
@@ -184,27 +189,7 @@ def _header(cell: Stored, layout: dict, features: int) -> bytes:
 def _parse_header(head: memoryview) -> dict:
     """Inverse of :func:`_header`: the same fields as a version-3 JSON header."""
     index, seen, ts, features, window, count = _FIXED.unpack_from(head)
-    pos = _FIXED.size
-
-    def text(width: str) -> str:
-        nonlocal pos
-        (n,) = struct.unpack_from("<" + width, head, pos)
-        pos += struct.calcsize(width)
-        if pos + n > len(head):
-            raise StateFormatError("Stored stream state header is truncated.")
-        pos += n
-        return bytes(head[pos - n : pos]).decode()
-
-    model, kind = text("B"), text("H")
-    entries = []
-    for _ in range(count):
-        name = text("B")
-        code, ndim = struct.unpack_from("<BB", head, pos)
-        shape = list(struct.unpack_from(f"<{ndim}I", head, pos + 2))
-        pos += 2 + 4 * ndim
-        entries.append([name, _DTYPE_CODES[code], shape])
-    if pos != len(head):
-        raise StateFormatError(f"Stored stream state header has {len(head) - pos} extra bytes.")
+    model, kind, entries = _parse_description(bytes(head[_FIXED.size :]), count)
     return {
         "model": model,
         "last_index": index,
@@ -213,6 +198,33 @@ def _parse_header(head: memoryview) -> dict:
         "features": features,
         "state": {"kind": kind, "window": window, "tensors": entries},
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_description(tail: bytes, count: int) -> tuple[str, str, tuple]:
+    """Inverse of :func:`_describe` (cached: every stream of a model has the same one)."""
+    pos = 0
+
+    def text(width: str) -> str:
+        nonlocal pos
+        (n,) = struct.unpack_from("<" + width, tail, pos)
+        pos += struct.calcsize(width)
+        if pos + n > len(tail):
+            raise StateFormatError("Stored stream state header is truncated.")
+        pos += n
+        return tail[pos - n : pos].decode()
+
+    model, kind = text("B"), text("H")
+    entries = []
+    for _ in range(count):
+        name = text("B")
+        code, ndim = struct.unpack_from("<BB", tail, pos)
+        shape = struct.unpack_from(f"<{ndim}I", tail, pos + 2)
+        pos += 2 + 4 * ndim
+        entries.append((name, _DTYPE_CODES[code], shape))
+    if pos != len(tail):
+        raise StateFormatError(f"Stored stream state header has {len(tail) - pos} extra bytes.")
+    return model, kind, tuple(entries)
 
 
 def _joined(parts: list) -> bytes:
