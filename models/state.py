@@ -309,7 +309,7 @@ def _raw(x: Tensor) -> memoryview:
 
 _LITTLE = sys.byteorder == "little"
 # numpy's dtype for each state dtype's little-endian bytes (bfloat16: its bits as int16)
-_NUMPY = {
+_NUMPY: dict[torch.dtype, np.dtype] = {
     torch.float16: np.dtype("<f2"),
     torch.bfloat16: np.dtype("<i2"),
     torch.float32: np.dtype("<f4"),
@@ -321,7 +321,7 @@ _NUMPY = {
 
 
 def _view(
-    buf: bytearray | memoryview, dtype: torch.dtype, count: int, offset: int, shape
+    buf: bytearray | memoryview, dtype: torch.dtype, count: int, offset: int, shape: Sequence[int]
 ) -> Tensor:
     """``count`` values of ``dtype`` at byte ``offset`` of ``buf`` as a tensor of ``shape``.
 
