@@ -35,8 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from revisions import use_source
+
+# the checkout measured: this one, or $COSTREAM_BENCH_SRC (a worktree of another revision)
+ROOT = use_source()
 
 PAPER = dict(d_in=64, d_model=1024, window=64, heads=8, ffn=1024)
 

@@ -236,31 +236,37 @@ def _joined(parts: list) -> bytes:
 
 
 _SHARD_MAGIC = b"CoSh"
-_SHARD_VERSION = 1
+_SHARD_VERSION = 2  # 2: the CRC covers the index, each cell has its own; 1 (one CRC) loads
 _SHARD_PREFIX = struct.Struct("<4sHI")  # magic, version, count
 _ENTRY = struct.Struct("<HI")  # id length, cell length
 
 
 class ShardCell:
-    """The cells of a shard's streams: stream id -> :class:`Stored` bytes (insertion order)."""
+    """The cells of a shard's streams: stream id -> :class:`Stored` bytes (insertion order).
+
+    Version 2 (written): a CRC32 over the prefix and the index only; each cell is checked by its
+    own CRC when it is read (:meth:`Stored.from_bytes`), so a shard of large states (64 paper-size
+    streams are 34 MB) is not checksummed twice on every read and write, and a damaged cell
+    fails alone instead of resetting the shard. Version 1 (one CRC over everything) still loads.
+    """
 
     @staticmethod
     def to_bytes(cells: dict[str, bytes | memoryview]) -> bytes:
         """One value for all of a shard's streams (entries kept as they are, no re-encoding)."""
-        parts: list[bytes | memoryview] = [
-            _SHARD_PREFIX.pack(_SHARD_MAGIC, _SHARD_VERSION, len(cells))
-        ]
+        index: list[bytes] = [_SHARD_PREFIX.pack(_SHARD_MAGIC, _SHARD_VERSION, len(cells))]
         for sid, cell in cells.items():
             raw = sid.encode()
-            parts += [_ENTRY.pack(len(raw), len(cell)), raw, cell]
-        return _joined(parts)
+            index += [_ENTRY.pack(len(raw), len(cell)), raw]
+        head = b"".join(index)
+        return b"".join([head, _CRC.pack(zlib.crc32(head)), *cells.values()])
 
     @staticmethod
     def from_bytes(blob: bytes | None) -> dict[str, bytes | memoryview]:
         """Inverse of :meth:`to_bytes` (``None`` or empty: no streams).
 
         The cells are views into ``blob`` (a shard holds many streams' states: no copies).
-        Raises :class:`StateFormatError` on damage.
+        Raises :class:`StateFormatError` on damage to the shard's index (a cell's own damage
+        shows when it is read).
         """
         if not blob:
             return {}
@@ -268,26 +274,63 @@ class ShardCell:
         if len(view) < _SHARD_PREFIX.size + _CRC.size:
             raise StateFormatError("Shard state is truncated.")
         magic, version, count = _SHARD_PREFIX.unpack_from(view)
-        if magic != _SHARD_MAGIC or version != _SHARD_VERSION:
+        if magic != _SHARD_MAGIC or version not in (1, _SHARD_VERSION):
             raise StateFormatError(
                 f"Shard state has magic {magic!r} version {version}; expected {_SHARD_MAGIC!r} "
                 f"{_SHARD_VERSION}."
             )
-        end = len(view) - _CRC.size
-        if zlib.crc32(view[:end]) != _CRC.unpack_from(view, end)[0]:
-            raise StateFormatError("Shard state is corrupted or truncated: CRC32 mismatch.")
+        if version == 1:
+            return _v1_cells(view, count)
+        ids, lengths, pos = _index(view, count, len(view))
+        if pos + _CRC.size > len(view) or zlib.crc32(view[:pos]) != _CRC.unpack_from(view, pos)[0]:
+            raise StateFormatError("Shard state's index is corrupted or truncated: CRC32 mismatch.")
+        pos += _CRC.size
+        if pos + sum(lengths) != len(view):
+            raise StateFormatError(
+                f"Shard state holds {len(view) - pos} bytes of cells; its index says {sum(lengths)}."
+            )
         cells: dict[str, bytes | memoryview] = {}
-        pos = _SHARD_PREFIX.size
-        for _ in range(count):
-            if pos + _ENTRY.size > end:
-                raise StateFormatError("Shard state is truncated inside its index.")
-            idlen, clen = _ENTRY.unpack_from(view, pos)
-            pos += _ENTRY.size
-            if pos + idlen + clen > end:
-                raise StateFormatError("Shard state is truncated inside a stream's cell.")
-            sid = bytes(view[pos : pos + idlen]).decode()
-            cells[sid] = view[pos + idlen : pos + idlen + clen]
-            pos += idlen + clen
-        if pos != end:
-            raise StateFormatError(f"Shard state has {end - pos} unexpected trailing bytes.")
+        for raw, clen in zip(ids, lengths):
+            cells[raw.decode()] = view[pos : pos + clen]  # UTF-8: the CRC passed, so it was written
+            pos += clen
         return cells
+
+
+def _index(view: memoryview, count: int, end: int) -> tuple[list[bytes], list[int], int]:
+    """A version-2 shard's index: stream ids (UTF-8), cell lengths and where the index ends."""
+    ids: list[bytes] = []
+    lengths: list[int] = []
+    pos = _SHARD_PREFIX.size
+    for _ in range(count):
+        if pos + _ENTRY.size > end:
+            raise StateFormatError("Shard state is truncated inside its index.")
+        idlen, clen = _ENTRY.unpack_from(view, pos)
+        pos += _ENTRY.size
+        if pos + idlen > end:
+            raise StateFormatError("Shard state is truncated inside its index.")
+        ids.append(bytes(view[pos : pos + idlen]))
+        lengths.append(clen)
+        pos += idlen
+    return ids, lengths, pos
+
+
+def _v1_cells(view: memoryview, count: int) -> dict[str, bytes | memoryview]:
+    """A version-1 shard: (id length, cell length, id, cell) entries, one CRC over all."""
+    end = len(view) - _CRC.size
+    if zlib.crc32(view[:end]) != _CRC.unpack_from(view, end)[0]:
+        raise StateFormatError("Shard state is corrupted or truncated: CRC32 mismatch.")
+    cells: dict[str, bytes | memoryview] = {}
+    pos = _SHARD_PREFIX.size
+    for _ in range(count):
+        if pos + _ENTRY.size > end:
+            raise StateFormatError("Shard state is truncated inside its index.")
+        idlen, clen = _ENTRY.unpack_from(view, pos)
+        pos += _ENTRY.size
+        if pos + idlen + clen > end:
+            raise StateFormatError("Shard state is truncated inside a stream's cell.")
+        sid = bytes(view[pos : pos + idlen]).decode()
+        cells[sid] = view[pos + idlen : pos + idlen + clen]
+        pos += idlen + clen
+    if pos != end:
+        raise StateFormatError(f"Shard state has {end - pos} unexpected trailing bytes.")
+    return cells

@@ -7,7 +7,9 @@ float64), over at least 3n steps.
 """
 
 import random
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import apache_beam as beam
@@ -205,8 +207,31 @@ def test_shard_cell_roundtrip_and_damage():
     for bad in (blob[:-1], blob[:10], blob[:20] + b"\xff" + blob[21:], b"CoSS" + blob[4:]):
         with pytest.raises(StateFormatError):
             ShardCell.from_bytes(bad)
+    # version 1 (one CRC over everything) still loads
+    v1 = struct.pack("<4sHI", b"CoSh", 1, len(cells))
+    for sid, cell in cells.items():
+        v1 += struct.pack("<HI", len(sid.encode()), len(cell)) + sid.encode() + cell
+    v1 += struct.pack("<I", zlib.crc32(v1))
+    assert ShardCell.from_bytes(v1) == cells
+    with pytest.raises(StateFormatError, match="CRC32"):
+        ShardCell.from_bytes(v1[:12] + b"\xff" + v1[13:])
     assert shard_key("cam-1", 16) == shard_key("cam-1", 16)
     assert {shard_key(f"s{i}", 4) for i in range(64)} == {"0", "1", "2", "3"}
+
+
+def test_a_damaged_cell_in_a_shard_fails_alone(regular):
+    s = stepper(regular)
+    X = np.random.default_rng(4).standard_normal((3, D_IN)).astype(np.float32)
+    store: dict = {}
+    for i in range(3):
+        changed, _ = s.process_many(store, [Frame(k, i, i, X[i]) for k in "abc"], now_ms=0)
+        store.update(changed)
+    blob = bytearray(ShardCell.to_bytes(store))
+    blob[len(blob) - len(store["c"]) - 100] ^= 1  # inside stream b's cell (c's is last)
+    cells = ShardCell.from_bytes(bytes(blob))  # the index is intact
+    with pytest.raises(StateFormatError, match="CRC32"):
+        Stored.from_bytes(cells["b"])
+    assert Stored.from_bytes(cells["a"]).last_index == Stored.from_bytes(cells["c"]).last_index == 2
 
 
 @pytest.mark.parametrize("state_dtype", ["float16", "bfloat16"])
