@@ -47,8 +47,8 @@ def process_many(
     that changed (stream id -> new bytes) and one :class:`StepResult` per frame, in the
     order of ``frames``: a detection, a duplicate (``detection`` None, no ``error``) or a
     refused frame (``error`` set; the stream's state is as before that frame, and the
-    stream's later frames still step). A stream whose stored cell cannot be read has all
-    its frames refused, and its cell is kept, as ``StreamStepper.process`` does frame by frame.
+    stream's later frames still step). A stream whose stored cell cannot be read starts again
+    with its first frame here (event ``state_unreadable``), as ``StreamStepper.process`` does.
     """
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     t0 = time.perf_counter_ns()
@@ -103,24 +103,20 @@ def _plan_frames(
     Returns the results (one per frame, detections still to come), the streams' cells as the
     plan leaves them, the cells as stored, and per stream that steps its pending steps in order.
     """
-    from costream.transforms.stepper import StepResult
+    from costream.transforms.stepper import UNREADABLE, StepResult
 
     results: list[StepResult] = []  # one per frame, in order
     cells: dict[str, Stored | None] = {}  # the stream's cell as the plan goes
     orig: dict[str, Stored | None] = {}  # the stream's cell as stored
-    broken: dict[str, Exception] = {}
+    unreadable: set[str] = set()  # streams whose stored cell could not be read
     ops: dict[str, list[Op]] = {}  # fresh, x, index, pos (-1)
     for pos, f in enumerate(frames):
         sid = f.stream_id
-        if sid not in cells and sid not in broken:
-            blob = stored.get(sid)
-            try:
-                cells[sid] = orig[sid] = Stored.from_bytes(blob) if blob else None
-            except StateFormatError as e:
-                broken[sid] = e
-        if sid in broken:
-            results.append(StepResult(None, error=broken[sid]))
-            continue
+        if sid not in cells:
+            cells[sid], broken = stepper.read_cell(sid, stored.get(sid))
+            orig[sid] = cells[sid]
+            if broken:
+                unreadable.add(sid)
         try:
             x = stepper.check_features(f.features)
         except ValueError as e:
@@ -128,6 +124,9 @@ def _plan_frames(
             continue
         prev = cells[sid]
         plan = stepper.plan(prev, f.frame_index, f.ts_ms, now_ms)
+        if sid in unreadable:  # the stream's first frame that steps starts it again
+            unreadable.discard(sid)
+            plan.events.insert(0, UNREADABLE)
         if plan.duplicate:
             results.append(StepResult(None, plan.events))
             continue

@@ -42,6 +42,7 @@ order than a one-row product).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,8 +54,10 @@ import torch
 
 from costream.connectors import contract
 from costream.models.protocol import ContinualModel
-from costream.models.state import StreamState
+from costream.models.state import StateFormatError, StreamState
 from costream.transforms.stored import Stored
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_GAP_POLICY",
@@ -84,8 +87,12 @@ STATE_DTYPES: dict[str, torch.dtype] = {
 }
 """Precisions a stream's model state may be stored in (``state_dtype``); steps run in float32."""
 
-RESET_EVENTS = ("gap_reset", "model_change", "expired", "reboot", "jump")
+RESET_EVENTS = ("gap_reset", "model_change", "expired", "reboot", "jump", "state_unreadable")
 """Events after which a stream starts from the initial state."""
+UNREADABLE = "state_unreadable"
+"""Event of a frame whose stream's stored cell could not be read (damaged, or a format this
+version does not know): the stream starts again from the initial state with this frame (logged,
+counted as a reset) rather than refusing its frames for as long as the cell stays."""
 
 
 def check_gap_policy(gap_policy: str) -> None:
@@ -115,8 +122,8 @@ class StepResult:
     writes the state bytes. A duplicate has only ``decode_us``. In a batch (``process_many``)
     each frame carries its share of the batch's time.
 
-    ``error``: set (and ``detection`` None) when the frame was refused (wrong size, not finite,
-    unreadable stored state); the caller dead-letters it. Only ``process_many`` returns errors;
+    ``error``: set (and ``detection`` None) when the frame was refused (wrong size, not
+    finite); the caller dead-letters it. Only ``process_many`` returns errors;
     ``process`` raises them.
     """
 
@@ -212,6 +219,19 @@ class StreamStepper:
             )
         return x
 
+    @staticmethod
+    def read_cell(stream_id: str, blob: bytes | memoryview | None) -> tuple[Stored | None, bool]:
+        """A stream's stored cell, and whether it was unreadable (then None: start again)."""
+        if not blob:
+            return None, False
+        try:
+            return Stored.from_bytes(blob), False
+        except StateFormatError as e:
+            log.warning(
+                "stream %s: stored state unreadable, the stream starts again: %s", stream_id, e
+            )
+            return None, True
+
     def plan(self, prev: Stored | None, frame_index: int, ts_ms: int, now_ms: int) -> Plan:
         """What frame ``frame_index`` (captured at ``ts_ms``) does to a stream whose cell is ``prev``."""
         events: list[str] = []
@@ -294,16 +314,20 @@ class StreamStepper:
     ) -> tuple[bytes | None, StepResult]:
         """Apply one frame. Returns the bytes to store (``None``: keep what is stored) and the result.
 
+        A stored cell that cannot be read restarts the stream with this frame (event
+        :data:`UNREADABLE`).
+
         Raises:
-            ValueError: the features have the wrong size or are not finite, or the stored state
-                is unreadable (:class:`StateFormatError`); the stream's stored state is
-                untouched and the caller dead-letters the frame.
+            ValueError: the features have the wrong size or are not finite; the stream's stored
+                state is untouched and the caller dead-letters the frame.
         """
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         x = self.check_features(features)
         t0 = time.perf_counter_ns()
-        prev = Stored.from_bytes(stored) if stored else None
+        prev, unreadable = self.read_cell(stream_id, stored)
         plan = self.plan(prev, frame_index, ts_ms, now_ms)
+        if unreadable:
+            plan.events.insert(0, UNREADABLE)
         if plan.duplicate:
             return None, StepResult(None, plan.events, decode_us=_us(t0))
         if plan.fresh or prev is None or prev.state is None:

@@ -181,7 +181,7 @@ def test_batched_warm_detections_equal_the_regular_model(regular):
     assert checked > 4 * 2 * N
 
 
-def test_refused_frames_and_broken_cells_stay_alone(regular):
+def test_refused_frames_stay_alone_and_unreadable_cells_restart_their_stream(regular):
     s = stepper(regular)
     X = np.random.default_rng(3).standard_normal((3, D_IN)).astype(np.float32)
     store = {"bad": b"CoSS-not-a-cell"}
@@ -193,10 +193,14 @@ def test_refused_frames_and_broken_cells_stay_alone(regular):
         Frame("a", 2, 3, X[1]),  # a gap of one (filled)
     ]
     changed, res = s.process_many(store, frames, now_ms=0)
-    assert [r.error is None for r in res] == [True, False, False, True, True]
-    assert isinstance(res[1].error, StateFormatError)
-    assert set(changed) == {"a", "b"}  # the broken cell is kept as it was
+    assert [r.error is None for r in res] == [True, True, False, True, True]
+    assert res[1].events == ["state_unreadable"] and not res[1].detection.warm
+    assert set(changed) == {"a", "b", "bad"}  # the unreadable cell is replaced: "bad" goes on
     assert "gap_fill" in res[4].events and res[4].detection.frame_index == 2
+    # frame by frame (the one-stream path) the same
+    one = [s.process(store.get(f.stream_id), f.stream_id, f.frame_index, f.ts_ms, f.features)
+           for f in frames[1:2]]  # fmt: skip
+    assert one[0][1].events == ["state_unreadable"] and Stored.from_bytes(one[0][0]).last_index == 0
 
 
 def test_shard_cell_roundtrip_and_damage():
@@ -232,6 +236,9 @@ def test_a_damaged_cell_in_a_shard_fails_alone(regular):
     with pytest.raises(StateFormatError, match="CRC32"):
         Stored.from_bytes(cells["b"])
     assert Stored.from_bytes(cells["a"]).last_index == Stored.from_bytes(cells["c"]).last_index == 2
+    _, res = s.process_many(cells, [Frame(k, 3, 3, X[0]) for k in "abc"], now_ms=0)
+    assert [r.events for r in res] == [[], ["state_unreadable"], []]
+    assert [r.detection.warm for r in res] == [True, False, True]  # b warms up again
 
 
 @pytest.mark.parametrize("state_dtype", ["float16", "bfloat16"])
