@@ -281,7 +281,7 @@ class ShardCell:
             )
         if version == 1:
             return _v1_cells(view, count)
-        ids, lengths, pos = _index(view, count, len(view))
+        ids, lengths, _, pos = _index(view, count, len(view), inline=False)
         if pos + _CRC.size > len(view) or zlib.crc32(view[:pos]) != _CRC.unpack_from(view, pos)[0]:
             raise StateFormatError("Shard state's index is corrupted or truncated: CRC32 mismatch.")
         pos += _CRC.size
@@ -296,22 +296,30 @@ class ShardCell:
         return cells
 
 
-def _index(view: memoryview, count: int, end: int) -> tuple[list[bytes], list[int], int]:
-    """A version-2 shard's index: stream ids (UTF-8), cell lengths and where the index ends."""
+def _index(
+    view: memoryview, count: int, end: int, inline: bool
+) -> tuple[list[bytes], list[int], list[int], int]:
+    """A shard's index: stream ids (UTF-8), cell lengths, cell offsets, where the index ends.
+
+    ``inline`` (version 1): each cell follows its id; version 2 has the cells after the index.
+    """
     ids: list[bytes] = []
     lengths: list[int] = []
+    starts: list[int] = []
     pos = _SHARD_PREFIX.size
     for _ in range(count):
         if pos + _ENTRY.size > end:
             raise StateFormatError("Shard state is truncated inside its index.")
         idlen, clen = _ENTRY.unpack_from(view, pos)
         pos += _ENTRY.size
-        if pos + idlen > end:
-            raise StateFormatError("Shard state is truncated inside its index.")
+        step = idlen + (clen if inline else 0)
+        if pos + step > end:
+            raise StateFormatError("Shard state is truncated inside its index or a cell.")
         ids.append(bytes(view[pos : pos + idlen]))
         lengths.append(clen)
-        pos += idlen
-    return ids, lengths, pos
+        starts.append(pos + idlen)
+        pos += step
+    return ids, lengths, starts, pos
 
 
 def _v1_cells(view: memoryview, count: int) -> dict[str, bytes | memoryview]:
@@ -319,18 +327,7 @@ def _v1_cells(view: memoryview, count: int) -> dict[str, bytes | memoryview]:
     end = len(view) - _CRC.size
     if zlib.crc32(view[:end]) != _CRC.unpack_from(view, end)[0]:
         raise StateFormatError("Shard state is corrupted or truncated: CRC32 mismatch.")
-    cells: dict[str, bytes | memoryview] = {}
-    pos = _SHARD_PREFIX.size
-    for _ in range(count):
-        if pos + _ENTRY.size > end:
-            raise StateFormatError("Shard state is truncated inside its index.")
-        idlen, clen = _ENTRY.unpack_from(view, pos)
-        pos += _ENTRY.size
-        if pos + idlen + clen > end:
-            raise StateFormatError("Shard state is truncated inside a stream's cell.")
-        sid = bytes(view[pos : pos + idlen]).decode()
-        cells[sid] = view[pos + idlen : pos + idlen + clen]
-        pos += idlen + clen
+    ids, lengths, starts, pos = _index(view, count, end, inline=True)
     if pos != end:
         raise StateFormatError(f"Shard state has {end - pos} unexpected trailing bytes.")
-    return cells
+    return {raw.decode(): view[s : s + n] for raw, n, s in zip(ids, lengths, starts)}
