@@ -19,6 +19,11 @@ Four parts, each measured side by side in this one run (the machine's load is pr
 
     .venv/bin/python benchmarks/bench_batching.py            # ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_batching.py --quick    # fewer frames, S=16
+
+Another revision's code, for a before/after comparison (run the two in alternation)::
+
+    git worktree add --detach /tmp/old REV
+    COSTREAM_BENCH_SRC=/tmp/old .venv/bin/python benchmarks/bench_batching.py
 """
 
 from __future__ import annotations
