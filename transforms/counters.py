@@ -60,14 +60,21 @@ class Hold:
         finally:
             self.active = False
 
-    def add(self, update: Callable[[int], None], value: int) -> None:
-        self._pending.append((update, value))
+    def submit(self, update: Callable[[int], None], value: int) -> None:
+        """``update(value)`` now, or at :meth:`release` while the hold is active."""
+        if self.active:
+            self._pending.append((update, value))
+        else:
+            update(value)
 
     def release(self) -> None:
         """Publish the held updates in the current (``finish_bundle``) metrics scope."""
         pending, self._pending = self._pending, []
         for update, value in pending:
             update(value)
+
+
+_NEVER = Hold()  # the hold of metrics that no timer callback updates: never active
 
 
 class Counter:
@@ -78,15 +85,12 @@ class Counter:
     """
 
     def __init__(self, namespace: str, name: str, hold: Hold | None = None) -> None:
-        self.namespace, self.name, self.hold = namespace, name, hold
+        self.namespace, self.name, self.hold = namespace, name, hold or _NEVER
         self._beam = Metrics.counter(namespace, name)
 
     def inc(self, n: int = 1) -> None:
         """Add ``n`` to the Beam counter and to this process's total of ``name``."""
-        if self.hold is not None and self.hold.active:
-            self.hold.add(self._beam.inc, n)
-        else:
-            self._beam.inc(n)
+        self.hold.submit(self._beam.inc, n)
         with _LOCK:
             _TOTALS[self.name] += n
 
@@ -101,14 +105,11 @@ class Distribution:
     """A Beam distribution ``namespace:name`` whose updates may wait for a :class:`Hold`."""
 
     def __init__(self, namespace: str, name: str, hold: Hold | None = None) -> None:
-        self.hold = hold
+        self.hold = hold or _NEVER
         self._beam = Metrics.distribution(namespace, name)
 
     def update(self, value: int) -> None:
-        if self.hold is not None and self.hold.active:
-            self.hold.add(self._beam.update, value)
-        else:
-            self._beam.update(value)
+        self.hold.submit(self._beam.update, value)
 
 
 def register_gauge(name: str, read: Callable[[], int]) -> None:
