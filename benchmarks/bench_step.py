@@ -9,16 +9,26 @@ read bandwidth, the time a step cannot beat when every weight must come from mem
     .venv/bin/python benchmarks/bench_step.py            # full table + out/bench_step.png
     .venv/bin/python benchmarks/bench_step.py --quick    # B in {1, 8}, fewer repeats
     .venv/bin/python benchmarks/bench_step.py --two-block  # only the interleaved 2-block table
+    .venv/bin/python benchmarks/bench_step.py --two-block --before REV  # + REV's continual encoder
 
 The two-block table times the continual and the regular 2-block encoder in
 alternation, one call of each per round, and reports per-side medians over the rounds, so a
-load change on the shared machine hits both sides alike.
+load change on the shared machine hits both sides alike. Its extra sides: ``unpacked`` (this
+checkout with ``models/linear.py``'s packed weights off: torch's default MKL products) and, with
+``--before REV``, REV's ``ContinualEncoder`` on the same weights (its ``models/`` imported as a
+separate package).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +37,7 @@ import torch
 from torch import nn
 
 from costream.models import ContinualEncoder
+from costream.models.linear import packed_weights, set_packed_weights
 
 
 def timeit(fn, min_time: float, min_reps: int = 3) -> float:
@@ -55,7 +66,10 @@ def interleaved(sides: dict[str, Callable[[], object]], rounds: int) -> dict[str
 
 
 def two_block_table(
-    batches: list[int], rounds: int, extra: dict[str, nn.Module] | None = None
+    batches: list[int],
+    rounds: int,
+    extra: dict[str, nn.Module] | None = None,
+    before: str | None = None,
 ) -> list[tuple[int, dict[str, float]]]:
     """Continual vs regular 2-block encoder, paper configuration, interleaved; prints ratios.
 
@@ -65,6 +79,10 @@ def two_block_table(
     d, n, h, f = 1024, 64, 8, 1024
     regular, enc = build(2, d, n, h, f)
     continual = {"continual": enc, **(extra or {})}
+    if before:
+        continual[f"@{before}"] = encoder_at(before, regular, n)
+    if packed_weights():
+        continual["unpacked"] = enc
     names = list(continual)
     print(f"two blocks, d={d}, n={n}, h={h}, FFN={f}; {rounds} interleaved rounds, medians")
     header = f"{'B':>5} {'regular ms':>11} " + " ".join(
@@ -84,6 +102,8 @@ def two_block_table(
                 for _ in range(n + 1):  # warm state (guarded retroactive path in steady state)
                     model.step(torch.randn(B, d), state)
                 sides[name] = lambda model=model, x=x, state=state: model.step(x, state)
+                if name == "unpacked":
+                    sides[name] = lambda model=model, x=x, state=state: unpacked(model, x, state)
             med = interleaved(sides, rounds)
             table.append((B, med))
             print(
@@ -95,6 +115,31 @@ def two_block_table(
                 flush=True,
             )
     return table
+
+
+def unpacked(model: nn.Module, x: torch.Tensor, state: object) -> object:
+    """One step with packed weights off (torch's default products)."""
+    previous = set_packed_weights(False)
+    try:
+        return model.step(x, state)
+    finally:
+        set_packed_weights(previous)
+
+
+def encoder_at(rev: str, regular: nn.TransformerEncoder, n: int) -> nn.Module:
+    """REV's ``ContinualEncoder`` twin of ``regular``: REV's models/ as a package of its own."""
+    root = Path(__file__).resolve().parents[1]
+    dest = Path(tempfile.mkdtemp(prefix="costream-step-"))
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", rev, "models"], check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    package = f"costream_models_{rev.replace('-', '_').replace('~', '_')}"
+    (dest / "models").rename(dest / package)
+    sys.path.insert(0, str(dest))
+    module = importlib.import_module(f"{package}.encoder")
+    return module.ContinualEncoder.from_torch(regular, window=n)
 
 
 def read_bandwidth(nbytes: int = 512 << 20) -> float:
@@ -122,10 +167,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("out"))
     ap.add_argument("--two-block", action="store_true", help="only the interleaved 2-block table")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (2-block table)")
+    ap.add_argument("--before", help="2-block table: also time revision REV's continual encoder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.two_block:
-        two_block_table(args.batches or [1, 8, 64, 256], args.rounds or 9)
+        two_block_table(args.batches or [1, 8, 64, 256], args.rounds or 9, before=args.before)
         return
     d, n, h, f = 1024, 64, 8, 1024
     batches = args.batches or ([1, 8] if args.quick else [1, 8, 64, 256])

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .linear import linear, rowdot
 from .state import StreamState
 
 __all__ = [
@@ -78,8 +79,8 @@ def slide_softmax_sums(
     (..., d_h)) and gains the new key's (``k``, ``v``); the offset is raised first when the new
     score exceeds it, so exp never overflows. Shared by retroactive and Nyström attention.
     """
-    s_old = (Q @ k_old.unsqueeze(-1)).squeeze(-1)  # (..., r)
-    s_new = (Q @ k.unsqueeze(-1)).squeeze(-1)  # (..., r)
+    s_old = rowdot(Q, k_old)  # (..., r)
+    s_new = rowdot(Q, k)  # (..., r)
     c = torch.maximum(C, s_new)
     rescale = torch.exp(C - c)
     e_old, e_new = torch.exp(s_old - c), torch.exp(s_new - c)
@@ -133,16 +134,24 @@ class MultiheadWeights(nn.Module):
         module.load_state_dict(mha.state_dict())
         return module.eval()
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """In-projection split into heads: (..., d) -> q, k, v each (..., h, d_h)."""
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (..., 3d)
+    def project(self, x: Tensor, step: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """In-projection split into heads: (..., d) -> q, k, v each (..., h, d_h).
+
+        ``step``: a continual step's product (:func:`costream.models.linear.linear`, packed
+        weights where they pay); the regular window path keeps ``F.linear``.
+        """
+        mm = linear if step else F.linear
+        qkv = mm(x, self.in_proj_weight, self.in_proj_bias)  # (..., 3d)
         shape = (*x.shape[:-1], self.num_heads, self.head_dim)
         q, k, v = qkv.chunk(3, dim=-1)
         return q.view(shape), k.view(shape), v.view(shape)
 
-    def merge(self, o: Tensor) -> Tensor:
-        """Concatenate heads and out-project: (..., h, d_h) -> (..., d)."""
-        return self.out_proj(o.reshape(*o.shape[:-2], self.d_model))
+    def merge(self, o: Tensor, step: bool = False) -> Tensor:
+        """Concatenate heads and out-project: (..., h, d_h) -> (..., d); ``step`` as in project."""
+        o = o.reshape(*o.shape[:-2], self.d_model)
+        if step:
+            return linear(o, self.out_proj.weight, self.out_proj.bias)
+        return self.out_proj(o)
 
     def attend_window(self, x: Tensor, last_only: bool = False) -> Tensor:
         """Regular attention over a window: (B, n, d) -> (B, n, d), or (B, d) with ``last_only``.
@@ -177,7 +186,10 @@ class MultiheadWeights(nn.Module):
         B, n, d = x.shape
         h, d_h = self.num_heads, self.head_dim
         W, b = self.in_proj_weight, self.in_proj_bias
-        q = F.linear(x_q, W[:d], None if b is None else b[:d]) * d_h**-0.5  # (B, d)
+        q = linear(x_q, W[:d], None if b is None else b[:d]) * d_h**-0.5  # (B, d)
+        # Each head's block of W_k and W_v is read whole: an output-major in-projection (the
+        # encoder stores its last layer's so) makes it one contiguous (d_h, d) block per head,
+        # 1.4-1.7x faster than the input-major layout's strided columns (B=1, d=1024).
         W_k = W[d : 2 * d].view(h, d_h, d)  # (h, d_h, d)
         W_v = W[2 * d :].view(h, d_h, d)  # (h, d_h, d)
         qk = torch.bmm(q.view(B, h, d_h).transpose(0, 1), W_k)  # (h, B, d): W_k^T q per head
@@ -186,7 +198,7 @@ class MultiheadWeights(nn.Module):
         o = torch.bmm(z.transpose(0, 1), W_v.transpose(1, 2)).transpose(0, 1)  # (B, h, d_h)
         if b is not None:
             o = o + b[2 * d :].view(h, d_h)
-        return self.merge(o)  # (B, d)
+        return self.merge(o, step=True)  # (B, d)
 
 
 class _ContinualAttention(MultiheadWeights):
@@ -262,12 +274,12 @@ class ContinualSingleOutputAttention(_ContinualAttention):
 
     def step_tensors(self, u: Tensor, tensors: dict[str, Tensor], t: Tensor) -> Tensor:
         K, V = tensors["k"], tensors["v"]  # (B, h, n, d_h) rings
-        q, k, v = self.project(u)  # each (B, h, d_h)
+        q, k, v = self.project(u, step=True)  # each (B, h, d_h)
         slot = t % self.window  # overwrite the oldest token; ring order is irrelevant to softmax
         write_slots(K, slot, k)
         write_slots(V, slot, v)
         o = F.scaled_dot_product_attention(q.unsqueeze(2), K, V)  # (B, h, 1, d_h)
-        return self.merge(o.squeeze(2))  # (B, d)
+        return self.merge(o.squeeze(2), step=True)  # (B, d)
 
     def forward(self, window: Tensor) -> Tensor:
         """Regular oracle: the newest row of attention over ``window`` (B, n, d) -> (B, d)."""
@@ -310,7 +322,7 @@ class ContinualRetroactiveAttention(_ContinualAttention):
         o = self.step_heads(u, tensors, t)  # (B, n, d), slot order
         order = temporal_order(t + 1, self.window)  # (B, n): oldest slot first
         o = o.gather(1, order.unsqueeze(-1).expand_as(o))  # (B, n, d), temporal order
-        return self.out_proj(o)  # (B, n, d)
+        return linear(o, self.out_proj.weight, self.out_proj.bias)  # (B, n, d)
 
     def step_heads(self, u: Tensor, tensors: dict[str, Tensor], t: Tensor) -> Tensor:
         """As ``step_tensors``, stopping before the out-projection and the temporal reorder.
@@ -324,7 +336,7 @@ class ContinualRetroactiveAttention(_ContinualAttention):
         Q, K, V, AV = (tensors[k] for k in ("q", "k", "v", "av"))  # (B, h, n, d_h)
         D, C, Err = (tensors[k] for k in ("d", "c", "err"))  # (B, h, n)
         eps = torch.finfo(D.dtype).eps / 2  # unit roundoff of the accumulators
-        q, k, v = self.project(u)  # each (B, h, d_h)
+        q, k, v = self.project(u, step=True)  # each (B, h, d_h)
         q = q * self.head_dim**-0.5
         rows, p = torch.arange(B, device=u.device), t % n
         if B == 1 and u.device.type == "cpu":  # views (read before the write below), no gather
@@ -365,7 +377,7 @@ class ContinualRetroactiveAttention(_ContinualAttention):
     ) -> None:
         """Sum the selected rows (B, h, n mask) from scratch over the current rings."""
         b, h, i = mask.nonzero(as_tuple=True)  # R selected rows
-        s = (K[b, h] @ Q[b, h, i].unsqueeze(-1)).squeeze(-1)  # (R, n) scores over the window
+        s = rowdot(K[b, h], Q[b, h, i])  # (R, n) scores over the window
         c = s.amax(dim=-1)  # (R,)
         e = torch.exp(s - c.unsqueeze(-1))  # (R, n)
         d = e.sum(dim=-1)

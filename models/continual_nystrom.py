@@ -99,7 +99,7 @@ class _ContinualNystrom(NystromLayer, _ContinualAttention):
         B, n, m = u.shape[0], self.window, self.landmarks
         K, V, Z, E, C, Err = (T[key] for key in ("k", "v", "z", "e", "c", "err"))
         eps = torch.finfo(Z.dtype).eps / 2  # unit roundoff of the accumulators
-        q, k, v = self.project(u)  # each (B, h, d_h)
+        q, k, v = self.project(u, step=True)  # each (B, h, d_h)
         scale = self.head_dim**-0.25
         q, k = q * scale, k * scale
         rows, slot = torch.arange(B, device=u.device), t % n
@@ -193,7 +193,7 @@ class ContinualNystromSingleOutputAttention(_ContinualNystrom):
         q, _, Kl, P = self._advance(u, tensors, t)
         G = tensors["e"] / tensors["z"].unsqueeze(-1)  # (B, h, m, d_h) = softmax(Q̃ K̂ᵀ) V
         o = (self._query(q, Kl, P).unsqueeze(-2) @ G).squeeze(-2)  # (B, h, d_h)
-        return self.merge(o)  # (B, d)
+        return self.merge(o, step=True)  # (B, d)
 
     def forward(self, window: Tensor) -> Tensor:
         """Regular oracle: the newest row of Nyström attention over ``window`` (B, n, d) -> (B, d)."""
@@ -230,7 +230,7 @@ class ContinualNystromRetroactiveAttention(_ContinualNystrom):
         out = FP @ G  # (B, h, n, d_h), slot order
         order = temporal_order(t + 1, n)  # (B, n): oldest slot first
         out = out.gather(2, order[:, None, :, None].expand_as(out))  # temporal order
-        return self.merge(out.transpose(1, 2))  # (B, n, d)
+        return self.merge(out.transpose(1, 2), step=True)  # (B, n, d)
 
     def forward(self, window: Tensor) -> Tensor:
         """Regular oracle: all rows of Nyström attention over ``window`` (B, n, d) -> (B, n, d)."""

@@ -35,6 +35,7 @@ from .continual_nystrom import (
     ContinualNystromRetroactiveAttention,
     ContinualNystromSingleOutputAttention,
 )
+from .linear import linear
 from .nystrom_attention import NystromAttention
 from .state import StateFormatError, StreamState
 from .weights import input_major_
@@ -94,6 +95,14 @@ class EncoderLayer(nn.Module):
     def _ff(self, y: Tensor) -> Tensor:
         return self.linear2(self.activation(self.linear1(y)))
 
+    def post_step(self, x: Tensor, a: Tensor) -> Tensor:
+        """``post`` in a continual step: its products through :func:`.linear.linear`."""
+        if self.norm_first:
+            y = x + a
+            return self._ff_residual(y, self.norm2(y))
+        y = self.norm1(x + a)
+        return self.norm2(self._ff_residual(y, y))
+
     def forward(self, x: Tensor) -> Tensor:
         """Regular layer over a window: (B, n, d) -> (B, n, d)."""
         return self.post(x, self.self_attn.attend_window(self.pre(x)))
@@ -106,14 +115,14 @@ class EncoderLayer(nn.Module):
     def post_heads(self, x: Tensor, o: Tensor) -> Tensor:
         """``post(x, out_proj(o))`` for rows ``x``, ``o`` (B, n, d) -> (B, n, d).
 
-        The out-projection and both residual additions are ``addmm`` calls (one matmul writing
+        The out-projection and both residual additions are fused products (one matmul writing
         ``x + o W^T``), saving a pass over the n rows each.
         """
         B, n, d = x.shape
-        W_o, b_o = self.self_attn.out_proj.weight, self.self_attn.out_proj.bias
-        y = torch.addmm(x.reshape(B * n, d), o.reshape(B * n, d), W_o.t())  # (B n, d)
-        if b_o is not None:
-            y += b_o
+        out_proj = self.self_attn.out_proj
+        y = linear(
+            o.reshape(B * n, d), out_proj.weight, out_proj.bias, residual=x.reshape(B * n, d)
+        )
         if self.norm_first:
             z = self._ff_residual(y, self.norm2(y))
         else:
@@ -122,11 +131,12 @@ class EncoderLayer(nn.Module):
         return z.view(B, n, d)
 
     def _ff_residual(self, y: Tensor, u: Tensor) -> Tensor:
-        """``y + FFN(u)`` for (R, d) rows, the second FFN matmul accumulating onto ``y``."""
-        z = torch.addmm(y, self.activation(self.linear1(u)), self.linear2.weight.t())  # (R, d)
-        if self.linear2.bias is not None:
-            z += self.linear2.bias
-        return z
+        """``y + FFN(u)`` for (..., d) rows, the activation and the residual fused in.
+
+        Both are fused into the FFN's two products (:func:`.linear.linear`).
+        """
+        f = linear(u, self.linear1.weight, self.linear1.bias, activation=self.activation)
+        return linear(f, self.linear2.weight, self.linear2.bias, residual=y)
 
     def step_last(self, x: Tensor, newest: Tensor) -> Tensor:
         """``forward_last`` for rows ``x`` (B, n, d) in any order: (B, d).
@@ -136,7 +146,7 @@ class EncoderLayer(nn.Module):
         """
         u = self.pre(x)  # (B, n, d)
         x_new, u_new = _rows_at(x, newest), _rows_at(u, newest)  # (B, d)
-        return self.post(x_new, self.self_attn.attend_last(u, u_new))
+        return self.post_step(x_new, self.self_attn.attend_last(u, u_new))
 
 
 class ContinualEncoder(nn.Module):
@@ -243,7 +253,11 @@ class ContinualEncoder(nn.Module):
             raise ValueError(
                 f"Encoder weights do not map one-to-one: missing {own_extra}, unexpected {unexpected}."
             )
-        return input_major_(module).eval()
+        input_major_(module)
+        if L > 1 and attention == "softmax":  # attend_last reads W_k, W_v per head (its docstring)
+            last_attn = module._layers()[-1].self_attn
+            last_attn.in_proj_weight.data = last_attn.in_proj_weight.data.contiguous()
+        return module.eval()
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -297,7 +311,7 @@ class ContinualEncoder(nn.Module):
         attn = cast(_ContinualAttention, first.self_attn)  # the first layer's is continual
         l0 = _layer_tensors(state, "l0")
         if not rest:
-            y = first.post(x, attn.step_tensors(first.pre(x), l0, t))  # (B, d)
+            y = first.post_step(x, attn.step_tensors(first.pre(x), l0, t))  # (B, d)
         elif self.attention == "softmax":
             # Rows stay in ring-slot order throughout: token-wise parts and unmasked softmax
             # attention do not care about row order, and the last layer reads the newest slot.

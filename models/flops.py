@@ -27,6 +27,7 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from .linear import set_packed_weights
 from .nystrom import NystromOptions, parse_attention
 
 if TYPE_CHECKING:
@@ -446,8 +447,12 @@ def measured_macs(fn: Callable[[], object]) -> int:
     kernel the counter cannot see; measure it with gradients enabled.
     """
     _register_cpu_sdpa()
-    with FlopCounterMode(display=False) as counter:
-        fn()
+    previous = set_packed_weights(False)  # the counter sees aten's products, not oneDNN's
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        set_packed_weights(previous)
     return counter.get_total_flops() // 2
 
 
