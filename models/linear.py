@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ PACK_MIN_ELEMENTS = 1 << 18  # a 512 x 512 weight; 64 x 64 is slower packed (abo
 PACK_MIN_ROWS = 2  # one row is a matrix-vector product: no gain from packing
 _ROWS_HINT = 64  # the batch size oneDNN lays the packed weight out for (measured best 64-512)
 
-_ops = getattr(torch.ops, "mkldnn", None)
+_ops: Any = getattr(torch.ops, "mkldnn", None)
 _AVAILABLE = (
     torch.backends.mkldnn.is_available()
     and hasattr(_ops, "_linear_pointwise")
@@ -131,7 +132,9 @@ def linear(
         packed = _packed(weight)
         if residual is not None:
             return _ops._linear_pointwise.binary(x, residual, packed, bias, "add")
-        fused = _FUSED.get(activation) if activation is not None else ("none", [], "")
+        if activation is None:
+            return _ops._linear_pointwise(x, packed, bias, "none", [], "")
+        fused = _FUSED.get(activation)
         if fused is not None:
             return _ops._linear_pointwise(x, packed, bias, *fused)
         return activation(_ops._linear_pointwise(x, packed, bias, "none", [], ""))

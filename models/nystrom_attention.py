@@ -29,8 +29,8 @@ class NystromLayer:
     num_heads: int
     head_dim: int
     # from the class it is mixed into (MultiheadWeights; NystromMultiheadAttention borrows them)
-    project: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
-    merge: Callable[[Tensor], Tensor]
+    project: Callable[..., tuple[Tensor, Tensor, Tensor]]  # (x, step=False)
+    merge: Callable[..., Tensor]  # (o, step=False)
 
     def _init_nystrom(
         self,
