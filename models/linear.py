@@ -102,13 +102,13 @@ def _packed(w: Tensor) -> Tensor:
 
 
 def _packable(x: Tensor, w: Tensor) -> bool:
-    return (
-        _enabled
+    return (  # the weight's size first: the demo model's products stop at the first test
+        w.numel() >= PACK_MIN_ELEMENTS
+        and _enabled
         and w.dtype == torch.float32
         and x.dtype == torch.float32
         and w.device.type == "cpu"
         and x.device.type == "cpu"
-        and w.numel() >= PACK_MIN_ELEMENTS
         and x.numel() >= PACK_MIN_ROWS * w.shape[1]
         and not torch.is_grad_enabled()
     )
@@ -138,7 +138,9 @@ def linear(
         if fused is not None:
             return _ops._linear_pointwise(x, packed, bias, *fused)
         return activation(_ops._linear_pointwise(x, packed, bias, "none", [], ""))
-    if residual is not None:
+    if residual is not None and weight.numel() < PACK_MIN_ELEMENTS:
+        return residual + F.linear(x, weight, bias)  # small: fewer calls beat one fewer pass
+    if residual is not None:  # one product writing residual + x W^T: a pass over the rows less
         shape = (*x.shape[:-1], weight.shape[0])
         y = torch.addmm(
             residual.reshape(-1, weight.shape[0]), x.reshape(-1, x.shape[-1]), weight.t()
