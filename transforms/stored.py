@@ -5,9 +5,9 @@ header with the model identity (``name@sha256[:12]``), the last frame index, the
 time (TTL), the newest capture time and the layout of the model state (kind, window, each
 tensor's name, dtype and shape: :meth:`StreamState.layout`); then the last features as raw
 float32 (the ``fill`` gap policy holds them), the state's raw little-endian tensors, and one
-CRC32 over everything. No pickle::
+CRC-32C (Castagnoli) over everything. No pickle::
 
-    "CoSS" | version u16 = 4 | header length u32 | header | features | tensors | crc32 u32
+    "CoSS" | version u16 = 5 | header length u32 | header | features | tensors | crc32c u32
     header = last index i64 | last seen ms i64 | last capture ms i64 (INT64_MIN: unknown)
              | features u32 | window u32 | tensors u8 | model (u8 length, UTF-8)
              | kind (u16 length, UTF-8) | per tensor: name (u8 length, UTF-8), dtype u8,
@@ -15,9 +15,12 @@ CRC32 over everything. No pickle::
 
 The header is binary (version 3 had JSON: ~290 bytes, 7 % of a small model's half-precision
 state) and its fixed fields sit at fixed offsets, so :meth:`Stored.last_seen` (the eviction scan
-over a shard's cells) is one ``struct`` read. Cells of versions 1 and 2 (a JSON of the stream's
+over a shard's cells) is one ``struct`` read. Version 5 differs from 4 only in its checksum:
+CRC-32C, which the ``crc32c`` package computes with the CPU's CRC instruction (25 GB/s here,
+against zlib's CRC32 at 3.1 GB/s: 21 vs 169 us for a 524 kB paper-configuration cell, checked at
+every read and computed at every write). Cells of versions 1 and 2 (a JSON of the stream's
 metadata followed by the model state as a separate ``StreamState.to_bytes`` blob with its own
-header and CRC) and 3 (a JSON header) still load.
+header and CRC), 3 (a JSON header) and 4 (zlib's CRC32) still load.
 
 With cross-stream batching (:mod:`costream.transforms.batching`) one Beam key (a shard) holds
 the cells of all its streams in one value, :class:`ShardCell`; each entry is a stream's
@@ -34,6 +37,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+import crc32c
 import numpy as np
 
 from costream.models.state import StateFormatError, StreamState
@@ -41,12 +45,13 @@ from costream.models.state import StateFormatError, StreamState
 __all__ = ["ShardCell", "Stored"]
 
 _MAGIC = b"CoSS"
-_VERSION = 4  # 4: a binary header; 3: a JSON one; 1 and 2: a nested state blob (all still load)
+_VERSION = 5  # 5: CRC-32C; 4: a binary header; 3: a JSON one; 1, 2: a nested blob (all load)
 _PREFIX = struct.Struct("<4sHI")  # magic, version, header length
 _LEGACY = struct.Struct("<4sHII")  # versions 1-2: magic, version, meta length, features length
 _CRC = struct.Struct("<I")
 _FIXED = struct.Struct("<qqqIIB")  # last index, last seen, last capture, features, window, tensors
-_SEEN_AT = _PREFIX.size + 8  # offset of last_seen_ms in a version-4 cell
+_SEEN_AT = _PREFIX.size + 8  # offset of last_seen_ms in a version-4 or -5 cell
+_BINARY = (4, _VERSION)  # versions with the binary header
 _NO_TS = -(2**63)  # last_ts_ms unknown (a cell converted from version 1)
 # dtype codes of the header: positions are the format (append only, never reorder)
 _DTYPE_CODES = ("float32", "float16", "bfloat16", "float64", "int32", "int64", "bool")
@@ -83,7 +88,7 @@ class Stored:
         if len(blob) < _PREFIX.size:
             raise StateFormatError("Stored stream state is truncated.")
         magic, version = struct.unpack_from("<4sH", blob)
-        if magic != _MAGIC or version not in (1, 2, 3, _VERSION):
+        if magic != _MAGIC or version not in (1, 2, 3, *_BINARY):
             raise StateFormatError(
                 f"Stored stream state has magic {magic!r} version {version}; expected {_MAGIC!r} "
                 f"{_VERSION}."
@@ -93,8 +98,13 @@ class Stored:
         if len(blob) < _PREFIX.size + _CRC.size:
             raise StateFormatError("Stored stream state is truncated.")
         end = len(blob) - _CRC.size
-        if zlib.crc32(memoryview(blob)[:end]) != _CRC.unpack_from(blob, end)[0]:
-            raise StateFormatError("Stored stream state is corrupted or truncated: CRC32 mismatch.")
+        body = memoryview(blob)[:end]
+        crc = crc32c.crc32c(body) if version == _VERSION else zlib.crc32(body)
+        if crc != _CRC.unpack_from(blob, end)[0]:
+            name = "CRC-32C" if version == _VERSION else "CRC32"
+            raise StateFormatError(
+                f"Stored stream state is corrupted or truncated: {name} mismatch."
+            )
         _, _, hlen = _PREFIX.unpack_from(blob)
         pos = _PREFIX.size + hlen
         if pos > end:
@@ -145,7 +155,7 @@ class Stored:
     def last_seen(blob: bytes | memoryview) -> int:
         """The last-seen wall time (ms) of a cell, reading only its header."""
         _, version = struct.unpack_from("<4sH", blob)
-        if version == _VERSION:
+        if version in _BINARY:
             return int(struct.unpack_from("<q", blob, _SEEN_AT)[0])
         if version < 3:
             _, _, mlen, _ = _LEGACY.unpack_from(blob)
@@ -164,7 +174,7 @@ def _text(s: str, width: str) -> bytes:
 
 
 def _header(cell: Stored, layout: dict, features: int) -> bytes:
-    """The binary header of a version-4 cell (format in the module docstring)."""
+    """The binary header of a version-4 or -5 cell (format in the module docstring)."""
     entries = layout["tensors"]
     ts = _NO_TS if cell.last_ts_ms is None else cell.last_ts_ms
     fixed = _FIXED.pack(
@@ -228,10 +238,10 @@ def _parse_description(tail: bytes, count: int) -> tuple[str, str, tuple]:
 
 
 def _joined(parts: list) -> bytes:
-    """``parts`` joined, with the CRC32 of them all appended (one copy of the parts)."""
+    """``parts`` joined, with the CRC-32C of them all appended (one copy of the parts)."""
     crc = 0
     for part in parts:
-        crc = zlib.crc32(part, crc)
+        crc = crc32c.crc32c(part, value=crc)
     return b"".join([*parts, _CRC.pack(crc)])
 
 

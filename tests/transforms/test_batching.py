@@ -233,7 +233,7 @@ def test_a_damaged_cell_in_a_shard_fails_alone(regular):
     blob = bytearray(ShardCell.to_bytes(store))
     blob[len(blob) - len(store["c"]) - 100] ^= 1  # inside stream b's cell (c's is last)
     cells = ShardCell.from_bytes(bytes(blob))  # the index is intact
-    with pytest.raises(StateFormatError, match="CRC32"):
+    with pytest.raises(StateFormatError, match="CRC-32C"):
         Stored.from_bytes(cells["b"])
     assert Stored.from_bytes(cells["a"]).last_index == Stored.from_bytes(cells["c"]).last_index == 2
     _, res = s.process_many(cells, [Frame(k, 3, 3, X[0]) for k in "abc"], now_ms=0)

@@ -492,6 +492,26 @@ def test_version_3_cells_with_a_json_header_still_load(regular):
     assert Stored.from_bytes(none_ts.to_bytes()).last_ts_ms is None
 
 
+def test_version_4_cells_with_a_zlib_crc_still_load(regular):
+    s = stepper(regular)
+    blob, _ = _run(s, [(i, 1000 + i, x) for i, x in enumerate(feats(3, 23))])
+    assert struct.unpack_from("<4sH", blob) == (b"CoSS", 5)
+    body = b"CoSS" + struct.pack("<H", 4) + blob[6:-4]  # the same cell, zlib's CRC32
+    v4 = body + struct.pack("<I", zlib.crc32(body))
+    st, old = Stored.from_bytes(blob), Stored.from_bytes(v4)
+    assert (old.model, old.last_index, old.last_ts_ms) == (st.model, 2, 1002)
+    assert Stored.last_seen(v4) == Stored.last_seen(blob) == st.last_seen_ms
+    torch.testing.assert_close(old.state.tensors, st.state.tensors)
+    _, res = _run(s, [(3, 1003, feats(1, 24)[0])], v4)  # a v4 cell steps on, written as v5
+    assert res[0].events == [] and res[0].detection.frame_index == 3
+    bad = bytearray(v4)
+    bad[len(v4) // 2] ^= 1
+    with pytest.raises(StateFormatError, match="CRC32"):
+        Stored.from_bytes(bytes(bad))
+    with pytest.raises(StateFormatError, match="CRC-32C"):  # the checksums are not swapped
+        Stored.from_bytes(b"CoSS" + struct.pack("<H", 5) + v4[6:])
+
+
 def test_stream_registry_sweeps_oldest_first():
     reg = StreamRegistry()
     for k, t in [("a", 0), ("b", 10), ("c", 20)]:
@@ -568,5 +588,5 @@ def test_version_2_cells_load_and_one_crc_guards_the_whole_cell(regular):
     for pos in (20, len(blob) // 2, len(blob) - 9):
         bad = bytearray(blob)
         bad[pos] ^= 1
-        with pytest.raises(StateFormatError, match="CRC32"):
+        with pytest.raises(StateFormatError, match="CRC-32C"):
             Stored.from_bytes(bytes(bad))
