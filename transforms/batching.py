@@ -52,6 +52,7 @@ from apache_beam.transforms.userstate import (
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from costream.models.state import StateFormatError
+from costream.transforms.allocator import tune_allocator
 from costream.transforms.records import FeatureRecord, as_array
 from costream.transforms.stepper import (
     Frame,
@@ -94,6 +95,7 @@ class BatchedInferenceFn(InferenceDoFn):
 
     def setup(self) -> None:
         super().setup()
+        tune_allocator()  # a shard's value is rebuilt at every flush (transforms/allocator.py)
         self._idle_ms = None if self.idle_timeout_s is None else int(self.idle_timeout_s * 1000)
 
     def process(
