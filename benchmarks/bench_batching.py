@@ -110,7 +110,7 @@ def in_pipeline(weights: str, streams: int, frames: int, batch: bool) -> float:
     from costream.connectors.broker import EmbeddedBroker
 
     os.environ["COSTREAM_BATCH_STREAMS"] = "true" if batch else "false"
-    os.environ["COSTREAM_SHARDS"] = os.environ.get("BENCH_SHARDS", "1")
+    os.environ["COSTREAM_SHARDS"] = "1"
     payloads = e2e.make_payloads("features")
     plan = {"streams": streams, "frames": frames // streams, "partitions": 4, "rate": None}
     with EmbeddedBroker() as broker:
