@@ -97,10 +97,13 @@ class EncoderLayer(nn.Module):
 
     def post_step(self, x: Tensor, a: Tensor) -> Tensor:
         """``post`` in a continual step: its products through :func:`.linear.linear`."""
+        return self._post_sum(x + a)
+
+    def _post_sum(self, y: Tensor) -> Tensor:
+        """The layer's output from its residual sum ``y = x + a``, the FFN's products fused."""
         if self.norm_first:
-            y = x + a
             return self._ff_residual(y, self.norm2(y))
-        y = self.norm1(x + a)
+        y = self.norm1(y)
         return self.norm2(self._ff_residual(y, y))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -123,12 +126,7 @@ class EncoderLayer(nn.Module):
         y = linear(
             o.reshape(B * n, d), out_proj.weight, out_proj.bias, residual=x.reshape(B * n, d)
         )
-        if self.norm_first:
-            z = self._ff_residual(y, self.norm2(y))
-        else:
-            y = self.norm1(y)
-            z = self.norm2(self._ff_residual(y, y))
-        return z.view(B, n, d)
+        return self._post_sum(y).view(B, n, d)
 
     def _ff_residual(self, y: Tensor, u: Tensor) -> Tensor:
         """``y + FFN(u)`` for (..., d) rows, the activation and the residual fused in.

@@ -164,12 +164,10 @@ def rowdot(Q: Tensor, k: Tensor) -> Tensor:
     leading dimension so the temporary stays small (at (256, 8, 64, 128) one 64 MB temporary made
     it 2x slower than the matrix-vector product).
     """
-    lead = Q.shape[0] if Q.dim() > 2 else 1
-    per = max(1, Q[0].numel() if Q.dim() > 2 else Q.numel())
-    step = max(1, _ROWDOT_CHUNK // per)
-    if Q.dim() <= 2 or step >= lead:
+    if Q.dim() <= 2 or Q.numel() <= _ROWDOT_CHUNK:
         return (Q * k.unsqueeze(-2)).sum(-1)
+    step = max(1, _ROWDOT_CHUNK // Q[0].numel())  # leading rows per chunk
     out = Q.new_empty(Q.shape[:-1])
-    for i in range(0, lead, step):
+    for i in range(0, Q.shape[0], step):
         torch.sum(Q[i : i + step] * k[i : i + step].unsqueeze(-2), -1, out=out[i : i + step])
     return out

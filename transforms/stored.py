@@ -26,7 +26,8 @@ With cross-stream batching (:mod:`costream.transforms.batching`) one Beam key (a
 the cells of all its streams in one value, :class:`ShardCell`; each entry is a stream's
 :class:`Stored` bytes, unchanged, so both paths store a stream the same way::
 
-    "CoSh" | version u16 | count u32 | count x (id length u16, cell length u32, id, cell) | crc32
+    "CoSh" | version u16 = 2 | count u32 | count x (id length u16, cell length u32, id)
+           | crc32 u32 of all before it | the cells, in index order
 """
 
 from __future__ import annotations
