@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
+import re
 import statistics
 import subprocess
 import sys
@@ -135,7 +136,7 @@ def encoder_at(rev: str, regular: nn.TransformerEncoder, n: int) -> nn.Module:
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
-    package = f"costream_models_{rev.replace('-', '_').replace('~', '_')}"
+    package = "costream_models_" + re.sub(r"\W", "_", rev)  # REV as an identifier
     (dest / "models").rename(dest / package)
     sys.path.insert(0, str(dest))
     module = importlib.import_module(f"{package}.encoder")
