@@ -54,10 +54,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from costream.models.state import StateFormatError
 from costream.transforms.allocator import tune_allocator
 from costream.transforms.records import FeatureRecord, as_array
-from costream.transforms.stepper import (
-    Frame,
-    StepResult,
-)
+from costream.transforms.steps import Frame, StepResult
 from costream.transforms.stored import ShardCell, Stored
 from costream.transforms.streams import SWEEP, InferenceDoFn, is_replay
 

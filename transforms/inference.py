@@ -28,7 +28,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from costream.connectors import contract
 from costream.transforms.records import FeatureRecord, as_array, typed_outputs
-from costream.transforms.stepper import (
+from costream.transforms.steps import (
     DEFAULT_GAP_POLICY,
     DEFAULT_MAX_JUMP,
     GapPolicy,

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from costream.models.state import StateFormatError, StreamState
+from costream.transforms.steps import UNREADABLE, Frame, StepResult
 from costream.transforms.stored import Stored
 
 if TYPE_CHECKING:
-    from costream.transforms.stepper import Frame, StepResult, StreamStepper
+    from costream.transforms.stepper import StreamStepper
 
 __all__ = ["process_each", "process_many"]
 
@@ -103,8 +104,6 @@ def _plan_frames(
     Returns the results (one per frame, detections still to come), the streams' cells as the
     plan leaves them, the cells as stored, and per stream that steps its pending steps in order.
     """
-    from costream.transforms.stepper import UNREADABLE, StepResult
-
     results: list[StepResult] = []  # one per frame, in order
     cells: dict[str, Stored | None] = {}  # the stream's cell as the plan goes
     orig: dict[str, Stored | None] = {}  # the stream's cell as stored
@@ -209,8 +208,6 @@ def process_each(
 
     The same contract; a frame whose update fails in any way is refused alone (``error``).
     """
-    from costream.transforms.stepper import StepResult
-
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     cells = dict(stored)
     changed: dict[str, bytes] = {}

@@ -29,13 +29,8 @@ from costream.connectors import contract
 from costream.connectors.contract import REPLAY_HEADER, DeadLetter
 from costream.transforms import beam_fixes, counters
 from costream.transforms.records import FeatureRecord, feature_record, ndarray_row
-from costream.transforms.stepper import (
-    DEFAULT_GAP_POLICY,
-    DEFAULT_MAX_JUMP,
-    RESET_EVENTS,
-    GapPolicy,
-    load_stepper,
-)
+from costream.transforms.stepper import load_stepper
+from costream.transforms.steps import DEFAULT_GAP_POLICY, DEFAULT_MAX_JUMP, RESET_EVENTS, GapPolicy
 
 __all__ = [
     "SWEEP",
