@@ -142,7 +142,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _print_gtzan_tables() -> None:
-    from costream.models.flops import GTZAN, audio_setting_table, nystrom_regime_table
+    from costream.models.flops_tables import GTZAN, audio_setting_table, nystrom_regime_table
 
     shape = ", ".join(f"{k}={v}" for k, v in GTZAN.items())
     print(f"GTZAN setting, one block ({shape}); MACs per prediction; target 51.5x")

@@ -3,12 +3,8 @@ import torch
 from torch import nn
 
 from costream.models import ContinualEncoder, encoder_macs, measured_macs, oadtr_macs
-from costream.models.flops import (
-    audio_setting_table,
-    gtzan_macs,
-    nystrom_regime_table,
-    vggish_macs,
-)
+from costream.models.flops import gtzan_macs, vggish_macs
+from costream.models.flops_tables import audio_setting_table, nystrom_regime_table
 
 PAPER = dict(d_model=1024, window=64, heads=8, ffn=1024, classes=22)
 
