@@ -42,6 +42,7 @@ from costream.connectors.kafka.errors import (
     KafkaSecurityError,
     PartitionResetError,
 )
+from costream.connectors.kafka.librdkafka import CLIENTS
 from costream.connectors.kafka.outgoing import FORMATS, as_outgoing
 from costream.connectors.kafka.read_transform import ReadFromKafka
 from costream.connectors.kafka.records import KafkaRecord, OutgoingRecordCoder
@@ -49,6 +50,7 @@ from costream.connectors.kafka.security import SECURITY_CHECK_TIMEOUT_S, check_s
 from costream.connectors.kafka.write_transform import WriteDeadLetters, WriteToKafka
 
 __all__ = [
+    "CLIENTS",
     "COMPRESSION_TYPES",
     "FORMATS",
     "OVERSIZE_POLICIES",

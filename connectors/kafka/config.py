@@ -182,6 +182,7 @@ class _WriteConfig(NamedTuple):
     dead_letter_topic: str | None = None
     format: str | None = None
     key: str | None = None
+    client: str = "kafka-python"
 
 
 def _positive(

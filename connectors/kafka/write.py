@@ -30,6 +30,7 @@ from costream.connectors.contract import (
 )
 from costream.connectors.kafka.config import _METRICS_NS, _WriteConfig, resolve_client_config
 from costream.connectors.kafka.errors import BrokerUnavailableError
+from costream.connectors.kafka.librdkafka import RdProducer
 from costream.connectors.kafka.outgoing import _kind, as_outgoing
 from costream.connectors.kafka.security import check_security
 
@@ -90,6 +91,13 @@ def _keyed_partitioner() -> Any:
     return _Keyed()
 
 
+def _too_large(err: BaseException | None) -> bool:
+    """Whether a record's failure is its size (kafka-python's error, or librdkafka's)."""
+    from kafka.errors import MessageSizeTooLargeError
+
+    return isinstance(err, MessageSizeTooLargeError) or getattr(err, "too_large", False)
+
+
 class _WriteFn(beam.DoFn):
     def __init__(self, cfg: _WriteConfig) -> None:
         self._cfg = cfg
@@ -110,6 +118,14 @@ class _WriteFn(beam.DoFn):
         cfg = self._cfg
         settings = resolve_client_config(cfg.client_config)
         check_security("WriteToKafka", cfg.servers, settings)
+        if cfg.client == "librdkafka":
+            return RdProducer(
+                cfg.servers, acks=cfg.acks, retries=cfg.retries,
+                max_request_size=cfg.max_request_size, compression_type=cfg.compression_type,
+                client_id=f"costream-write-{cfg.topic}", linger_ms=LINGER_MS,
+                batch_size=min(BATCH_SIZE, cfg.max_request_size),
+                delivery_timeout_s=cfg.flush_timeout_s, settings=settings,
+            )  # fmt: skip
         return KafkaProducer(
             bootstrap_servers=cfg.servers,
             acks=cfg.acks,
@@ -223,8 +239,6 @@ class _WriteFn(beam.DoFn):
         self._send(self._cfg.topic, rec, ts_ms)
 
     def finish_bundle(self) -> None:
-        from kafka.errors import MessageSizeTooLargeError
-
         # The bundle succeeds only if every record was acknowledged. What the broker refused as
         # too large goes to the dead-letter topic when there is one; what failed otherwise (a
         # broker restart: disconnects, UnknownProducerId, timeouts) is resent with a new
@@ -233,40 +247,88 @@ class _WriteFn(beam.DoFn):
         cfg = self._cfg
         total = 0
         for round_ in range(_RESEND_ROUNDS + 1):
-            self._producer.flush(timeout=cfg.flush_timeout_s)
+            self._flush()
             pending, self._pending = self._pending, []
             failed = [p for p in pending if not p[0].is_done or p[0].failed()]
             total += len(pending) - len(failed)
-            too_large = [p for p in failed
-                         if p[0].is_done and isinstance(p[0].exception, MessageSizeTooLargeError)]  # fmt: skip
+            too_large = [p for p in failed if p[0].is_done and _too_large(p[0].exception)]
             if too_large and cfg.dead_letter_topic is not None:
+                failed = [p for p in failed if p not in too_large]
+                if cfg.client == "kafka-python":
+                    # kafka-python's sender treats the broker's MESSAGE_TOO_LARGE as fatal: it
+                    # fails every later batch with the same error (found on Apache Kafka 4.1)
+                    self._renew_producer()
+                elif len(too_large) > 1:  # librdkafka: a batch is refused whole, for one record
+                    too_large, through, others = self._alone(too_large)
+                    total += through
+                    failed += others
                 for _, topic, rec, _ in too_large:
                     reason = (f"WriteToKafka: the broker refused a record of {record_size(rec)} "
                               f"bytes for topic {topic!r} as too large.")  # fmt: skip
                     self._to_dead_letters(rec, reason, record_size(rec) // 2)
-                failed = [p for p in failed if p not in too_large]
             if not failed and not self._pending:
                 break
             if not failed:
                 continue  # flush the dead letters just queued
             first = failed[0][0].exception if failed[0][0].is_done else None
-            if isinstance(first, MessageSizeTooLargeError) or round_ == _RESEND_ROUNDS:
+            if _too_large(first) or round_ == _RESEND_ROUNDS:
                 self._pending = []
                 raise self._failure(len(failed), len(pending), first)
             _LOG.warning("WriteToKafka: %d of %d records to %r were not acknowledged (%s); "
                          "resending them with a new producer.", len(failed), len(pending),
                          cfg.topic, first or "timed out")  # fmt: skip
-            self._producer.close(timeout=1)
-            self._producer = self._new_producer()
-            self._producers_recreated.inc()
+            self._renew_producer()
             self._resent.inc(len(failed))
             for _, topic, rec, ts_ms in failed:
                 self._send(topic, rec, ts_ms)
         self._written.inc(total)
 
-    def _failure(self, failed: int, n: int, first: Any) -> Exception:
-        from kafka.errors import MessageSizeTooLargeError
+    def _alone(self, entries: list) -> tuple[list, int, list]:
+        """Send each record again in a batch of its own, waiting for each.
 
+        librdkafka does not split a batch the broker refused as too large: every record of it
+        fails. Returns the entries refused again (too large themselves), how many went through,
+        and the entries that failed otherwise (resent as usual).
+        """
+        large, others, through = [], [], 0
+        saved, self._pending = self._pending, []
+        for _, topic, rec, ts_ms in entries:
+            self._send(topic, rec, ts_ms)
+            self._flush()
+            entry = self._pending.pop()
+            done, err = entry[0].is_done, entry[0].exception
+            if done and err is None:
+                through += 1
+            elif done and _too_large(err):
+                large.append(entry)
+            else:
+                others.append(entry)
+        self._pending = saved
+        return large, through, others
+
+    def _renew_producer(self) -> None:
+        self._producer.close(timeout=1)
+        self._producer = self._new_producer()
+        self._producers_recreated.inc()
+
+    def _flush(self) -> None:
+        """Wait for the acknowledgements; which records failed, their futures tell."""
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.flush(timeout=self._cfg.flush_timeout_s)
+        except KafkaError as err:
+            # kafka-python 3 raises UnknownError("Future not done") from flush when the broker
+            # refused a batch as too large and the batch was split and sent again: the
+            # records' own futures still say how each one ended, so wait once more and read
+            # them (what is still not done counts as failed and is resent).
+            _LOG.debug("WriteToKafka: flush raised %r; waiting once more.", err)
+            try:
+                self._producer.flush(timeout=self._cfg.flush_timeout_s)
+            except KafkaError:
+                pass
+
+    def _failure(self, failed: int, n: int, first: Any) -> Exception:
         cfg = self._cfg
         if first is None:
             return BrokerUnavailableError(
@@ -278,7 +340,7 @@ class _WriteFn(beam.DoFn):
             " The broker refused a record as too large: its limit (message.max.bytes, or the "
             f"topic's max.message.bytes) is below max_request_size={cfg.max_request_size}; "
             "set max_request_size to the broker's limit, or give a dead_letter_topic."
-            if isinstance(first, MessageSizeTooLargeError)
+            if _too_large(first)
             else ""
         )
         return RuntimeError(

@@ -100,6 +100,11 @@ class _WriteConfig:
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = _key(
         "Codec of the record batches written; null: none.", None
     )
+    client: Literal["kafka-python", "librdkafka"] = _key(
+        "The producer: `kafka-python`, or `librdkafka` (confluent-kafka, C: a tenth of the CPU "
+        "per record; `producer_config_updates` keep kafka-python's names).",
+        "kafka-python",
+    )
     producer_config_updates: dict[str, Any] | None = _key(
         KAFKA_SETTINGS_DOC.format(client="KafkaProducer"),
         None,

@@ -111,6 +111,24 @@ def test_a_made_detection_encodes_to_the_same_bytes_and_is_a_plain_detection():
     assert C.detection_record(d).value == reference_bytes(d)
 
 
+def test_the_field_by_field_encoding_is_the_generic_encoders_bytes():
+    import random
+
+    rnd = random.Random(15)
+    odd = ['a"b', "back\\slash", "tab\tnew\nline", "\x00\x1f", "é", "日本", "\U0001f600", "</x>"]
+    floats = [0.0, -0.0, 1e-300, 5e-324, 1e16, 1.7976931348623157e308, 0.1, 1 / 3, 123456789.0]
+    for _ in range(300):
+        n = rnd.randint(1, 8)
+        labels = [rnd.choice(odd) + str(k) for k in range(n)]
+        scores = [rnd.choice(floats) if rnd.random() < 0.3 else rnd.random() for _ in range(n)]
+        d = det(stream_id=rnd.choice(odd) * rnd.randint(1, 3), frame_index=rnd.randint(0, 2**62),
+                ts_ms=rnd.randint(0, 2**40), scores=scores, labels=labels, warm=rnd.random() < 0.5,
+                model=rnd.choice(odd) + "@ab", latency_ms=rnd.choice(floats + [rnd.random()]))  # fmt: skip
+        assert C.encode_detection(d) == reference_bytes(d)
+        as_lists = C.Detection(*d)._replace(scores=list(d.scores), labels=list(d.labels))
+        assert C.encode_detection(as_lists) == reference_bytes(d)  # RowCoder's lists
+
+
 @pytest.fixture
 def validations(monkeypatch):
     """The rows validate_detection is called with from now on."""

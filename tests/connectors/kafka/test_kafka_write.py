@@ -25,6 +25,7 @@ from costream.connectors.contract import (
     record_size,
 )
 from costream.connectors.kafka import (
+    CLIENTS,
     COMPRESSION_TYPES,
     KafkaRecord,
     ReadFromKafka,
@@ -35,7 +36,8 @@ from costream.connectors.kafka import (
 pytestmark = pytest.mark.integration
 
 
-def test_write_to_kafka_roundtrip(kafka_broker, kafka_topics):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_write_to_kafka_roundtrip(kafka_broker, kafka_topics, client):
     bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=2)
     outgoing = [
         OutgoingRecord(
@@ -54,7 +56,7 @@ def test_write_to_kafka_roundtrip(kafka_broker, kafka_topics):
         ]
     )
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        _ = p | beam.Create(elements) | WriteToKafka(bs, topic, acks="all")
+        _ = p | beam.Create(elements) | WriteToKafka(bs, topic, acks="all", client=client)
 
     c = KafkaConsumer(bootstrap_servers=bs, enable_auto_commit=False)
     tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
@@ -89,7 +91,8 @@ def test_write_failure_fails_the_pipeline_instead_of_dropping(tmp_path):
             _ = p | beam.Create([OutgoingRecord(b"k", b"v", [])]) | write
 
 
-def test_near_limit_dead_letter_arrives_truncated_with_headers(kafka_broker, kafka_topics):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_near_limit_dead_letter_arrives_truncated_with_headers(kafka_broker, kafka_topics, client):
     bs, topic = kafka_broker.bootstrap, kafka_topics()
     big = near_limit_dead_letter()
     assert record_size(big) > DEFAULT_MAX_REQUEST_SIZE
@@ -98,7 +101,7 @@ def test_near_limit_dead_letter_arrives_truncated_with_headers(kafka_broker, kaf
         for i in range(3)
     ]
     p = beam.Pipeline(runner=FnApiRunner())
-    _ = p | beam.Create([small[0], big, *small[1:]]) | WriteDeadLetters(bs, topic)
+    _ = p | beam.Create([small[0], big, *small[1:]]) | WriteDeadLetters(bs, topic, client=client)
     result = p.run()
     result.wait_until_finish()
 
@@ -161,8 +164,9 @@ def test_near_limit_input_is_dead_lettered_by_extract_features_and_truncated(
     assert bad.value.startswith(dead.value) and len(dead.value) > len(bad.value) - 1000
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_too_large_output_is_a_clear_error_and_max_request_size_raises_the_limit(
-    kafka_broker, kafka_topics
+    kafka_broker, kafka_topics, client
 ):
     # Kafka's own limit is 1 MiB: the topic's max.message.bytes lets the 2 MiB record in
     bs, topic = kafka_broker.bootstrap, kafka_topics(config={"max.message.bytes": str(4 << 20)})
@@ -172,17 +176,24 @@ def test_too_large_output_is_a_clear_error_and_max_request_size_raises_the_limit
         r"serialized, above max_request_size=1048576\. Raise max_request_size"
     )):  # fmt: skip
         with beam.Pipeline(runner=FnApiRunner()) as p:
-            _ = p | beam.Create([big]) | WriteToKafka(bs, topic)
+            _ = p | beam.Create([big]) | WriteToKafka(bs, topic, client=client)
     assert read_topic(bs, topic, 1, timeout_s=1) == []
     # the option reaches the producer: with a larger limit the whole record goes through
     with beam.Pipeline(runner=FnApiRunner()) as p:
-        _ = p | beam.Create([big]) | WriteToKafka(bs, topic, max_request_size=2 << 20)
+        _ = (
+            p
+            | beam.Create([big])
+            | WriteToKafka(bs, topic, max_request_size=2 << 20, client=client)
+        )
     (r,) = read_topic(bs, topic, 1)
     assert r.value == big.value and list(r.headers) == big.headers
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 @pytest.mark.parametrize("codec", COMPRESSION_TYPES)
-def test_compressed_topics_are_read_and_written(kafka_broker, kafka_topics, tmp_path, codec):
+def test_compressed_topics_are_read_and_written(
+    kafka_broker, kafka_topics, tmp_path, codec, client
+):
     bs, t_in, t_out = kafka_broker.bootstrap, kafka_topics(), kafka_topics()
     recs = stream_records("z", 30, 1_700_000_000_000, payload_size=400)
     producer = KafkaProducer(bootstrap_servers=bs, compression_type=codec, linger_ms=20)
@@ -195,7 +206,7 @@ def test_compressed_topics_are_read_and_written(kafka_broker, kafka_topics, tmp_
         ReadFromKafka(bs, t_in, max_records=30),
         tmp_path / "o.jsonl",
         then=beam.Map(lambda r: OutgoingRecord(r.key, r.value, r.headers))
-        | WriteToKafka(bs, t_out, compression_type=codec),
+        | WriteToKafka(bs, t_out, compression_type=codec, client=client),
     )
     assert [o["sha"] for o in out] == [hashlib.sha1(r.value).hexdigest() for r in recs]
     got = read_topic(bs, t_out, 30)
@@ -246,15 +257,16 @@ def test_writer_producer_lingers_for_batches_unless_client_config_says_otherwise
     ]
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_writer_puts_each_key_on_the_partition_kafka_pythons_default_partitioner_picks(
-    kafka_broker, kafka_topics
+    kafka_broker, kafka_topics, client
 ):
     from kafka.partitioner.default import murmur2
 
     bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=5)
     records = [rec for s in range(12) for rec in stream_records(f"cam-{s}", 3, 1_700_000_000_000)]
     p = beam.Pipeline(runner=FnApiRunner())
-    _ = p | beam.Create(records) | WriteToKafka(bs, topic)
+    _ = p | beam.Create(records) | WriteToKafka(bs, topic, client=client)
     p.run().wait_until_finish()
     c = KafkaConsumer(bootstrap_servers=bs, enable_auto_commit=False)
     tps = [TopicPartition(topic, i) for i in range(5)]
@@ -269,3 +281,69 @@ def test_writer_puts_each_key_on_the_partition_kafka_pythons_default_partitioner
         (rec.key, (murmur2(rec.key) & 0x7FFFFFFF) % 5) for rec in records
     }
     assert len({r.partition for r in got}) > 1
+
+
+# --- the librdkafka producer (issue 15: kafka-python's producer was a quarter of a frame's CPU) ---
+
+
+def test_librdkafka_write_failure_fails_the_pipeline_after_its_resends():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    write = WriteToKafka(f"127.0.0.1:{port}", "t", client="librdkafka", flush_timeout_s=0.5)
+    with pytest.raises(Exception, match=rf"no broker of 127.0.0.1:{port} acknowledged 1 of 1 "
+                       r"records to topic 't' within flush_timeout_s=0.5 s"):  # fmt: skip
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            _ = p | beam.Create([OutgoingRecord(b"k", b"v", [])]) | write
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_record_the_broker_refuses_as_too_large_becomes_a_dead_letter(
+    kafka_broker, kafka_topics, client
+):
+    if kafka_broker.kind == "tansu":
+        pytest.skip("tansu does not enforce a topic's max.message.bytes")
+    bs = kafka_broker.bootstrap
+    topic, dlq = kafka_topics(config={"max.message.bytes": "4000"}), kafka_topics()
+    small = OutgoingRecord(b"cam", b"s" * 100, [("h", b"1")])
+    big = OutgoingRecord(b"cam", b"b" * 20_000, [("h", b"2")])
+    p = beam.Pipeline(runner=FnApiRunner())
+    _ = (
+        p
+        | beam.Create([small, big])
+        | WriteToKafka(bs, topic, dead_letter_topic=dlq, client=client)
+    )
+    p.run().wait_until_finish()
+    assert [(r.key, r.value) for r in read_topic(bs, topic, 1)] == [(small.key, small.value)]
+    (dead,) = read_topic(bs, dlq, 1)
+    h = dict(dead.headers)
+    assert b"refused a record" in h[contract.HEADER_ERROR] and h[contract.HEADER_STAGE] == b"write"
+    assert big.value.startswith(dead.value)
+
+
+def test_librdkafka_settings_come_from_the_writer_and_kafka_python_names():
+    from costream.connectors.kafka.librdkafka import rd_settings
+
+    fn = WriteToKafka("127.0.0.1:1", "t", client="librdkafka", acks=1, retries=2,
+                      max_request_size=100_000, compression_type="lz4", flush_timeout_s=7,
+                      client_config={"linger_ms": 0, "ssl_check_hostname": False})._fn  # fmt: skip
+    producer = fn._new_producer()
+    conf = producer.config
+    assert {k: conf[k] for k in ("acks", "retries", "message.max.bytes", "compression.type",
+                                 "linger.ms", "batch.size", "message.timeout.ms",
+                                 "partitioner", "ssl.endpoint.identification.algorithm")} == {
+        "acks": "1", "retries": 2, "message.max.bytes": 100_000, "compression.type": "lz4",
+        "linger.ms": 0, "batch.size": 100_000, "message.timeout.ms": 7000,
+        "partitioner": "murmur2_random", "ssl.endpoint.identification.algorithm": "none",
+    }  # fmt: skip
+    producer.close(0)
+    assert rd_settings({"sasl_plain_username": "u", "security_protocol": "SASL_SSL"}) == {
+        "sasl.username": "u",
+        "security.protocol": "SASL_SSL",
+    }
+    with pytest.raises(ValueError, match=r"client_config\['api_version'\] has no librdkafka"):
+        WriteToKafka("h:1", "t", client="librdkafka", client_config={"api_version": (2, 0)})
+    with pytest.raises(ValueError, match="client='zmq' is not valid; use 'kafka-python' or"):
+        WriteToKafka("h:1", "t", client="zmq")
