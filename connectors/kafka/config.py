@@ -167,6 +167,7 @@ class _ReadConfig(NamedTuple):
     broker_timeout_s: float = 60.0
     warm_restart_frames: int = 0
     warm_restart_max_records: int = 100_000
+    client: str = "kafka-python"
 
 
 class _WriteConfig(NamedTuple):

@@ -1,4 +1,4 @@
-"""WriteToKafka's producer on librdkafka (``client="librdkafka"``): the same contract in C.
+"""The Kafka clients on librdkafka (``client="librdkafka"``): the same contracts in C.
 
 kafka-python builds every record batch in Python and hands it to a sender thread, which holds
 the GIL for most of its work: measured in the features spec at 32 streams, its
@@ -16,10 +16,11 @@ Settings: the writer's own (acks, retries, ``max_request_size``, codec, linger, 
 librdkafka counterpart is refused at construction (use ``client="kafka-python"`` for it).
 """
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["CLIENTS", "RdProducer", "rd_settings"]
+__all__ = ["CLIENTS", "RdProducer", "rd_consumer_settings", "rd_settings"]
 
 CLIENTS = ("kafka-python", "librdkafka")
 """Values of ``WriteToKafka(client=...)``."""
@@ -53,6 +54,10 @@ _NAMES = {
     "receive_buffer_bytes": "socket.receive.buffer.bytes",
     "buffer_memory": "queue.buffering.max.kbytes",
 }
+_PRODUCER_ONLY = {
+    "linger_ms", "batch_size", "enable_idempotence", "max_in_flight_requests_per_connection",
+    "buffer_memory",
+}  # fmt: skip
 _VALUES = {
     "ssl_check_hostname": lambda v: "https" if v else "none",
     "buffer_memory": lambda v: max(1, int(v) // 1024),
@@ -60,11 +65,26 @@ _VALUES = {
 }
 
 
-def rd_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+# kafka-python consumer settings -> librdkafka properties, besides the connection ones above
+_CONSUMER_NAMES = {
+    **{k: v for k, v in _NAMES.items() if k not in _PRODUCER_ONLY},
+    "fetch_max_wait_ms": "fetch.wait.max.ms",
+    "fetch_min_bytes": "fetch.min.bytes",
+    "fetch_max_bytes": "fetch.max.bytes",
+    "max_partition_fetch_bytes": "max.partition.fetch.bytes",
+    "isolation_level": "isolation.level",
+    "check_crcs": "check.crcs",
+}
+
+
+def rd_settings(
+    settings: Mapping[str, Any], names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The librdkafka properties of kafka-python producer ``settings`` (``ValueError``: none)."""
+    names = _NAMES if names is None else names
     out: dict[str, Any] = {}
     for key, value in settings.items():
-        name = _NAMES.get(key)
+        name = names.get(key)
         if name is None:
             raise ValueError(
                 f"client_config[{key!r}] has no librdkafka counterpart here; write with "
@@ -72,6 +92,11 @@ def rd_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
             )
         out[name] = _VALUES[key](value) if key in _VALUES else value
     return out
+
+
+def rd_consumer_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The librdkafka properties of kafka-python consumer ``settings`` (``ValueError``: none)."""
+    return rd_settings(settings, _CONSUMER_NAMES)
 
 
 def check_available() -> None:
@@ -184,3 +209,85 @@ class RdProducer:
         if self._producer is not None:
             self._producer.flush(timeout)
             self._producer = None  # librdkafka's threads stop with the last reference
+
+
+class RdFetcher:
+    """A librdkafka consumer of one partition, for the reader's polls (no group membership).
+
+    ``read`` returns the records of ``start`` on as they are, ``(offset, timestamp or None, key,
+    value, headers or None)`` tuples (header names ``str``). A header name that is not UTF-8
+    makes confluent-kafka 2.16 raise, and not always where it is read (its ``headers()`` can
+    return with the error still set, which Python raises at a later step): the caller then
+    reads from ``start`` its own way and calls :meth:`reset`. ``probe`` says whether a broker answered lately (a metadata-free offsets query,
+    at most once a second), ``end_offset`` the partition's high watermark.
+    """
+
+    def __init__(
+        self, servers: Sequence[str], topic: str, partition: int, group_id: str | None,
+        client_id: str, fetch_max_wait_ms: int, settings: Mapping[str, Any],
+    ) -> None:  # fmt: skip
+        from confluent_kafka import Consumer
+
+        conf: dict[str, Any] = {
+            "bootstrap.servers": ",".join(servers),
+            # librdkafka wants a group even for assigned partitions; nothing joins or commits it
+            "group.id": group_id or f"costream-read-{topic}-{partition}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "client.id": client_id,
+            "fetch.wait.max.ms": fetch_max_wait_ms,
+            # what it fetches ahead of the polls, per partition (librdkafka's default is 64 MB)
+            "queued.max.messages.kbytes": 16 << 10,
+            **rd_consumer_settings(settings),
+        }
+        self.config = conf
+        self._topic, self._partition = topic, partition
+        self._consumer: Any = Consumer(conf)
+        self._next: int | None = None  # the offset the consumer fetches next
+        self._probed = 0.0
+
+    def _tp(self, offset: int = -1001) -> Any:
+        from confluent_kafka import TopicPartition
+
+        return TopicPartition(self._topic, self._partition, offset)
+
+    def read(self, start: int, max_records: int, timeout_ms: int) -> list[tuple]:
+        if self._next != start:
+            self._consumer.assign([self._tp(start)])  # assign at the offset: no seek race
+            self._next = start
+        first = self._consumer.poll(timeout_ms / 1000)  # returns as soon as one record is in
+        if first is None:
+            return []
+        # consume() waits for a whole batch or its timeout: with 0 it takes what is queued
+        msgs = [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
+        out = []
+        for m in msgs:
+            if m.error() is not None:
+                continue  # partition EOF, transient broker errors: librdkafka retries them
+            ts_type, ts = m.timestamp()
+            out.append((m.offset(), ts if ts_type else None, m.key(), m.value(), m.headers()))
+        if out:
+            self._next = out[-1][0] + 1
+        return out
+
+    def reset(self) -> None:
+        """Forget the position: the next read assigns the partition at its start again."""
+        self._next = None
+
+    def probe(self, timeout_s: float = 1.0) -> bool:
+        now = time.monotonic()
+        if now - self._probed < 1.0:
+            return True
+        try:
+            self._consumer.get_watermark_offsets(self._tp(), timeout=timeout_s, cached=False)
+        except Exception:  # no broker answered in time
+            return False
+        self._probed = now
+        return True
+
+    def end_offset(self, timeout_s: float = 10.0) -> int:
+        return int(self._consumer.get_watermark_offsets(self._tp(), timeout=timeout_s)[1])
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -49,7 +49,7 @@ from costream.connectors.contract import (
 from costream.connectors.kafka.config import _METRICS_NS, _producer_settings, _ReadConfig
 from costream.connectors.kafka.errors import BrokerUnavailableError, PartitionResetError
 from costream.connectors.kafka.offsets import _PartitionDescriptor
-from costream.connectors.kafka.partition import _Fetched, _PartitionReader
+from costream.connectors.kafka.partition import _Fetched, _PartitionReader, _RdPartitionReader
 from costream.connectors.kafka.records import KafkaRecord
 from costream.connectors.kafka.restriction import (
     _RESTRICTION_PARAM,
@@ -160,7 +160,8 @@ class _ReadPartitionFn(beam.DoFn):
     def _reader(self, desc: _PartitionDescriptor) -> _PartitionReader:
         key = (desc.topic, desc.partition)
         if key not in self._readers:
-            self._readers[key] = _PartitionReader(self._cfg, desc.topic, desc.partition)
+            kind = _RdPartitionReader if self._cfg.client == "librdkafka" else _PartitionReader
+            self._readers[key] = kind(self._cfg, desc.topic, desc.partition)
         return self._readers[key]
 
     def _commit(self, reader: _PartitionReader, next_offset: int) -> None:

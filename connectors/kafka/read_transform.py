@@ -21,6 +21,7 @@ from costream.connectors.kafka.config import (
     _positive,
     _ReadConfig,
 )
+from costream.connectors.kafka.librdkafka import CLIENTS, check_available, rd_consumer_settings
 from costream.connectors.kafka.offsets import _ResolvePartitions
 from costream.connectors.kafka.read import _ReadPartitionFn
 from costream.connectors.kafka.records import KafkaRecord
@@ -86,6 +87,12 @@ class ReadFromKafka(beam.PTransform):
             broker certificate that fails verification raises :class:`~costream.connectors.kafka.errors.KafkaSecurityError` at
             once (see
             :func:`~costream.connectors.kafka.security.check_security`), not after kafka-python's 30 s of reconnects.
+        client: who fetches and parses the records: ``"kafka-python"`` (the default) or
+            ``"librdkafka"`` (``confluent_kafka``, C: ~2-3 us a record instead of ~10). Offsets,
+            commits, the end-of-log checks and batches kafka-python's lenient reader must take
+            apart (header names that are not UTF-8) stay kafka-python's, so the delivery
+            contract is the same; ``client_config`` keeps kafka-python's names (translated; one
+            without a librdkafka counterpart is refused here).
 
     Unless ``max_records`` or ``stop_after_idle_s`` ends every partition, the read never ends.
     """
@@ -110,8 +117,13 @@ class ReadFromKafka(beam.PTransform):
         client_config: Mapping[str, Any] | None = None,
         warm_restart_frames: int = 0,
         warm_restart_max_records: int = 100_000,
+        client: str = "kafka-python",
     ) -> None:
         super().__init__()
+        if client not in CLIENTS:
+            raise ValueError(
+                f"client={client!r} is not valid; use {' or '.join(map(repr, CLIENTS))}."
+            )
         servers = _bootstrap_list(bootstrap_servers)
         if isinstance(warm_restart_frames, bool) or not (
             isinstance(warm_restart_frames, int) and warm_restart_frames >= 0
@@ -164,13 +176,16 @@ class ReadFromKafka(beam.PTransform):
         _positive("max_bundle_s", max_bundle_s, optional=False)
         _positive("poll_timeout_ms", poll_timeout_ms, integer=True, optional=False)
         cfg = _check_client_config(client_config, _consumer_config(), _READ_RESERVED)
+        if client == "librdkafka":
+            check_available()
+            rd_consumer_settings(cfg)  # refuse what librdkafka has no setting for, now
         self._cfg = _ReadConfig(
             servers, topic_list, start, group_id, parts, max_records,
             None if stop_after_idle_s is None else float(stop_after_idle_s),
             None if idle_partition_s is None else float(idle_partition_s),
             max_records_per_bundle, float(max_bundle_s), poll_timeout_ms, cfg,
             dead_letter_topic, dead_letter_max_bytes, float(broker_timeout_s),
-            warm_restart_frames, warm_restart_max_records,
+            warm_restart_frames, warm_restart_max_records, client,
         )  # fmt: skip
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[KafkaRecord]:

@@ -67,6 +67,12 @@ class ReadFramesFromKafkaConfig:
         "waited out.",
         60.0,
     )
+    client: Literal["kafka-python", "librdkafka"] = _key(
+        "Who fetches and parses the records: `kafka-python`, or `librdkafka` (confluent-kafka, "
+        "C; commits and checks stay kafka-python's; `consumer_config` keeps kafka-python's "
+        "names).",
+        "kafka-python",
+    )
     consumer_config: dict[str, Any] | None = _key(
         KAFKA_SETTINGS_DOC.format(client="KafkaConsumer"),
         None,

@@ -1,5 +1,6 @@
 """Every input record is accounted for: unreadable and too-large records become dead letters."""
 
+import functools
 import time
 
 import apache_beam as beam
@@ -24,9 +25,14 @@ from costream.connectors.contract import (
     REPLAY_HEADER,
     OutgoingRecord,
 )
-from costream.connectors.kafka import ReadFromKafka, WriteDeadLetters, WriteToKafka
+from costream.connectors.kafka import CLIENTS, ReadFromKafka, WriteDeadLetters, WriteToKafka
 
 pytestmark = pytest.mark.integration
+
+
+def reader(client):
+    """``ReadFromKafka`` with the given ``client`` (kafka-python or librdkafka)."""
+    return functools.partial(ReadFromKafka, client=client)
 
 
 class _NotUtf8(str):
@@ -57,8 +63,9 @@ def _poison(kind, bs, topic):
 
 
 @pytest.mark.parametrize("kind", ["header_name", "timestamp"])
+@pytest.mark.parametrize("client", CLIENTS)
 def test_unreadable_record_is_dead_lettered_and_a_restart_goes_on(
-    kafka_broker, kafka_topics, tmp_path, kind
+    kafka_broker, kafka_topics, tmp_path, kind, client
 ):
     # Kafka 4 refuses timestamps over an hour ahead unless the topic allows them
     config = {"message.timestamp.after.max.ms": str(2**63 - 1)} if kind == "timestamp" else None
@@ -67,7 +74,7 @@ def test_unreadable_record_is_dead_lettered_and_a_restart_goes_on(
     _poison(kind, bs, topic)
 
     def read(n):
-        return ReadFromKafka(bs, topic, start="committed", group_id=group, max_records=n,
+        return reader(client)(bs, topic, start="committed", group_id=group, max_records=n,
                              dead_letter_topic=dlq)  # fmt: skip
 
     first = run_read(read(2), tmp_path / "1.jsonl")
@@ -91,13 +98,14 @@ def test_unreadable_record_is_dead_lettered_and_a_restart_goes_on(
     assert len(read_topic(bs, dlq, 2, timeout_s=1)) == 1  # no second dead letter
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_unreadable_record_without_a_dead_letter_topic_is_a_counted_skip(
-    kafka_broker, kafka_topics, tmp_path
+    kafka_broker, kafka_topics, tmp_path, client
 ):
     bs, topic = kafka_broker.bootstrap, kafka_topics()
     _poison("header_name", bs, topic)
     p = beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(streaming=True))
-    _ = p | ReadFromKafka(bs, topic, max_records=3) | beam.ParDo(AppendJsonLines(tmp_path / "o"))
+    _ = p | reader(client)(bs, topic, max_records=3) | beam.ParDo(AppendJsonLines(tmp_path / "o"))
     result = p.run()
     result.wait_until_finish()
     assert [o["offset"] for o in load(tmp_path / "o")] == [0, 2]

@@ -4,6 +4,7 @@ Every streaming pipeline here stops by itself: ``max_records`` bounds each parti
 ``stop_after_idle_s`` ends a partition after a short quiet spell.
 """
 
+import functools
 import hashlib
 import threading
 import time
@@ -26,7 +27,7 @@ from kafka_helpers import (
 )
 
 from costream.connectors import contract
-from costream.connectors.kafka import ReadFromKafka, offsets
+from costream.connectors.kafka import CLIENTS, ReadFromKafka, offsets
 from costream.connectors.kafka.offsets import UNBOUNDED, _PartitionDescriptor
 from costream.connectors.kafka.read import _ReadPartitionFn
 from costream.connectors.kafka.restriction import _OffsetRestrictionProvider, _WatermarkProvider
@@ -36,7 +37,15 @@ from costream.connectors.synthetic import write_synthetic_video
 pytestmark = pytest.mark.integration
 
 
-def test_produced_video_arrives_once_in_order_with_headers(kafka_broker, kafka_topics, tmp_path):
+def reader(client):
+    """``ReadFromKafka`` with the given ``client`` (kafka-python or librdkafka)."""
+    return functools.partial(ReadFromKafka, client=client)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_produced_video_arrives_once_in_order_with_headers(
+    kafka_broker, kafka_topics, tmp_path, client
+):
     topic = kafka_topics()
     path = tmp_path / "clip.mp4"
     write_synthetic_video(path, num_frames=24, size=(64, 48), fps=10.0)
@@ -49,7 +58,7 @@ def test_produced_video_arrives_once_in_order_with_headers(kafka_broker, kafka_t
     assert len(sent) == 24
 
     out = run_read(
-        ReadFromKafka(kafka_broker.bootstrap, topic, max_records=24), tmp_path / "out.jsonl"
+        reader(client)(kafka_broker.bootstrap, topic, max_records=24), tmp_path / "out.jsonl"
     )
 
     assert [int(header(o, contract.HEADER_FRAME_INDEX)) for o in out] == list(range(24))
@@ -62,7 +71,10 @@ def test_produced_video_arrives_once_in_order_with_headers(kafka_broker, kafka_t
         assert o["timestamp_ms"] == ts and o["event_ms"] == ts  # event time = record timestamp
 
 
-def test_streams_on_several_partitions_interleave_in_order(kafka_broker, kafka_topics, tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_streams_on_several_partitions_interleave_in_order(
+    kafka_broker, kafka_topics, tmp_path, client
+):
     topic = kafka_topics(partitions=3)
     now = int(time.time() * 1000)
     streams = {"a": 0, "b": 0, "c": 1, "d": 2}  # two streams share partition 0
@@ -72,7 +84,7 @@ def test_streams_on_several_partitions_interleave_in_order(kafka_broker, kafka_t
         kafka_broker.bootstrap, topic, interleaved, partition_of=lambda r: streams[r.key.decode()]
     )
 
-    read = ReadFromKafka(
+    read = reader(client)(
         kafka_broker.bootstrap, topic, stop_after_idle_s=1.0, max_records_per_bundle=7
     )
     t0 = time.monotonic()
@@ -91,12 +103,13 @@ def test_streams_on_several_partitions_interleave_in_order(kafka_broker, kafka_t
     assert [o["key"] for o in p0[:4]] == ["a", "b", "a", "b"]
 
 
-def test_restart_from_committed_offsets_loses_nothing(kafka_broker, kafka_topics, tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_restart_from_committed_offsets_loses_nothing(kafka_broker, kafka_topics, tmp_path, client):
     bs, topic, group = kafka_broker.bootstrap, kafka_topics(), f"g-{time.time_ns()}"
     produce(bs, topic, stream_records("s", 50, int(time.time() * 1000)))
 
     first = run_read(
-        ReadFromKafka(bs, topic, start="committed", group_id=group, max_records=20),
+        reader(client)(bs, topic, start="committed", group_id=group, max_records=20),
         tmp_path / "1.jsonl",
     )
     assert [o["offset"] for o in first] == list(range(20))
@@ -104,20 +117,23 @@ def test_restart_from_committed_offsets_loses_nothing(kafka_broker, kafka_topics
     assert committed(bs, group, topic) == 20
 
     second = run_read(
-        ReadFromKafka(bs, topic, start="committed", group_id=group, stop_after_idle_s=1.0),
+        reader(client)(bs, topic, start="committed", group_id=group, stop_after_idle_s=1.0),
         tmp_path / "2.jsonl",
     )
     assert [o["offset"] for o in second] == list(range(20, 50))
     assert committed(bs, group, topic) == 50
 
 
-def test_crash_before_commit_rereads_at_most_one_bundle(kafka_broker, kafka_topics, tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_crash_before_commit_rereads_at_most_one_bundle(
+    kafka_broker, kafka_topics, tmp_path, client
+):
     bs, topic, group = kafka_broker.bootstrap, kafka_topics(), f"g-{time.time_ns()}"
     produce(bs, topic, stream_records("s", 60, int(time.time() * 1000)))
     per_bundle = 10
 
     def read():
-        return ReadFromKafka(bs, topic, start="committed", group_id=group, stop_after_idle_s=1.0,
+        return reader(client)(bs, topic, start="committed", group_id=group, stop_after_idle_s=1.0,
                              max_records_per_bundle=per_bundle)  # fmt: skip
 
     with pytest.raises(Exception, match="simulated crash after 25 records"):
@@ -137,13 +153,14 @@ def test_crash_before_commit_rereads_at_most_one_bundle(kafka_broker, kafka_topi
     assert 0 < duplicates <= per_bundle  # the documented at-least-once bound
 
 
-def test_start_at_timestamp_and_latest(kafka_broker, kafka_topics, tmp_path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_start_at_timestamp_and_latest(kafka_broker, kafka_topics, tmp_path, client):
     bs, topic = kafka_broker.bootstrap, kafka_topics()
     base = int(time.time() * 1000) - 60_000
     produce(bs, topic, stream_records("s", 10, base), one_batch_each=True)  # ts = base + 100 i
 
     out = run_read(
-        ReadFromKafka(bs, topic, start=base + 450, stop_after_idle_s=0.5), tmp_path / "ts.jsonl"
+        reader(client)(bs, topic, start=base + 450, stop_after_idle_s=0.5), tmp_path / "ts.jsonl"
     )
     assert [o["offset"] for o in out] == [5, 6, 7, 8, 9]
 
@@ -158,7 +175,7 @@ def test_start_at_timestamp_and_latest(kafka_broker, kafka_topics, tmp_path):
     thread = threading.Thread(target=later)
     thread.start()
     out = run_read(
-        ReadFromKafka(bs, topic, start="latest", stop_after_idle_s=1.5), tmp_path / "latest.jsonl"
+        reader(client)(bs, topic, start="latest", stop_after_idle_s=1.5), tmp_path / "latest.jsonl"
     )
     thread.join()
     offsets = [o["offset"] for o in out]
@@ -262,7 +279,8 @@ def _drive(read, topic, partitions, rounds, on_round):
         fn.teardown()
 
 
-def test_quiet_partition_does_not_stall_the_watermark(kafka_broker, kafka_topics):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_quiet_partition_does_not_stall_the_watermark(kafka_broker, kafka_topics, client):
     bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=2)
     producer = KafkaProducer(bootstrap_servers=bs)
 
@@ -272,7 +290,7 @@ def test_quiet_partition_does_not_stall_the_watermark(kafka_broker, kafka_topics
         ).get(5)
 
     def watermarks(idle_partition_s):
-        read = ReadFromKafka(bs, topic, idle_partition_s=idle_partition_s, poll_timeout_ms=50)
+        read = reader(client)(bs, topic, idle_partition_s=idle_partition_s, poll_timeout_ms=50)
         before = time.time()  # the partitions' idle clocks start after this
         history = []
         for marks in _drive(read, topic, [0, 1], rounds=14, on_round=send_live):
