@@ -16,11 +16,12 @@ Settings: the writer's own (acks, retries, ``max_request_size``, codec, linger, 
 librdkafka counterpart is refused at construction (use ``client="kafka-python"`` for it).
 """
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["CLIENTS", "RdProducer", "rd_consumer_settings", "rd_settings"]
+__all__ = ["CLIENTS", "RdProducer", "check_client", "rd_consumer_settings", "rd_settings"]
 
 CLIENTS = ("kafka-python", "librdkafka")
 """Values of ``WriteToKafka(client=...)``."""
@@ -87,8 +88,8 @@ def rd_settings(
         name = names.get(key)
         if name is None:
             raise ValueError(
-                f"client_config[{key!r}] has no librdkafka counterpart here; write with "
-                "client='kafka-python' to use it (or leave it out)."
+                f"client_config[{key!r}] has no librdkafka counterpart here; use "
+                "client='kafka-python' for it (or leave it out)."
             )
         out[name] = _VALUES[key](value) if key in _VALUES else value
     return out
@@ -99,8 +100,16 @@ def rd_consumer_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     return rd_settings(settings, _CONSUMER_NAMES)
 
 
-def check_available() -> None:
-    """Raise ``ValueError`` when ``confluent_kafka`` (the librdkafka client) is not installed."""
+def check_client(client: str, client_config: Mapping[str, Any], *, consumer: bool) -> None:
+    """Refuse, at construction, a ``client`` that is not one of :data:`CLIENTS`.
+
+    And ``"librdkafka"`` without confluent-kafka installed, or with a ``client_config`` setting
+    it has no name for (``consumer``: the reader's settings, else the writer's).
+    """
+    if client not in CLIENTS:
+        raise ValueError(f"client={client!r} is not valid; use {' or '.join(map(repr, CLIENTS))}.")
+    if client != "librdkafka":
+        return
     try:
         import confluent_kafka  # noqa: F401
     except ImportError as err:
@@ -108,6 +117,7 @@ def check_available() -> None:
             "client='librdkafka' needs the confluent-kafka package (pip install "
             "'costream[kafka]'); or use client='kafka-python'."
         ) from err
+    (rd_consumer_settings if consumer else rd_settings)(client_config)
 
 
 class _Delivery:
@@ -156,8 +166,9 @@ class RdProducer:
         delivery_timeout_s: float,
         settings: Mapping[str, Any],
     ) -> None:
-        from confluent_kafka import Producer
+        from confluent_kafka import KafkaException, Producer
 
+        self._refused = KafkaException
         conf: dict[str, Any] = {
             "bootstrap.servers": ",".join(servers),
             "acks": str(acks),
@@ -185,19 +196,15 @@ class RdProducer:
         timestamp_ms: int | None,
     ) -> _Delivery:
         delivery = _Delivery()
-        produce = self._producer.produce
+        produce = functools.partial(self._producer.produce, topic, value, key, headers=headers,
+                                    timestamp=timestamp_ms or 0, on_delivery=delivery)  # fmt: skip
         try:
-            produce(topic, value, key, headers=headers, timestamp=timestamp_ms or 0,
-                    on_delivery=delivery)  # fmt: skip
-        except BufferError:  # the local queue is full: let deliveries drain it, once
-            self._producer.poll(1.0)
-            produce(topic, value, key, headers=headers, timestamp=timestamp_ms or 0,
-                    on_delivery=delivery)  # fmt: skip
-        except Exception as err:  # refused locally (too large, unknown topic...): a failure
-            from confluent_kafka import KafkaException
-
-            if not isinstance(err, KafkaException):
-                raise
+            try:
+                produce()
+            except BufferError:  # the local queue is full: let deliveries drain it, once
+                self._producer.poll(1.0)
+                produce()
+        except self._refused as err:  # refused locally (too large, unknown topic...)
             delivery(err.args[0], None)
         self._producer.poll(0)  # serve the delivery reports already in
         return delivery
@@ -218,8 +225,9 @@ class RdFetcher:
     value, headers or None)`` tuples (header names ``str``). A header name that is not UTF-8
     makes confluent-kafka 2.16 raise, and not always where it is read (its ``headers()`` can
     return with the error still set, which Python raises at a later step): the caller then
-    reads from ``start`` its own way and calls :meth:`reset`. ``probe`` says whether a broker answered lately (a metadata-free offsets query,
-    at most once a second), ``end_offset`` the partition's high watermark.
+    reads from ``start`` its own way and calls :meth:`reset`. ``probe`` says whether a broker
+    answered lately (an offsets query, at most once a second), ``end_offset`` the partition's
+    high watermark.
     """
 
     def __init__(

@@ -7,6 +7,7 @@ fetched raw (:mod:`costream.connectors.kafka.raw`) and read record by record.
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from costream.connectors.contract import Header
@@ -27,6 +28,19 @@ class _Fetched(NamedTuple):
     value: bytes | None
     headers: list[Header]
     error: str | None
+
+
+def _fetched(offset: int, timestamp: int | None, key: bytes | None, value: bytes | None,
+             headers: Iterable[tuple[str, bytes | None]]) -> _Fetched:  # fmt: skip
+    """A readable record as both clients give it: header (name, bytes or None) pairs.
+
+    The per-record cost of the read: the clients' keys, values and header values are bytes
+    already, so a Header is made from the pair as it is (tuple.__new__, no field-by-field call),
+    and a _Fetched the same way: a third of what field-by-field Header(k, bytes(v)) rows cost.
+    """
+    new = tuple.__new__
+    hs = [new(Header, h) if h[1] is not None else Header(h[0], b"") for h in headers]
+    return new(_Fetched, (offset, timestamp, key, value, hs, None))
 
 
 FETCH_MAX_WAIT_MS = 20
@@ -103,15 +117,7 @@ class _PartitionReader:
         if records:
             self.position = records[-1].offset + 1
             self.last_contact = time.monotonic()
-        # The per-record cost of the read (issue 15): kafka-python's keys, values and header
-        # values are bytes already and its headers (str, bytes | None) pairs, so a Header is
-        # made from the pair as it is (tuple.__new__, no field-by-field call), and a _Fetched
-        # the same way: a third of what the old field-by-field Header(k, bytes(v)) rows cost.
-        new = tuple.__new__
-        return [new(_Fetched, (r.offset, r.timestamp, r.key, r.value,
-                               [new(Header, h) if h[1] is not None else Header(h[0], b"")
-                                for h in r.headers], None))
-                for r in records]  # fmt: skip
+        return [_fetched(r.offset, r.timestamp, r.key, r.value, r.headers) for r in records]
 
     def connected(self) -> bool:
         """Whether the consumer holds a live connection to a broker (updates ``last_contact``)."""
@@ -191,11 +197,7 @@ class _RdPartitionReader(_PartitionReader):
             self._rd.reset()
             self.position = None  # its consumer seeks there
             return super().read(start, max_records, max(timeout_ms, 1000))
-        new = tuple.__new__
-        out = [new(_Fetched, (o, ts, k, v,
-                              [new(Header, h) if h[1] is not None else Header(h[0], b"")
-                               for h in hs] if hs else [], None))
-               for o, ts, k, v, hs in got]  # fmt: skip
+        out = [_fetched(o, ts, k, v, hs or ()) for o, ts, k, v, hs in got]
         if out:
             self.position = out[-1].offset + 1
             self.last_contact = time.monotonic()

@@ -21,7 +21,7 @@ from costream.connectors.kafka.config import (
     _positive,
     _ReadConfig,
 )
-from costream.connectors.kafka.librdkafka import CLIENTS, check_available, rd_consumer_settings
+from costream.connectors.kafka.librdkafka import check_client
 from costream.connectors.kafka.offsets import _ResolvePartitions
 from costream.connectors.kafka.read import _ReadPartitionFn
 from costream.connectors.kafka.records import KafkaRecord
@@ -120,10 +120,6 @@ class ReadFromKafka(beam.PTransform):
         client: str = "kafka-python",
     ) -> None:
         super().__init__()
-        if client not in CLIENTS:
-            raise ValueError(
-                f"client={client!r} is not valid; use {' or '.join(map(repr, CLIENTS))}."
-            )
         servers = _bootstrap_list(bootstrap_servers)
         if isinstance(warm_restart_frames, bool) or not (
             isinstance(warm_restart_frames, int) and warm_restart_frames >= 0
@@ -176,9 +172,7 @@ class ReadFromKafka(beam.PTransform):
         _positive("max_bundle_s", max_bundle_s, optional=False)
         _positive("poll_timeout_ms", poll_timeout_ms, integer=True, optional=False)
         cfg = _check_client_config(client_config, _consumer_config(), _READ_RESERVED)
-        if client == "librdkafka":
-            check_available()
-            rd_consumer_settings(cfg)  # refuse what librdkafka has no setting for, now
+        check_client(client, cfg, consumer=True)
         self._cfg = _ReadConfig(
             servers, topic_list, start, group_id, parts, max_records,
             None if stop_after_idle_s is None else float(stop_after_idle_s),

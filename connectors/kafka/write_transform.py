@@ -22,7 +22,7 @@ from costream.connectors.kafka.config import (
     _producer_config,
     _WriteConfig,
 )
-from costream.connectors.kafka.librdkafka import CLIENTS, check_available, rd_settings
+from costream.connectors.kafka.librdkafka import check_client
 from costream.connectors.kafka.outgoing import _ROW_KINDS, FORMATS
 from costream.connectors.kafka.write import _WriteFn
 
@@ -119,10 +119,6 @@ class WriteToKafka(beam.PTransform):
         client: str = "kafka-python",
     ) -> None:
         super().__init__()
-        if client not in CLIENTS:
-            raise ValueError(
-                f"client={client!r} is not valid; use {' or '.join(map(repr, CLIENTS))}."
-            )
         if format is not None and format not in FORMATS:
             raise ValueError(
                 f"format={format!r} is not valid; use None (detections, dead letters and "
@@ -152,9 +148,7 @@ class WriteToKafka(beam.PTransform):
             )
         _check_codec(compression_type)
         cfg = _check_client_config(client_config, _producer_config(), _WRITE_RESERVED)
-        if client == "librdkafka":
-            check_available()
-            rd_settings(cfg)  # refuse what librdkafka has no setting for, now
+        check_client(client, cfg, consumer=False)
         self._fn = _WriteFn(
             _WriteConfig(servers, topic, acks, retries, float(flush_timeout_s), max_request_size,
                          oversize, cfg, compression_type, dead_letter_topic, format, key, client)

@@ -1,5 +1,6 @@
 """Helpers of the Kafka connector tests: publish, read back, run a read into JSON lines."""
 
+import functools
 import hashlib
 import json
 import time
@@ -11,6 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from costream.connectors import contract
 from costream.connectors.contract import DEFAULT_MAX_REQUEST_SIZE, record_size
+from costream.connectors.kafka import ReadFromKafka
 
 
 def produce(bootstrap, topic, records, partition_of=None, one_batch_each=False):
@@ -129,3 +131,8 @@ def near_limit_dead_letter(stream="mic"):
     return contract.dead_letter_record(
         original.key, original.value, original.headers, "reason " * 140, "decode"
     )
+
+
+def reader(client):
+    """``ReadFromKafka`` with the given ``client`` (kafka-python or librdkafka)."""
+    return functools.partial(ReadFromKafka, client=client)

@@ -4,7 +4,6 @@ The fault is injected by a DoFn downstream of the reader when it sees a given re
 tests do not depend on timing.
 """
 
-import functools
 import time
 
 import apache_beam as beam
@@ -12,17 +11,13 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka_helpers import reader
 
 from costream.connectors.broker import BrokerError, EmbeddedBroker, KafkaBroker, kafka_classpath
 from costream.connectors.contract import OutgoingRecord
-from costream.connectors.kafka import CLIENTS, ReadFromKafka, WriteToKafka
+from costream.connectors.kafka import CLIENTS, WriteToKafka
 
 pytestmark = pytest.mark.integration
-
-
-def reader(client):
-    """``ReadFromKafka`` with the given ``client`` (kafka-python or librdkafka)."""
-    return functools.partial(ReadFromKafka, client=client)
 
 
 _BROKERS = {}

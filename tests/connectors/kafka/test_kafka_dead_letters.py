@@ -1,6 +1,5 @@
 """Every input record is accounted for: unreadable and too-large records become dead letters."""
 
-import functools
 import time
 
 import apache_beam as beam
@@ -14,6 +13,7 @@ from kafka_helpers import (
     load,
     produce,
     read_topic,
+    reader,
     run_read,
     stream_records,
 )
@@ -28,11 +28,6 @@ from costream.connectors.contract import (
 from costream.connectors.kafka import CLIENTS, ReadFromKafka, WriteDeadLetters, WriteToKafka
 
 pytestmark = pytest.mark.integration
-
-
-def reader(client):
-    """``ReadFromKafka`` with the given ``client`` (kafka-python or librdkafka)."""
-    return functools.partial(ReadFromKafka, client=client)
 
 
 class _NotUtf8(str):

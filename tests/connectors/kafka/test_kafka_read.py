@@ -4,7 +4,6 @@ Every streaming pipeline here stops by itself: ``max_records`` bounds each parti
 ``stop_after_idle_s`` ends a partition after a short quiet spell.
 """
 
-import functools
 import hashlib
 import threading
 import time
@@ -22,6 +21,7 @@ from kafka_helpers import (
     header,
     load,
     produce,
+    reader,
     run_read,
     stream_records,
 )
@@ -35,11 +35,6 @@ from costream.connectors.sources import open_source
 from costream.connectors.synthetic import write_synthetic_video
 
 pytestmark = pytest.mark.integration
-
-
-def reader(client):
-    """``ReadFromKafka`` with the given ``client`` (kafka-python or librdkafka)."""
-    return functools.partial(ReadFromKafka, client=client)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
