@@ -311,7 +311,6 @@ def time_split(m: dict[str, dict[str, float]], fps: float) -> dict[str, float]:
         "serde_us": mean("costream/serde_us"),
         "model_us": mean("costream/model_us"),
         "batch_frames": mean("costream/batch_frames"),
-        "buffer_us": mean("costream/buffer_us"),
         "state_serde_pct": 100 * (state + total("costream/serde_us")) / frame if frame else 0.0,
         "model_pct": 100 * total("costream/model_us") / frame if frame else 0.0,
         "backbone_wall_pct": 100 * backbone_us / wall_us,
@@ -378,12 +377,7 @@ def run_config(
         f"{producer_fps:.0f}/s); inference {split['dofn_us']:.0f} us/frame: state+serde "
         f"{split['state_serde_pct']:.0f}%, model {split['model_pct']:.0f}% "
         f"(model {split['model_us']:.0f} us, alone {alone['model_us']:.0f} us)"
-        + (
-            f"; {split['batch_frames']:.1f} frames per batch, buffering "
-            f"{split['buffer_us']:.0f} us/frame"
-            if batch
-            else ""
-        )
+        + (f"; {split['batch_frames']:.1f} frames per batch" if batch else "")
         + problem_note(backlog, S, F),
         flush=True,
     )

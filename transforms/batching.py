@@ -1,32 +1,30 @@
 """Cross-stream batching: the frames of many streams that are ready together, one B-row step.
 
-:class:`BatchedInferenceFn` is the stateful DoFn of ``ContinualInference(batch_streams=True)``.
-Frames are keyed by shard (:func:`~costream.transforms.streams.shard_key`: CRC32 of the stream
-id modulo ``shards``), not by stream, and each shard key holds, in Beam keyed state:
+Two DoFns make ``ContinualInference(batch_streams=True)``:
 
-* ``shard``: one :class:`~costream.transforms.stored.ShardCell` value with the cells of all of
-  the shard's streams (each a stream's :class:`~costream.transforms.stored.Stored` bytes, the
-  same bytes the one-stream path stores);
-* ``buffer``: a bag of the frames waiting for their batch (rows, ``RowCoder``, no pickle), and
-  ``pending``, their count and when the first of them arrived;
-* ``flush``: a processing-time timer, set when a frame lands in an empty buffer, at
-  ``max_delay_ms`` after it.
+* :class:`GroupFrames` (stateless, before the shuffle) keys each frame by shard
+  (:func:`~costream.transforms.streams.shard_key`: CRC32 of the stream id modulo ``shards``) and
+  gathers a bundle's frames per shard into groups, in arrival order: a group goes out when it
+  holds ``max_batch`` frames, when a frame arrives ``max_delay_ms`` or more after the group's
+  first one, and at the end of the bundle. On in-process runners (the FnApiRunner) a stage's
+  output reaches the next stage only when its bundle ends, so there the delay does not cut
+  groups (it would only split the bundle's frames into smaller steps).
+* :class:`BatchedInferenceFn` (stateful, keyed by shard) steps each group at once. Each shard
+  key holds, in Beam keyed state, ``shard``: one :class:`~costream.transforms.stored.ShardCell`
+  value with the cells of all of the shard's streams (each a stream's
+  :class:`~costream.transforms.stored.Stored` bytes, the same bytes the one-stream path
+  stores). A group is one state read, one
+  :meth:`~costream.transforms.stepper.StreamStepper.process_many` (which decides duplicates,
+  gaps, resets and epochs per stream exactly as the one-stream path does and steps the streams
+  together) and one state write, whatever its size: no per-frame state access.
 
-The buffer is flushed in the call of a frame that brings it to ``max_batch`` frames or that
-arrives ``max_delay_ms`` or more after the buffer's first frame, and when ``flush`` fires (for
-the frames of a lull, when no frame follows): every buffered frame goes through
-:meth:`~costream.transforms.stepper.StreamStepper.process_many`, which decides duplicates,
-gaps, resets and epochs per stream exactly as the one-stream path does and steps the streams
-together; the shard cell is written once per flush. On the embedded FnApiRunner timers fire
-right after the bundle that set them, so a flush takes at most the frames of one bundle for that
-shard. On Flink a processing-time timer set in a bundle reaches the runner when the bundle ends
-(at the latest at the next checkpoint), and its output leaves with the bundle that fires it: the
-timer alone would hold a batch for seconds, so under traffic the frames' own arrivals flush it,
-and the timer only ends a lull.
-
-Idle streams: at every flush, streams of the shard unseen for ``idle_timeout_s`` are dropped;
+Idle streams: at every step, streams of the shard unseen for ``idle_timeout_s`` are dropped;
 with ``idle_timer`` (Flink) a shard unseen that long is cleared by a timer; without it (the
 embedded runner) the keying step's sweep tokens reach idle shards as in the one-stream path.
+
+State written by earlier versions, which buffered frames in keyed state (``buffer``,
+``pending``) until a ``flush`` timer or a later frame stepped them, is still read: such a
+buffer is stepped when its timer fires.
 
 The design, its costs (state bytes written per frame, latency added, rescaling) and its
 measurements are in ``docs/batching.md``.
@@ -35,7 +33,6 @@ measurements are in ``docs/batching.md``.
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -50,78 +47,121 @@ from apache_beam.transforms.userstate import (
     on_timer,
 )
 from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from costream.models.state import StateFormatError
 from costream.transforms.allocator import tune_allocator
 from costream.transforms.records import FeatureRecord, as_array
 from costream.transforms.steps import Frame, StepResult
 from costream.transforms.stored import ShardCell, Stored
-from costream.transforms.streams import SWEEP, InferenceDoFn, is_replay
+from costream.transforms.streams import SWEEP, InferenceDoFn, KeyFrames, is_replay
 
-__all__ = ["DEAD_LETTER", "BatchedInferenceFn"]
+__all__ = ["DEAD_LETTER", "BatchedInferenceFn", "GroupFrames"]
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER = "dead_letter"
-_PENDING = struct.Struct("<Id")  # frames in the buffer, wall time (ms) the first one arrived
+
+
+class _Group:
+    """A shard's frames gathered in a bundle: the frames, when the first came, the latest time."""
+
+    __slots__ = ("frames", "first_s", "timestamp")
+
+    def __init__(self, first_s: float, timestamp: Timestamp) -> None:
+        self.frames: list[FeatureRecord] = []
+        self.first_s, self.timestamp = first_s, timestamp
+
+
+class GroupFrames(KeyFrames):
+    """``record -> (shard key, [records])``: a bundle's frames grouped by shard, in arrival order.
+
+    The keys and the idle sweep's tokens are :class:`~costream.transforms.streams.KeyFrames`'s
+    (a token travels in its shard's group, in order). A group is emitted when it holds
+    ``max_batch`` frames, when a frame arrives ``max_delay_ms`` or more after the group's first
+    one (``max_delay_ms`` None: never), and at the end of the bundle, with the latest timestamp
+    of its frames, in their window.
+    """
+
+    def __init__(
+        self,
+        registry: str,
+        ttl_ms: int | None,
+        sweep_every_s: float,
+        shards: int,
+        max_batch: int,
+        max_delay_ms: float | None,
+    ) -> None:
+        super().__init__(registry, ttl_ms, sweep_every_s, shards)
+        self.max_batch = int(max_batch)
+        self.max_delay_s = None if max_delay_ms is None else float(max_delay_ms) / 1000
+
+    def start_bundle(self) -> None:
+        self._groups: dict[tuple[str, Any], _Group] = {}
+
+    def process(  # type: ignore[override]
+        self,
+        rec: Any,
+        timestamp: Timestamp = beam.DoFn.TimestampParam,
+        window: Any = beam.DoFn.WindowParam,
+    ) -> Iterator[WindowedValue]:
+        now_s = time.monotonic()
+        for key, r in super().process(rec):
+            g = self._groups.get((key, window))
+            if g is None:
+                g = self._groups[(key, window)] = _Group(now_s, timestamp)
+            g.frames.append(r)
+            g.timestamp = max(g.timestamp, timestamp)
+            if len(g.frames) >= self.max_batch or (
+                self.max_delay_s is not None and now_s - g.first_s >= self.max_delay_s
+            ):
+                del self._groups[(key, window)]
+                yield WindowedValue((key, g.frames), g.timestamp, (window,))
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        groups, self._groups = self._groups, {}
+        for (key, window), g in groups.items():
+            yield WindowedValue((key, g.frames), g.timestamp, (window,))
 
 
 class BatchedInferenceFn(InferenceDoFn):
-    """Stateful DoFn keyed by shard: buffered frames of the shard's streams, stepped together.
+    """Stateful DoFn keyed by shard: each group of the shard's frames stepped together.
 
-    Input: ``(shard key, record)`` (``KeyFrames(shards=...)``); outputs as
+    Input: ``(shard key, [records])`` (:class:`GroupFrames`); outputs as
     :class:`~costream.transforms.inference.ContinualInferenceFn`: detections, and dead letters
     tagged ``dead_letter``. The arguments are those of ``ContinualInference``.
     """
 
     SHARD = ReadModifyWriteStateSpec("shard", BytesCoder())
+    # the frame buffer of earlier versions (stepped when its flush timer fires; never written)
     BUFFER = BagStateSpec("buffer", beam.coders.registry.get_coder(FeatureRecord))
-    PENDING = ReadModifyWriteStateSpec("pending", BytesCoder())  # count, first arrival (ms)
+    PENDING = ReadModifyWriteStateSpec("pending", BytesCoder())
     FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
     IDLE = TimerSpec("idle", TimeDomain.REAL_TIME)
 
-    def __init__(
-        self,
-        *args: Any,
-        max_batch: int = 64,
-        max_delay_ms: float = 20.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.max_batch, self.max_delay_ms = int(max_batch), float(max_delay_ms)
-
     def setup(self) -> None:
         super().setup()
-        tune_allocator()  # a shard's value is rebuilt at every flush (transforms/allocator.py)
+        tune_allocator()  # a shard's value is rebuilt at every step (transforms/allocator.py)
         self._idle_ms = None if self.idle_timeout_s is None else int(self.idle_timeout_s * 1000)
 
     def process(
         self,
-        element: tuple[str, Any],
+        element: tuple[str, list[Any]],
         shard=beam.DoFn.StateParam(SHARD),
-        buffer=beam.DoFn.StateParam(BUFFER),
-        pending=beam.DoFn.StateParam(PENDING),
-        flush=beam.DoFn.TimerParam(FLUSH),
         idle=beam.DoFn.TimerParam(IDLE),
     ) -> Iterator[Any]:
-        _, rec = element
-        if rec.frame_index == SWEEP:
+        _, recs = element
+        run: list[Any] = []  # the frames since the last sweep token
+        for rec in recs:
+            if rec.frame_index != SWEEP:
+                run.append(rec)
+                continue
+            if run:
+                yield from self._step(shard, run, idle)
+                run = []
             self._sweep(rec.stream_id, rec.ts_ms, shard)
-            return
-        t0 = time.perf_counter_ns()
-        now_ms = time.time() * 1000
-        held = pending.read()
-        count, first_ms = _PENDING.unpack(held) if held else (0, now_ms)
-        count += 1
-        buffer.add(rec)
-        if count >= self.max_batch or now_ms - first_ms >= self.max_delay_ms:
-            self.metrics.buffer_us.update(round((time.perf_counter_ns() - t0) / 1e3))
-            yield from self._flush(shard, buffer, pending, idle)
-            return
-        pending.write(_PENDING.pack(count, first_ms))
-        if count == 1:
-            flush.set(Timestamp.now() + Duration(micros=int(self.max_delay_ms * 1000)))
-        self.metrics.buffer_us.update(round((time.perf_counter_ns() - t0) / 1e3))
+        if run:
+            yield from self._step(shard, run, idle)
 
     @on_timer(FLUSH)
     def on_flush(
@@ -131,8 +171,12 @@ class BatchedInferenceFn(InferenceDoFn):
         pending=beam.DoFn.StateParam(PENDING),
         idle=beam.DoFn.TimerParam(IDLE),
     ) -> Iterator[Any]:
-        with self.metrics.hold.during():  # counted in finish_bundle (counters.Hold)
-            yield from self._flush(shard, buffer, pending, idle)
+        recs = list(buffer.read())
+        buffer.clear()
+        pending.clear()
+        if recs:
+            with self.metrics.hold.during():  # counted in finish_bundle (counters.Hold)
+                yield from self._step(shard, recs, idle)
 
     @on_timer(IDLE)
     def on_idle(self, shard=beam.DoFn.StateParam(SHARD)) -> None:
@@ -141,7 +185,7 @@ class BatchedInferenceFn(InferenceDoFn):
             shard.clear()
             self.metrics.idle_cleared.inc(len(cells))
 
-    # -- the flush ---------------------------------------------------------------------------------
+    # -- the step ----------------------------------------------------------------------------------
     def _cells(self, shard: Any) -> dict[str, bytes | memoryview]:
         try:
             return ShardCell.from_bytes(shard.read())
@@ -150,13 +194,9 @@ class BatchedInferenceFn(InferenceDoFn):
             self.metrics.resets.inc()
             return {}
 
-    def _flush(self, shard: Any, buffer: Any, pending: Any, idle: Any) -> Iterator[Any]:
+    def _step(self, shard: Any, recs: list[Any], idle: Any) -> Iterator[Any]:
+        """Step ``recs`` (frames of the shard, in arrival order): one state read and write."""
         m = self.metrics
-        recs = list(buffer.read())
-        buffer.clear()
-        pending.clear()
-        if not recs:
-            return
         self.one_thread()
         t0 = time.perf_counter_ns()
         cells = self._cells(shard)
@@ -186,7 +226,7 @@ class BatchedInferenceFn(InferenceDoFn):
             _store(shard, cells)
         t3 = time.perf_counter_ns()
         m.batch_rows.update(len(recs))
-        read_us = round((t1 - t0) / 1e3 / len(recs))  # the flush's state I/O, per frame
+        read_us = round((t1 - t0) / 1e3 / len(recs))  # the step's state I/O, per frame
         write_us = round((t3 - t2) / 1e3 / len(recs))
         if self._streams is not None:
             for sid in changed:

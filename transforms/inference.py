@@ -181,7 +181,7 @@ class ContinualInference(beam.PTransform):
         max_jump: int = DEFAULT_MAX_JUMP,
         batch_streams: bool = False,
         shards: int = 16,
-        max_batch: int = 64,
+        max_batch: int = 256,
         max_delay_ms: float = 20.0,
         state_dtype: str = "float32",
     ) -> None:
@@ -203,25 +203,36 @@ class ContinualInference(beam.PTransform):
         if batch_streams and max_delay_ms < 0:
             raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}.")
         self.shards = shards if batch_streams else None
+        self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
         common = (weights, gap_policy, max_fill, idle_timeout_s, idle_timer, max_jump)
         self.fn: InferenceDoFn
         if batch_streams:
             from costream.transforms.batching import BatchedInferenceFn
 
-            self.fn = BatchedInferenceFn(
-                *common, max_batch=max_batch, max_delay_ms=max_delay_ms, state_dtype=state_dtype
-            )
+            self.fn = BatchedInferenceFn(*common, state_dtype=state_dtype)
         else:
             self.fn = ContinualInferenceFn(*common, state_dtype=state_dtype)
         self.sweep_every_s = 1.0  # seconds between idle sweeps where a TTL replaces the timer
 
     def expand(self, frames: beam.PCollection) -> dict[str, beam.PCollection]:
-        keyed = frames | "KeyByStream" >> beam.ParDo(
-            KeyFrames(self.fn.registry, self.fn.ttl_ms, self.sweep_every_s, self.shards)
-        ).with_output_types(
-            # a deterministic key coder for state; the rows go as rows (RowCoder), not pickled
-            beam.typehints.KV[str, FeatureRecord]
-        )
+        keys = (self.fn.registry, self.fn.ttl_ms, self.sweep_every_s, self.shards)
+        keyed: beam.PCollection
+        if self.shards is None:
+            keyed = frames | "KeyByStream" >> beam.ParDo(KeyFrames(*keys)).with_output_types(
+                # a deterministic key coder for state; the rows go as rows (RowCoder), not pickled
+                beam.typehints.KV[str, FeatureRecord]
+            )
+        else:
+            from costream.transforms.batching import GroupFrames
+            from costream.transforms.beam_fixes import in_process
+
+            # in process a stage's output moves on only when its bundle ends: no delay cuts
+            delay = None if in_process(frames.pipeline) else self.max_delay_ms
+            # the label of the one-stream path's keying step: Flink maps a savepoint's state to
+            # operators by their names, and this step is fused with the reader's
+            keyed = frames | "KeyByStream" >> beam.ParDo(
+                GroupFrames(*keys, max_batch=self.max_batch, max_delay_ms=delay)
+            ).with_output_types(beam.typehints.KV[str, beam.typehints.List[FeatureRecord]])
         out = keyed | "Step" >> beam.ParDo(self.fn).with_output_types(
             contract.Detection
         ).with_outputs(DEAD_LETTER, main=DETECTIONS)

@@ -230,8 +230,7 @@ class InferenceMetrics:
         self.serde_us = distribution("serde_us")
         self.model_us = distribution("model_us")
         self.frame_us = distribution("frame_us")
-        self.batch_rows = distribution("batch_frames")  # frames per batched flush
-        self.buffer_us = distribution("buffer_us")  # a frame into the batch buffer
+        self.batch_rows = distribution("batch_frames")  # frames per batched step
         self.log = Throttled()
 
     def __getstate__(self) -> dict:

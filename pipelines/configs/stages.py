@@ -113,10 +113,12 @@ class ContinualInferenceConfig:
     )
     shards: int = _key("With `batch_streams`: the number of shard keys.", 16)
     max_batch: int = _key(
-        "With `batch_streams`: the most rows (streams' frames) in one batched step.", 64
+        "With `batch_streams`: the most frames (rows x rounds) stepped together, one group.", 256
     )
     max_delay_ms: float = _key(
-        "With `batch_streams`: the longest a frame waits for its batch to fill, in ms.", 20.0
+        "With `batch_streams`: the longest a frame waits for its group to fill under traffic, "
+        "in ms (on Flink; in process a group is what the bundle holds).",
+        20.0,
     )
     state_dtype: Literal["float32", "float16", "bfloat16"] = _key(
         "Precision of each stream's stored state; the model computes in its own dtype.", "float32"

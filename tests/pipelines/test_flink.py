@@ -415,10 +415,10 @@ def test_idle_timer_clears_an_idle_streams_state_on_flink(flink, kafka_broker, k
     try:
         produce(kafka_broker.bootstrap, topics[0], features("idle", 0, 20))
         wait_for(lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= 20, 120, "20")
-        wait_for(lambda: cleared() >= 1, 60, "the idle timer")
+        wait_for(lambda: cleared() >= 1, 150, "the idle timer")
         produce(kafka_broker.bootstrap, topics[0], features("idle", 20, 25))
         wait_for(lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= 25, 60, "25")
-        wait_for(lambda: cleared() >= 2, 60, "the second idle timer")  # no timer left pending
+        wait_for(lambda: cleared() >= 2, 150, "the second idle timer")  # no timer left pending
     finally:
         flink.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
         proc.wait(timeout=120)
@@ -439,7 +439,7 @@ def test_without_checkpointing_no_offsets_are_committed(flink, kafka_broker, kaf
         produce(kafka_broker.bootstrap, topics[0], features("nc", 0, 20))
         wait_for(lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= 20, 120, "20")
         wait_for(
-            lambda: flink.user_metrics(job).get("costream_idle_cleared", 0) >= 1, 60, "idle timer"
+            lambda: flink.user_metrics(job).get("costream_idle_cleared", 0) >= 1, 150, "idle timer"
         )  # no timer left pending, so the job cancels cleanly
         assert flink.checkpoints(job)["counts"]["completed"] == 0
         c = KafkaConsumer(

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from apache_beam.testing.util import assert_that
+from apache_beam.utils.timestamp import Timestamp
 
 from costream.models.state import StateFormatError
 from costream.models.zoo import get_model, save_model
@@ -371,8 +372,7 @@ def test_batched_idle_streams_are_swept_on_the_embedded_runner(weights):
 
 @pytest.mark.parametrize("max_batch", [3, 7, 1000])
 def test_counters_of_timer_fired_flushes_reach_the_pipeline_result(weights, max_batch):
-    """Flushes by size in process() and by the flush timer at the end of the input, mixed:
-    every frame counted once (timer callbacks count through counters.Hold)."""
+    """Groups cut by size and at the end of the bundle, mixed: every frame counted once."""
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -408,16 +408,53 @@ def test_batching_options_are_checked(weights):
         ContinualInference(weights=weights, state_dtype="int8")
 
 
-def test_a_frame_arriving_after_max_delay_flushes_its_batch(weights):
-    """Under traffic a batch waits at most max_delay_ms: the next frame's arrival flushes it (on
-    Flink a timer set in a bundle only reaches the runner when the bundle ends)."""
+def test_groups_are_cut_by_size_by_delay_and_at_the_end_of_the_bundle():
+    """Under traffic a frame waits at most about max_delay_ms: the next frame's arrival sends
+    its group on (on Flink a stage's output moves on during its bundle), and the bundle's end
+    sends the rest; each group holds one shard's frames, in arrival order."""
+    from apache_beam.transforms.window import GlobalWindow
+
+    from costream.transforms.batching import GroupFrames
+
+    g = GroupFrames("test-groups", None, 1.0, shards=2, max_batch=3, max_delay_ms=20)
+    g.setup()
+    g.start_bundle()
+    x = np.zeros(D_IN, np.float32)
+    win = GlobalWindow()
+
+    def feed(*ids, ts=0):
+        out = []
+        for sid, i in ids:
+            out += list(g.process(rec(sid, i, x), timestamp=Timestamp(ts), window=win))
+        return [(wv.value[0], [(r.stream_id, r.frame_index) for r in wv.value[1]]) for wv in out]
+
+    ids = [f"s{i}" for i in range(8)]
+    key = {s: shard_key(s, 2) for s in ids}
+    same = next(s for s in ids[1:] if key[s] == key["s0"])
+    other = next(s for s in ids[1:] if key[s] != key["s0"])
+    # by size: the third frame of a shard sends its group
+    assert feed(("s0", 0), (other, 0), (same, 0)) == []
+    assert feed(("s0", 1)) == [(key["s0"], [("s0", 0), (same, 0), ("s0", 1)])]
+    # by delay: a frame 30 ms after its group's first one sends the group, itself included
+    time.sleep(0.03)
+    assert feed((other, 1), ts=5) == [(key[other], [(other, 0), (other, 1)])]
+    # the end of the bundle: what is left, with the latest timestamp of its frames
+    assert feed(("s0", 2), ts=7) == []
+    (last,) = list(g.finish_bundle())
+    assert last.value[0] == key["s0"] and [r.frame_index for r in last.value[1]] == [2]
+    assert last.timestamp == Timestamp(7) and last.windows == (win,)
+
+
+def test_in_process_a_bundle_is_one_batch_whatever_the_delay(weights):
+    """On the FnApiRunner a stage's output reaches the next stage when its bundle ends, so
+    cutting groups by delay would only make smaller steps: the bundle's frames step together."""
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     X = np.random.default_rng(21).standard_normal(D_IN).astype(np.float32)
 
     def slow(r):
-        time.sleep(0.03)  # frames 30 ms apart, one shard: each frame finds the buffer too old
+        time.sleep(0.03)  # frames 30 ms apart, one shard: every frame past max_delay_ms
         return r
 
     inf = ContinualInference(
@@ -430,4 +467,45 @@ def test_a_frame_arriving_after_max_delay_flushes_its_batch(weights):
     result.wait_until_finish()
     dist = result.metrics().query(MetricsFilter().with_name("batch_frames"))["distributions"]
     sizes = [d.committed for d in dist]
-    assert sizes and max(s.max for s in sizes) <= 2, sizes  # not one batch of the whole bundle
+    assert sizes and [(s.count, s.max) for s in sizes] == [(1, 12)], sizes
+
+
+class _Value:  # a stand-in for one key's Beam state cell in a direct DoFn call
+    def __init__(self, value=None):
+        self.value = value
+
+    def read(self):
+        return self.value
+
+    def write(self, value):
+        self.value = value
+
+    def clear(self):
+        self.value = None
+
+
+class _Timer:
+    def set(self, when):
+        self.when = when
+
+
+def test_frames_buffered_by_an_earlier_version_are_stepped_when_their_timer_fires(weights):
+    """Savepoints of the first batched layout hold a bag of frames and a flush timer: after a
+    restore the timer steps them into the shard's cell, and nothing is left buffered."""
+    from costream.transforms.batching import BatchedInferenceFn
+
+    X = np.random.default_rng(23).standard_normal((3, D_IN)).astype(np.float32)
+    fn = BatchedInferenceFn(weights, "fill", None, 60.0, True, 2**32)
+    fn.setup()
+    fn.start_bundle()
+    buffered = [rec(f"s{k}", i, X[i]) for i in range(3) for k in range(2)]
+    shard, buffer, pending = _Value(), _Value(list(buffered)), _Value(b"\x06\x00\x00\x00")
+    buffer.add = buffer.value.append
+    out = list(fn.on_flush(shard, buffer, pending, _Timer()))
+    fn.finish_bundle()
+    assert sorted((d.stream_id, d.frame_index) for d in out) == [
+        (f"s{k}", i) for k in range(2) for i in range(3)
+    ]
+    assert buffer.value is None and pending.value is None
+    assert set(ShardCell.from_bytes(shard.value)) == {"s0", "s1"}
+    assert not list(fn.on_flush(shard, _Value([]), _Value(), _Timer()))  # nothing left to step
