@@ -381,7 +381,7 @@ def run_config(
         + problem_note(backlog, S, F),
         flush=True,
     )
-    rate = args.load * fps
+    rate = args.paced_fps or args.load * fps
     Fp = max(2, round(args.paced_s * rate / S))
     plan = {"streams": S, "frames": Fp, "partitions": P, "rate": rate}
     paced, paced_metrics = run_once(broker, spec, plan, payloads, args.idle_s)
@@ -432,6 +432,11 @@ def main() -> int:
     )
     ap.add_argument("--paced-s", type=float, help="seconds of paced input (default 15; quick 4)")
     ap.add_argument("--load", type=float, default=0.5, help="paced rate / backlog frames/s")
+    ap.add_argument(
+        "--paced-fps",
+        type=float,
+        help="pace every arm at this many frames/s instead (compare latencies at one rate)",
+    )
     ap.add_argument("--partitions", type=int, default=4, help="topic partitions: min(S, this)")
     ap.add_argument("--idle-s", type=float, default=3.0, help="spec stops after this idle time")
     ap.add_argument(
@@ -473,8 +478,13 @@ def main() -> int:
     else:
         with EmbeddedBroker() as broker:
             print(
-                f"broker {broker.bootstrap}; {os.cpu_count()} CPUs; paced at {args.load:g} x "
-                f"capacity; partitions min(S, {args.partitions}); runs stop {args.idle_s:g} s "
+                f"broker {broker.bootstrap}; {os.cpu_count()} CPUs; paced at "
+                + (
+                    f"{args.paced_fps:g} frames/s"
+                    if args.paced_fps
+                    else f"{args.load:g} x capacity"
+                )
+                + f"; partitions min(S, {args.partitions}); runs stop {args.idle_s:g} s "
                 f"idle; load average {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
@@ -523,6 +533,7 @@ def run_sides(args: argparse.Namespace, streams: list[int], arms: list[bool]) ->
                            "--streams", str(S), "--batching", "on" if batch else "off",
                            "--rows-json", str(out), "--out", tmp,
                            "--load", str(args.load), "--partitions", str(args.partitions),
+                           "--paced-fps", str(args.paced_fps or 0),
                            "--idle-s", str(args.idle_s), "--paced-s", str(args.paced_s),
                            "--features-frames", str(args.backlog_frames["features"]),
                            "--video-frames", str(args.backlog_frames["video"])]  # fmt: skip

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -234,29 +235,53 @@ class BatchedInferenceFn(InferenceDoFn):
         if self.idle_timer and self.idle_timeout_s is not None:
             idle.set(Timestamp.now() + Duration(seconds=self.idle_timeout_s))
         per_frame_us = round((t3 - t0) / 1e3 / len(recs))
+        # per-frame metrics, counted per step: the step's per-frame means are the same for
+        # every frame of it (Distribution.update_counts)
+        fresh = replays = warmups = emitted = stepped = 0
+        serde: Counter[int] = Counter()
+        model: Counter[int] = Counter()
+        size: Counter[int] = Counter()
+        latency: Counter[int] = Counter()
         it = iter(results)
         for pos, rec in enumerate(recs):
             replay = is_replay(rec.headers)
-            (m.replayed if replay else m.frames_in).inc()
+            if replay:
+                replays += 1
+            else:
+                fresh += 1
             res: StepResult = StepResult(None, error=refused[pos]) if pos in refused else next(it)
             if res.error is not None:
                 if not replay:  # a replayed frame's dead letter was written before the restart
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, m.dead_letter(rec, res.error))
                 continue
-            if not replay:
+            if not replay and res.events:
                 m.count(rec.stream_id, rec.frame_index, res.events)
-            m.serde_us.update(round(res.decode_us + res.encode_us))
-            m.read_us.update(read_us)
-            m.write_us.update(write_us)
-            m.frame_us.update(per_frame_us)
+            stepped += 1
+            serde[round(res.decode_us + res.encode_us)] += 1
             det = res.detection
             if det is None:
                 continue
-            m.model_us.update(round(res.model_us))
-            m.state_size.update(res.state_bytes)
+            model[round(res.model_us)] += 1
+            size[res.state_bytes] += 1
             if not replay:
-                m.emitted(det)
+                emitted += 1
+                warmups += not det.warm
+                latency[int(det.latency_ms)] += 1
                 yield det
+        m.frames_in.inc(fresh)
+        m.replayed.inc(replays)
+        m.detections.inc(emitted)
+        m.warmup.inc(warmups)
+        m.latency.update_counts(latency)
+        m.serde_us.update_counts(serde)
+        m.model_us.update_counts(model)
+        m.state_size.update_counts(size)
+        for dist, value in (
+            (m.read_us, read_us),
+            (m.write_us, write_us),
+            (m.frame_us, per_frame_us),
+        ):
+            dist.update_counts({value: stepped})
 
     def _evict(self, cells: dict[str, bytes | memoryview], now_ms: int, touched: set[str]) -> int:
         """Drop the shard's streams idle for longer than the timeout; how many were dropped.

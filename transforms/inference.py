@@ -215,7 +215,7 @@ class ContinualInference(beam.PTransform):
         self.sweep_every_s = 1.0  # seconds between idle sweeps where a TTL replaces the timer
 
     def expand(self, frames: beam.PCollection) -> dict[str, beam.PCollection]:
-        keys = (self.fn.registry, self.fn.ttl_ms, self.sweep_every_s, self.shards)
+        keys = (self.fn.registry, self.fn.ttl_ms, self.sweep_every_s)
         keyed: beam.PCollection
         if self.shards is None:
             keyed = frames | "KeyByStream" >> beam.ParDo(KeyFrames(*keys)).with_output_types(
@@ -231,7 +231,7 @@ class ContinualInference(beam.PTransform):
             # the label of the one-stream path's keying step: Flink maps a savepoint's state to
             # operators by their names, and this step is fused with the reader's
             keyed = frames | "KeyByStream" >> beam.ParDo(
-                GroupFrames(*keys, max_batch=self.max_batch, max_delay_ms=delay)
+                GroupFrames(*keys, self.shards, max_batch=self.max_batch, max_delay_ms=delay)
             ).with_output_types(beam.typehints.KV[str, beam.typehints.List[FeatureRecord]])
         out = keyed | "Step" >> beam.ParDo(self.fn).with_output_types(
             contract.Detection

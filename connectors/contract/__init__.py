@@ -125,6 +125,7 @@ from costream.connectors.contract.sizing import (
     RecordTooLargeError,
     fit_dead_letter,
     fit_record,
+    fits,
     record_size,
     truncated_record,
 )
@@ -200,6 +201,7 @@ __all__ = [
     "features_content_type",
     "fit_dead_letter",
     "fit_record",
+    "fits",
     "frame_index_of",
     "frame_record",
     "header_value",

@@ -41,6 +41,7 @@ __all__ = [
     "RecordTooLargeError",
     "fit_dead_letter",
     "fit_record",
+    "fits",
     "record_size",
     "truncated_record",
 ]
@@ -101,6 +102,25 @@ def record_size(record: OutgoingRecord) -> int:
     return DefaultRecordBatchBuilder.estimate_size_in_bytes(
         record.key, record.value, record.headers
     )
+
+
+# record_size's terms at their largest: the batch header (61 bytes) and a record's overhead (21),
+# a 5-byte varint before the key, the value and the header count, and two per header
+_MOST_OVERHEAD = 61 + 21 + 3 * 5
+_MOST_PER_HEADER = 2 * 5
+
+
+def fits(record: OutgoingRecord, limit: int) -> bool:
+    """Whether ``record_size(record) <= limit``, sizing exactly only near the limit.
+
+    A bound above :func:`record_size` (header names counted at 4 UTF-8 bytes a character)
+    settles records well below ``limit`` without kafka-python's per-field varint sizing
+    (about 16 us a record on a 2-core VM, every record written).
+    """
+    bound = _MOST_OVERHEAD + len(record.value) + len(record.key or b"")
+    for name, value in record.headers:
+        bound += _MOST_PER_HEADER + 4 * len(name) + len(value or b"")
+    return bound <= limit or record_size(record) <= limit
 
 
 def fit_record(record: OutgoingRecord, max_request_size: int) -> OutgoingRecord:

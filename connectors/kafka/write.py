@@ -26,6 +26,7 @@ from costream.connectors.contract import (
     RecordTooLargeError,
     dead_letter_record,
     fit_dead_letter,
+    fits,
     record_size,
 )
 from costream.connectors.kafka.config import _METRICS_NS, _WriteConfig, resolve_client_config
@@ -158,9 +159,9 @@ class _WriteFn(beam.DoFn):
     def _sized(self, rec: OutgoingRecord) -> OutgoingRecord | None:
         """``rec``, its truncated form, or ``None`` once it went to the dead-letter topic."""
         cfg = self._cfg
-        size = record_size(rec)
-        if size <= cfg.max_request_size:
+        if fits(rec, cfg.max_request_size):
             return rec
+        size = record_size(rec)
         if cfg.oversize == "dead_letter":
             self._to_dead_letters(rec, self._too_large(rec, size), cfg.max_request_size)
             return None

@@ -54,3 +54,21 @@ def test_fit_dead_letter_cuts_headers_then_the_key():
     assert h[C.HEADER_DROPPED_HEADERS] == b"1 headers, 9001 bytes"
     with pytest.raises(C.RecordTooLargeError, match="Not even an empty dead letter"):
         C.fit_dead_letter(rec, 100)
+
+
+def test_fits_agrees_with_record_size_at_every_limit():
+    import random
+
+    r = random.Random(5)
+    for _ in range(300):
+        key = None if r.random() < 0.2 else bytes(r.randrange(256) for _ in range(r.randrange(300)))
+        value = bytes(r.randrange(256) for _ in range(r.choice([0, 1, 127, 128, 20_000])))
+        names = ["costream.ts_ms", "é" * r.randrange(1, 70), "k"]
+        headers = [
+            (r.choice(names), None if r.random() < 0.1 else b"v" * r.randrange(200))
+            for _ in range(r.randrange(6))
+        ]
+        record = OutgoingRecord(key, value, headers)
+        size = C.record_size(record)
+        for limit in (size - 1, size, size + 1, size + r.randrange(1, 400), 1 << 20):
+            assert C.fits(record, limit) == (size <= limit), (size, limit)
