@@ -181,7 +181,7 @@ class ContinualInference(beam.PTransform):
         max_jump: int = DEFAULT_MAX_JUMP,
         batch_streams: bool = False,
         shards: int = 16,
-        max_batch: int = 256,
+        max_batch: int = 64,
         max_delay_ms: float = 20.0,
         state_dtype: str = "float32",
     ) -> None:

@@ -113,7 +113,7 @@ class ContinualInferenceConfig:
     )
     shards: int = _key("With `batch_streams`: the number of shard keys.", 16)
     max_batch: int = _key(
-        "With `batch_streams`: the most frames (rows x rounds) stepped together, one group.", 256
+        "With `batch_streams`: the most frames (rows x rounds) stepped together, one group.", 64
     )
     max_delay_ms: float = _key(
         "With `batch_streams`: the longest a frame waits for its group to fill under traffic, "

@@ -376,11 +376,7 @@ def test_continual_inference_batching_and_state_dtype_keys_reach_the_transform()
     }  # fmt: skip
     assert kwargs["state_dtype"] == "bfloat16"
     defaults = python_kwargs(parse_config("ContinualInference", {"weights": "/m", **EH}))
-    assert (defaults["batch_streams"], defaults["shards"], defaults["max_batch"]) == (
-        False,
-        16,
-        256,
-    )
+    assert (defaults["batch_streams"], defaults["shards"], defaults["max_batch"]) == (False, 16, 64)
     assert (defaults["max_delay_ms"], defaults["state_dtype"]) == (20.0, "float32")
     with pytest.raises(ConfigError, match="'state_dtype' must be one of 'float32', 'float16', "):
         parse_config("ContinualInference", {"weights": "w", "state_dtype": "half", **EH})
