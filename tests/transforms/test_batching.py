@@ -26,7 +26,7 @@ from costream.transforms.stepper import Frame, StreamStepper
 from costream.transforms.stored import ShardCell, Stored
 from costream.transforms.streams import StreamRegistry, shard_key
 
-from .test_inference import rec
+from .test_inference import _Cell, _Timer, rec
 
 D_IN, N, C = 6, 4, 3
 
@@ -470,25 +470,6 @@ def test_in_process_a_bundle_is_one_batch_whatever_the_delay(weights):
     assert sizes and [(s.count, s.max) for s in sizes] == [(1, 12)], sizes
 
 
-class _Value:  # a stand-in for one key's Beam state cell in a direct DoFn call
-    def __init__(self, value=None):
-        self.value = value
-
-    def read(self):
-        return self.value
-
-    def write(self, value):
-        self.value = value
-
-    def clear(self):
-        self.value = None
-
-
-class _Timer:
-    def set(self, when):
-        self.when = when
-
-
 def test_frames_buffered_by_an_earlier_version_are_stepped_when_their_timer_fires(weights):
     """Savepoints of the first batched layout hold a bag of frames and a flush timer: after a
     restore the timer steps them into the shard's cell, and nothing is left buffered."""
@@ -499,8 +480,9 @@ def test_frames_buffered_by_an_earlier_version_are_stepped_when_their_timer_fire
     fn.setup()
     fn.start_bundle()
     buffered = [rec(f"s{k}", i, X[i]) for i in range(3) for k in range(2)]
-    shard, buffer, pending = _Value(), _Value(list(buffered)), _Value(b"\x06\x00\x00\x00")
-    buffer.add = buffer.value.append
+    shard, buffer, pending = _Cell(), _Cell(), _Cell()
+    buffer.write(list(buffered))
+    pending.write(b"\x06\x00\x00\x00")
     out = list(fn.on_flush(shard, buffer, pending, _Timer()))
     fn.finish_bundle()
     assert sorted((d.stream_id, d.frame_index) for d in out) == [
@@ -508,4 +490,6 @@ def test_frames_buffered_by_an_earlier_version_are_stepped_when_their_timer_fire
     ]
     assert buffer.value is None and pending.value is None
     assert set(ShardCell.from_bytes(shard.value)) == {"s0", "s1"}
-    assert not list(fn.on_flush(shard, _Value([]), _Value(), _Timer()))  # nothing left to step
+    empty = _Cell()
+    empty.write([])
+    assert not list(fn.on_flush(shard, empty, _Cell(), _Timer()))  # nothing left to step
