@@ -237,11 +237,11 @@ class BatchedInferenceFn(InferenceDoFn):
         per_frame_us = round((t3 - t0) / 1e3 / len(recs))
         # per-frame metrics, counted per step: the step's per-frame means are the same for
         # every frame of it (Distribution.update_counts)
-        fresh = replays = warmups = emitted = stepped = 0
+        fresh = replays = stepped = 0
         serde: Counter[int] = Counter()
         model: Counter[int] = Counter()
         size: Counter[int] = Counter()
-        latency: Counter[int] = Counter()
+        emitted: list[Any] = []
         it = iter(results)
         for pos, rec in enumerate(recs):
             replay = is_replay(rec.headers)
@@ -264,15 +264,11 @@ class BatchedInferenceFn(InferenceDoFn):
             model[round(res.model_us)] += 1
             size[res.state_bytes] += 1
             if not replay:
-                emitted += 1
-                warmups += not det.warm
-                latency[int(det.latency_ms)] += 1
+                emitted.append(det)
                 yield det
         m.frames_in.inc(fresh)
         m.replayed.inc(replays)
-        m.detections.inc(emitted)
-        m.warmup.inc(warmups)
-        m.latency.update_counts(latency)
+        m.emitted_many(emitted)
         m.serde_us.update_counts(serde)
         m.model_us.update_counts(model)
         m.state_size.update_counts(size)
