@@ -79,8 +79,8 @@ class GroupFrames(KeyFrames):
 
     The keys and the idle sweep's tokens are :class:`~costream.transforms.streams.KeyFrames`'s
     (a token travels in its shard's group, in order). A group is emitted when it holds
-    ``max_batch`` frames, when a frame arrives ``max_delay_ms`` or more after the group's first
-    one (``max_delay_ms`` None: never), and at the end of the bundle, with the latest timestamp
+    ``max_batch`` frames (None: never), when a frame arrives ``max_delay_ms`` or more after the
+    group's first one (None: never), and at the end of the bundle, with the latest timestamp
     of its frames, in their window.
     """
 
@@ -90,11 +90,11 @@ class GroupFrames(KeyFrames):
         ttl_ms: int | None,
         sweep_every_s: float,
         shards: int,
-        max_batch: int,
+        max_batch: int | None,
         max_delay_ms: float | None,
     ) -> None:
         super().__init__(registry, ttl_ms, sweep_every_s, shards)
-        self.max_batch = int(max_batch)
+        self.max_batch = None if max_batch is None else int(max_batch)
         self.max_delay_s = None if max_delay_ms is None else float(max_delay_ms) / 1000
 
     def start_bundle(self) -> None:
@@ -113,7 +113,7 @@ class GroupFrames(KeyFrames):
                 g = self._groups[(key, window)] = _Group(now_s, timestamp)
             g.frames.append(r)
             g.timestamp = max(g.timestamp, timestamp)
-            if len(g.frames) >= self.max_batch or (
+            if (self.max_batch is not None and len(g.frames) >= self.max_batch) or (
                 self.max_delay_s is not None and now_s - g.first_s >= self.max_delay_s
             ):
                 del self._groups[(key, window)]
@@ -130,7 +130,8 @@ class BatchedInferenceFn(InferenceDoFn):
 
     Input: ``(shard key, [records])`` (:class:`GroupFrames`); outputs as
     :class:`~costream.transforms.inference.ContinualInferenceFn`: detections, and dead letters
-    tagged ``dead_letter``. The arguments are those of ``ContinualInference``.
+    tagged ``dead_letter``. The arguments are those of ``ContinualInference``; ``max_rows``:
+    the most rows of one model step (``ContinualInference``'s ``max_batch``).
     """
 
     SHARD = ReadModifyWriteStateSpec("shard", BytesCoder())
@@ -139,6 +140,10 @@ class BatchedInferenceFn(InferenceDoFn):
     PENDING = ReadModifyWriteStateSpec("pending", BytesCoder())
     FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
     IDLE = TimerSpec("idle", TimeDomain.REAL_TIME)
+
+    def __init__(self, *args: Any, max_rows: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_rows = max_rows  # the most rows of one model step (None: a round's streams)
 
     def setup(self) -> None:
         super().setup()
@@ -215,7 +220,9 @@ class BatchedInferenceFn(InferenceDoFn):
             except Exception as e:  # a row whose features cannot be read: its dead letter
                 refused[pos] = e
         try:
-            changed, results = self.stepper.process_many(cells, frames, now_ms=now_ms)
+            changed, results = self.stepper.process_many(
+                cells, frames, now_ms=now_ms, max_rows=self.max_rows
+            )
         except Exception as e:  # a fault in the batch: settle it frame by frame
             log.exception(
                 "batched step failed (%s); stepping the %d frames one by one", e, len(frames)

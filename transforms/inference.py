@@ -209,7 +209,7 @@ class ContinualInference(beam.PTransform):
         if batch_streams:
             from costream.transforms.batching import BatchedInferenceFn
 
-            self.fn = BatchedInferenceFn(*common, state_dtype=state_dtype)
+            self.fn = BatchedInferenceFn(*common, state_dtype=state_dtype, max_rows=max_batch)
         else:
             self.fn = ContinualInferenceFn(*common, state_dtype=state_dtype)
         self.sweep_every_s = 1.0  # seconds between idle sweeps where a TTL replaces the timer
@@ -226,12 +226,16 @@ class ContinualInference(beam.PTransform):
             from costream.transforms.batching import GroupFrames
             from costream.transforms.beam_fixes import in_process
 
-            # in process a stage's output moves on only when its bundle ends: no delay cuts
-            delay = None if in_process(frames.pipeline) else self.max_delay_ms
+            # in process a stage's output moves on only when its bundle ends, so cutting a
+            # bundle's frames into groups (by size or delay) adds nothing but smaller steps:
+            # there a group is a bundle's frames of the shard, stepped max_batch rows at a time
+            local = in_process(frames.pipeline)
+            size = None if local else self.max_batch
+            delay = None if local else self.max_delay_ms
             # the label of the one-stream path's keying step: Flink maps a savepoint's state to
             # operators by their names, and this step is fused with the reader's
             keyed = frames | "KeyByStream" >> beam.ParDo(
-                GroupFrames(*keys, self.shards, max_batch=self.max_batch, max_delay_ms=delay)
+                GroupFrames(*keys, self.shards, max_batch=size, max_delay_ms=delay)
             ).with_output_types(beam.typehints.KV[str, beam.typehints.List[FeatureRecord]])
         out = keyed | "Step" >> beam.ParDo(self.fn).with_output_types(
             contract.Detection

@@ -291,16 +291,18 @@ class StreamStepper:
         frames: Sequence[Frame],
         *,
         now_ms: int | None = None,
+        max_rows: int | None = None,
     ) -> tuple[dict[str, bytes], list[StepResult]]:
         """Apply frames of many streams, in order per stream, stepping streams together.
 
-        ``stored``: stream id -> its cell (streams without one start fresh). Returns the cells
-        that changed (stream id -> new bytes) and one :class:`StepResult` per frame, in the
-        order of ``frames`` (:func:`costream.transforms.many_streams.process_many`).
+        ``stored``: stream id -> its cell (streams without one start fresh); ``max_rows``: the
+        most rows of one model step. Returns the cells that changed (stream id -> new bytes)
+        and one :class:`StepResult` per frame, in the order of ``frames``
+        (:func:`costream.transforms.many_streams.process_many`).
         """
         from costream.transforms import many_streams
 
-        return many_streams.process_many(self, stored, frames, now_ms=now_ms)
+        return many_streams.process_many(self, stored, frames, now_ms=now_ms, max_rows=max_rows)
 
     def process_each(
         self,

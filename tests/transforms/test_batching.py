@@ -16,11 +16,14 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import torch
-from apache_beam.testing.util import assert_that
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Timestamp
 
 from costream.models.state import StateFormatError
 from costream.models.zoo import get_model, save_model
+from costream.transforms import counters
 from costream.transforms.inference import ContinualInference
 from costream.transforms.stepper import Frame, StreamStepper
 from costream.transforms.stored import ShardCell, Stored
@@ -108,7 +111,7 @@ def run_one_by_one(s, frames):
     return store, results
 
 
-def run_batched(s, frames, sizes):
+def run_batched(s, frames, sizes, max_rows=None):
     store: dict[str, bytes] = {}
     results = []
     pos = 0
@@ -116,7 +119,7 @@ def run_batched(s, frames, sizes):
         size = sizes[len(results) % len(sizes)] if isinstance(sizes, list) else sizes
         batch = frames[pos : pos + size]
         pos += size
-        changed, res = s.process_many(store, batch, now_ms=0)
+        changed, res = s.process_many(store, batch, now_ms=0, max_rows=max_rows)
         store.update(changed)
         results.extend(res)
     return store, results
@@ -129,8 +132,10 @@ def test_batched_equals_one_by_one_whatever_the_batch(dtype, tol, blocks):
     s = stepper(regular)
     frames = scripted_frames(seed=blocks)
     _, ref = run_one_by_one(s, frames)
-    for sizes in (1, 3, 7, 64, [1, 5, 2, 11]):
-        _, got = run_batched(s, frames, sizes)
+    # groups of 1, 3, ... frames; a group's rounds stepped whole or max_rows rows at a time
+    for sizes, rows in ((1, None), (3, None), (7, None), (64, None), ([1, 5, 2, 11], None),
+                        (64, 1), (64, 2), (7, 3)):  # fmt: skip
+        _, got = run_batched(s, frames, sizes, rows)
         assert len(got) == len(ref) == len(frames)
         checked = 0
         for f, a, b in zip(frames, ref, got):
@@ -335,37 +340,36 @@ def test_pipeline_batched_equals_one_stream_path(regular, weights):
 
 
 def test_batched_idle_streams_are_swept_on_the_embedded_runner(weights):
-    from apache_beam.metrics.metric import MetricsFilter
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
+    """In process a group is a bundle's frames of a shard; later bundles sweep idle streams."""
     X = np.random.default_rng(18).standard_normal(D_IN).astype(np.float32)
-    streams = 60
+    streams, per_bundle = 60, 10
 
     def slow(r):
-        time.sleep(0.01)
+        time.sleep(0.01)  # a bundle of 10 takes 0.1 s, longer than the idle timeout
         return r
 
-    # one bundle here (Create), and the flush timer fires after it: batches are flushed as they
-    # fill (max_batch), so streams are held, and swept, while the bundle runs.
+    stream = TestStream()
+    for lo in range(0, streams, per_bundle):  # each add_elements is a bundle of its own
+        stream = stream.add_elements([rec(f"s{k}", 0, X) for k in range(lo, lo + per_bundle)])
+    stream = stream.advance_watermark_to_infinity()
     inf = ContinualInference(
         weights=weights,
         idle_timeout_s=0.05,
         idle_timer=False,
         batch_streams=True,
         shards=4,
-        max_batch=3,
-        max_delay_ms=60_000,  # flushes by size only: 60 streams over 4 shards, 3 per flush
+        max_batch=3,  # the most rows of a step: a shard's bundle of streams in steps of 3
     )
     inf.sweep_every_s = 0.02
-    p = beam.Pipeline(runner=FnApiRunner())
-    _ = p | beam.Create([rec(f"s{k}", 0, X) for k in range(streams)]) | beam.Map(slow) | inf
-    result = p.run()
-    result.wait_until_finish()
-    got = {
-        r.key.metric.name: r.committed
-        for r in result.metrics().query(MetricsFilter().with_namespace("costream"))["counters"]
-    }
-    assert got["frames_in"] == streams and got["detections_out"] == streams
+    opts = PipelineOptions()
+    opts.view_as(StandardOptions).streaming = True
+    before = counters.snapshot()  # this runner's metric results hold only its first bundle's
+    with beam.Pipeline(runner="BundleBasedDirectRunner", options=opts) as p:
+        out = p | stream | beam.Map(slow) | inf
+        ids = out["detections"] | beam.Map(lambda d: d.stream_id)
+        assert_that(ids, equal_to([f"s{k}" for k in range(streams)]))
+    got = {k: v - before.get(k, 0) for k, v in counters.snapshot().items()}
+    assert got["frames_in"] == streams and got["detections_out"] == streams, got
     assert got["idle_cleared"] >= streams // 2, got
     assert len(StreamRegistry.named(inf.fn.registry)) <= streams - got["idle_cleared"]
 
@@ -445,9 +449,10 @@ def test_groups_are_cut_by_size_by_delay_and_at_the_end_of_the_bundle():
     assert last.timestamp == Timestamp(7) and last.windows == (win,)
 
 
-def test_in_process_a_bundle_is_one_batch_whatever_the_delay(weights):
+def test_in_process_a_bundle_is_one_batch_whatever_the_delay_and_size(weights):
     """On the FnApiRunner a stage's output reaches the next stage when its bundle ends, so
-    cutting groups by delay would only make smaller steps: the bundle's frames step together."""
+    cutting groups by delay or size would only make smaller steps: the bundle's frames step
+    together (max_batch rows at a time)."""
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -458,8 +463,9 @@ def test_in_process_a_bundle_is_one_batch_whatever_the_delay(weights):
         return r
 
     inf = ContinualInference(
-        weights=weights, idle_timer=False, batch_streams=True, shards=1, max_delay_ms=20
-    )
+        weights=weights, idle_timer=False, batch_streams=True, shards=1, max_delay_ms=20,
+        max_batch=5,
+    )  # fmt: skip
     p = beam.Pipeline(runner=FnApiRunner())
     out = p | beam.Create([rec(f"s{k}", 0, X) for k in range(12)]) | beam.Map(slow) | inf
     assert_that(out["detections"], lambda got: len(got) == 12 or pytest.fail(str(len(got))))
