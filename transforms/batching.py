@@ -7,8 +7,9 @@ Two DoFns make ``ContinualInference(batch_streams=True)``:
   gathers a bundle's frames per shard into groups, in arrival order: a group goes out when it
   holds ``max_batch`` frames, when a frame arrives ``max_delay_ms`` or more after the group's
   first one, and at the end of the bundle. On in-process runners (the FnApiRunner) a stage's
-  output reaches the next stage only when its bundle ends, so there the delay does not cut
-  groups (it would only split the bundle's frames into smaller steps).
+  output reaches the next stage only when its bundle ends, so there neither cuts groups (they
+  would only split the bundle's frames into smaller steps): a group is the bundle's frames of
+  its shard.
 * :class:`BatchedInferenceFn` (stateful, keyed by shard) steps each group at once. Each shard
   key holds, in Beam keyed state, ``shard``: one :class:`~costream.transforms.stored.ShardCell`
   value with the cells of all of the shard's streams (each a stream's
@@ -16,7 +17,8 @@ Two DoFns make ``ContinualInference(batch_streams=True)``:
   stores). A group is one state read, one
   :meth:`~costream.transforms.stepper.StreamStepper.process_many` (which decides duplicates,
   gaps, resets and epochs per stream exactly as the one-stream path does and steps the streams
-  together) and one state write, whatever its size: no per-frame state access.
+  together, ``max_batch`` rows at most per model step) and one state write, whatever its size:
+  no per-frame state access.
 
 Idle streams: at every step, streams of the shard unseen for ``idle_timeout_s`` are dropped;
 with ``idle_timer`` (Flink) a shard unseen that long is cleared by a timer; without it (the

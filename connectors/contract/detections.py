@@ -111,20 +111,35 @@ def make_detection(
             f"A detection needs as many labels as scores, and at least one; got {len(scores_t)} "
             f"scores and {len(labels_t)} labels."
         )
-    best = max(range(len(scores_t)), key=scores_t.__getitem__)
+    best = scores_t.index(max(scores_t))  # the first of equal maxima
+    frame_index, ts_ms, latency_ms = int(frame_index), int(ts_ms), float(latency_ms)
     det = Detection(
         stream_id,
-        int(frame_index),
-        int(ts_ms),
+        frame_index,
+        ts_ms,
         scores_t,
         labels_t,
         labels_t[best],
         scores_t[best],
         bool(warm),
         model,
-        float(latency_ms),
+        latency_ms,
     )
-    validate_detection(det)
+    # what the conversions above do not guarantee, at once (a detection is made per frame);
+    # validate_detection names the field when any of it fails. A sum of finite scores is
+    # finite unless it overflows, and then validate_detection finds them all finite.
+    if not (
+        type(stream_id) is str
+        and stream_id
+        and type(model) is str
+        and model
+        and 0 <= frame_index <= MAX_FRAME_INDEX
+        and 0 <= ts_ms <= MAX_TS_MS
+        and math.isfinite(sum(scores_t))
+        and math.isfinite(latency_ms)
+        and latency_ms >= 0
+    ):
+        validate_detection(det)
     _remember(det)
     return det
 

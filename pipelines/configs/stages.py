@@ -113,7 +113,9 @@ class ContinualInferenceConfig:
     )
     shards: int = _key("With `batch_streams`: the number of shard keys.", 16)
     max_batch: int = _key(
-        "With `batch_streams`: the most frames (rows x rounds) stepped together, one group.", 64
+        "With `batch_streams`: the most rows (streams) of one model step; on Flink also the most "
+        "frames (rows x rounds) of a group (in process a group is what the bundle holds).",
+        64,
     )
     max_delay_ms: float = _key(
         "With `batch_streams`: the longest a frame waits for its group to fill under traffic, "

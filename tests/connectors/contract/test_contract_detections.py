@@ -96,6 +96,41 @@ def test_make_detection_refuses_bad_input():
         det(scores=[0.1, float("inf"), 0.0])
 
 
+def test_make_detection_refuses_exactly_what_validate_detection_refuses():
+    """Its checks at once agree with the field-by-field validation, edge cases included."""
+    import random
+
+    rnd = random.Random(7)
+    big = 1.7976931348623157e308
+    cases = dict(
+        stream_id=["cam", "", "é"],
+        frame_index=[0, -1, C.MAX_FRAME_INDEX, C.MAX_FRAME_INDEX + 1],
+        ts_ms=[0, -1, C.MAX_TS_MS, C.MAX_TS_MS + 1],
+        scores=[[0.1, 0.9], [float("nan"), 0.1], [float("inf"), float("-inf")], [big, big],
+                [-big, big], [0.5, 0.5]],
+        model=["m@ab", ""],
+        latency_ms=[0.0, -0.5, float("inf"), float("nan"), 3.5],
+    )  # fmt: skip
+    for _ in range(400):
+        kw = {k: rnd.choice(v) for k, v in cases.items()}
+        try:
+            d = det(labels=["bg", "a"], **kw)
+        except C.DetectionFormatError:
+            made = None
+        else:
+            made = d
+        ref = C.Detection(kw["stream_id"], kw["frame_index"], kw["ts_ms"], tuple(kw["scores"]),
+                          ("bg", "a"), "bg", kw["scores"][0], True, kw["model"],
+                          kw["latency_ms"])  # fmt: skip
+        try:
+            C.validate_detection(ref)
+        except C.DetectionFormatError:
+            assert made is None, kw
+        else:
+            assert made is not None, kw
+            assert made.top_label == ("a" if kw["scores"][1] > kw["scores"][0] else "bg")
+
+
 # --- validated once (issue 15): what make_detection built is not validated again -------------
 
 
@@ -141,9 +176,12 @@ def validations(monkeypatch):
 
 
 def test_validation_is_skipped_only_for_the_rows_make_detection_built(validations):
-    d = det()
-    assert validations == [d]  # make_detection validates the row it builds
+    with pytest.raises(C.DetectionFormatError, match="'stream_id'"):
+        det(stream_id="")  # make_detection checks the row it builds; a bad one: named field
+    assert len(validations) == 1
     validations.clear()
+    d = det()
+    assert validations == []  # a valid one passes its checks at once
     C.detection_record(d)
     assert validations == []  # and encoding it does not again
     C.encode_detection(d)  # once encoded, it is forgotten: a second encoding validates
