@@ -6,10 +6,10 @@ Two DoFns make ``ContinualInference(batch_streams=True)``:
   (:func:`~costream.transforms.streams.shard_key`: CRC32 of the stream id modulo ``shards``) and
   gathers a bundle's frames per shard into groups, in arrival order: a group goes out when it
   holds ``max_batch`` frames, when a frame arrives ``max_delay_ms`` or more after the group's
-  first one, and at the end of the bundle. On in-process runners (the FnApiRunner) a stage's
-  output reaches the next stage only when its bundle ends, so there neither cuts groups (they
-  would only split the bundle's frames into smaller steps): a group is the bundle's frames of
-  its shard.
+  first one, and at the end of the bundle. On in-process runners (the FnApiRunner) size does
+  not cut groups: the reader's bundle holds its partitions one after the other, so a group cut
+  by size would hold one partition's streams; there the stateful step is fused with the reader
+  and a group cut by delay is stepped at once.
 * :class:`BatchedInferenceFn` (stateful, keyed by shard) steps each group at once. Each shard
   key holds, in Beam keyed state, ``shard``: one :class:`~costream.transforms.stored.ShardCell`
   value with the cells of all of the shard's streams (each a stream's

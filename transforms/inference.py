@@ -226,12 +226,11 @@ class ContinualInference(beam.PTransform):
             from costream.transforms.batching import GroupFrames
             from costream.transforms.beam_fixes import in_process
 
-            # in process a stage's output moves on only when its bundle ends, so cutting a
-            # bundle's frames into groups (by size or delay) adds nothing but smaller steps:
-            # there a group is a bundle's frames of the shard, stepped max_batch rows at a time
-            local = in_process(frames.pipeline)
-            size = None if local else self.max_batch
-            delay = None if local else self.max_delay_ms
+            # in process a group cut by size holds one partition's streams (the reader's bundle
+            # holds its partitions one after the other): there a group is what arrives within
+            # max_delay_ms, stepped max_batch rows at a time
+            size = None if in_process(frames.pipeline) else self.max_batch
+            delay = self.max_delay_ms
             # the label of the one-stream path's keying step: Flink maps a savepoint's state to
             # operators by their names, and this step is fused with the reader's
             keyed = frames | "KeyByStream" >> beam.ParDo(

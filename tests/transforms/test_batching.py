@@ -449,21 +449,22 @@ def test_groups_are_cut_by_size_by_delay_and_at_the_end_of_the_bundle():
     assert last.timestamp == Timestamp(7) and last.windows == (win,)
 
 
-def test_in_process_a_bundle_is_one_batch_whatever_the_delay_and_size(weights):
-    """On the FnApiRunner a stage's output reaches the next stage when its bundle ends, so
-    cutting groups by delay or size would only make smaller steps: the bundle's frames step
-    together (max_batch rows at a time)."""
+@pytest.mark.parametrize("delay_ms", [1e7, 45])
+def test_in_process_groups_are_cut_by_delay_not_by_size(weights, delay_ms):
+    """In process a group cut by size would hold one partition's streams (the reader's bundle
+    holds its partitions one after the other): there groups are cut by delay (the stateful
+    step is fused with the reader, so a cut group steps at once) and at the bundle's end."""
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     X = np.random.default_rng(21).standard_normal(D_IN).astype(np.float32)
 
     def slow(r):
-        time.sleep(0.03)  # frames 30 ms apart, one shard: every frame past max_delay_ms
+        time.sleep(0.03)  # frames 30 ms apart, one shard
         return r
 
     inf = ContinualInference(
-        weights=weights, idle_timer=False, batch_streams=True, shards=1, max_delay_ms=20,
+        weights=weights, idle_timer=False, batch_streams=True, shards=1, max_delay_ms=delay_ms,
         max_batch=5,
     )  # fmt: skip
     p = beam.Pipeline(runner=FnApiRunner())
@@ -473,7 +474,11 @@ def test_in_process_a_bundle_is_one_batch_whatever_the_delay_and_size(weights):
     result.wait_until_finish()
     dist = result.metrics().query(MetricsFilter().with_name("batch_frames"))["distributions"]
     sizes = [d.committed for d in dist]
-    assert sizes and [(s.count, s.max) for s in sizes] == [(1, 12)], sizes
+    assert len(sizes) == 1 and sizes[0].sum == 12, sizes
+    if delay_ms > 1e6:  # no delay cut: the bundle's 12 frames step as one group (5 rows a step)
+        assert (sizes[0].count, sizes[0].max) == (1, 12), sizes
+    else:  # a frame 45 ms or more after its group's first one sends the group on: 2-3 frames
+        assert sizes[0].count >= 4 and sizes[0].max <= 3, sizes
 
 
 def test_frames_buffered_by_an_earlier_version_are_stepped_when_their_timer_fires(weights):
