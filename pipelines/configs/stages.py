@@ -114,12 +114,12 @@ class ContinualInferenceConfig:
     shards: int = _key("With `batch_streams`: the number of shard keys.", 16)
     max_batch: int = _key(
         "With `batch_streams`: the most rows (streams) of one model step; on Flink also the most "
-        "frames (rows x rounds) of a group (in process a group is what the bundle holds).",
+        "frames (rows x rounds) of a group.",
         64,
     )
     max_delay_ms: float = _key(
         "With `batch_streams`: the longest a frame waits for its group to fill under traffic, "
-        "in ms (on Flink; in process a group is what the bundle holds).",
+        "in ms.",
         20.0,
     )
     state_dtype: Literal["float32", "float16", "bfloat16"] = _key(
