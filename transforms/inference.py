@@ -230,11 +230,10 @@ class ContinualInference(beam.PTransform):
             # holds its partitions one after the other): there a group is what arrives within
             # max_delay_ms, stepped max_batch rows at a time
             size = None if in_process(frames.pipeline) else self.max_batch
-            delay = self.max_delay_ms
             # the label of the one-stream path's keying step: Flink maps a savepoint's state to
             # operators by their names, and this step is fused with the reader's
             keyed = frames | "KeyByStream" >> beam.ParDo(
-                GroupFrames(*keys, self.shards, max_batch=size, max_delay_ms=delay)
+                GroupFrames(*keys, self.shards, max_batch=size, max_delay_ms=self.max_delay_ms)
             ).with_output_types(beam.typehints.KV[str, beam.typehints.List[FeatureRecord]])
         out = keyed | "Step" >> beam.ParDo(self.fn).with_output_types(
             contract.Detection

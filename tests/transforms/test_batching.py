@@ -340,7 +340,7 @@ def test_pipeline_batched_equals_one_stream_path(regular, weights):
 
 
 def test_batched_idle_streams_are_swept_on_the_embedded_runner(weights):
-    """In process a group is a bundle's frames of a shard; later bundles sweep idle streams."""
+    """Streams idle longer than the timeout are swept by the sweep tokens of later bundles."""
     X = np.random.default_rng(18).standard_normal(D_IN).astype(np.float32)
     streams, per_bundle = 60, 10
 
@@ -358,7 +358,7 @@ def test_batched_idle_streams_are_swept_on_the_embedded_runner(weights):
         idle_timer=False,
         batch_streams=True,
         shards=4,
-        max_batch=3,  # the most rows of a step: a shard's bundle of streams in steps of 3
+        max_batch=3,  # the most rows of a step: a shard's group of streams in steps of 3
     )
     inf.sweep_every_s = 0.02
     opts = PipelineOptions()
