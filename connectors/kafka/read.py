@@ -71,6 +71,9 @@ class _ReadPartitionFn(beam.DoFn):
     def __init__(self, cfg: _ReadConfig) -> None:
         self._cfg = cfg
         self._readers: dict[tuple[str, int], _PartitionReader] = {}
+        # per partition: time.monotonic() of its last record here (or of its first read), for
+        # stop_after_idle_s: a step of the wall clock must not end a read early
+        self._active: dict[tuple[str, int], float] = {}
         self._records = Metrics.counter(_METRICS_NS, "records_read")
         self._bytes = Metrics.counter(_METRICS_NS, "bytes_read")
         self._commits = Metrics.counter(_METRICS_NS, "offset_commits")
@@ -81,7 +84,7 @@ class _ReadPartitionFn(beam.DoFn):
         self._dlq_producer: Any = None
 
     def setup(self) -> None:
-        self._readers = {}
+        self._readers, self._active = {}, {}
         self._dlq_producer = None
 
     def _dead_letter(self, desc: _PartitionDescriptor, f: _Fetched, reason: str) -> None:
@@ -162,6 +165,7 @@ class _ReadPartitionFn(beam.DoFn):
         if key not in self._readers:
             kind = _RdPartitionReader if self._cfg.client == "librdkafka" else _PartitionReader
             self._readers[key] = kind(self._cfg, desc.topic, desc.partition)
+            self._active[key] = time.monotonic()
         return self._readers[key]
 
     def _commit(self, reader: _PartitionReader, next_offset: int) -> None:
@@ -254,19 +258,16 @@ class _ReadPartitionFn(beam.DoFn):
             self._bytes.inc(nbytes)
         if emitted:
             assert last_offset is not None  # set with every emitted record
+            self._active[(desc.topic, desc.partition)] = time.monotonic()
             self._records.inc(emitted)
             if cfg.group_id is not None and last_offset + 1 > desc.replay_until:
                 finalizer.register(functools.partial(self._commit, reader, last_offset + 1))
         if finished:
             return
         now = time.time()
-        if (
-            cfg.stop_after_idle_s is not None
-            and watermark.idle_seconds(now) >= cfg.stop_after_idle_s
-        ):
-            _LOG.info(
-                "ReadFromKafka: %r idle for %.1f s; stopping.", reader, watermark.idle_seconds(now)
-            )
+        quiet_s = time.monotonic() - self._active[(desc.topic, desc.partition)]
+        if cfg.stop_after_idle_s is not None and quiet_s >= cfg.stop_after_idle_s:
+            _LOG.info("ReadFromKafka: %r idle for %.1f s; stopping.", reader, quiet_s)
             tracker.try_claim(rng.stop)  # claiming the end marks the restriction done
             return
         watermark.advance_if_idle(now, cfg.idle_partition_s)

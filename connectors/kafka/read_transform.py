@@ -46,7 +46,8 @@ class ReadFromKafka(beam.PTransform):
             assigned explicitly; the group is never joined.
         partitions: partition numbers to read (of every topic); default all.
         max_records: read at most this many offsets per partition, then that partition ends.
-        stop_after_idle_s: end a partition's read after this many seconds without a record.
+        stop_after_idle_s: end a partition's read after this many seconds without a record
+            (on this worker's monotonic clock: a step of the wall clock does not end it).
             The transform (and ``p.run()``) ends when every partition has ended.
         idle_partition_s: after this many quiet seconds a partition's watermark advances with
             the wall clock (``now - idle_partition_s``) so it does not hold back the others;

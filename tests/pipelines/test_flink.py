@@ -6,6 +6,7 @@ submitted through the ``costream run`` CLI and stop by idle time (``--until-idle
 savepoint. Kafka is the embedded broker.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -138,13 +139,43 @@ def new_job(flink, before: set[str], timeout_s=120) -> str:
     raise AssertionError(f"no new RUNNING job in {timeout_s} s: {flink.jobs()}")
 
 
-def wait_for(cond, timeout_s, what):
+def wait_for(cond, timeout_s, what, explain=None):
+    """Poll ``cond`` until true; on timeout fail with ``explain()``'s account of the job, if any."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if cond():
             return
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    detail = "" if explain is None else f"\n{explain()}"
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{detail}")
+
+
+def job_account(flink, job, proc=None):
+    """What a failed wait shows of a job: state, restarts, exceptions, metrics and log tails."""
+    parts = []
+    for what, path in (
+        ("state", f"/jobs/{job}"),
+        ("restarts", f"/jobs/{job}/metrics?get=numRestarts"),
+        ("exceptions", f"/jobs/{job}/exceptions"),
+    ):
+        try:
+            got = flink.rest(path)
+            got = got.get("state") if what == "state" else got
+            parts.append(f"{what}: {json.dumps(got)[:3000]}")
+        except Exception as err:  # the account must not hide the timeout
+            parts.append(f"{what}: unreadable ({err})")
+    try:
+        parts.append(f"user metrics: {flink.user_metrics(job)}")
+    except Exception as err:
+        parts.append(f"user metrics: unreadable ({err})")
+    logs = [flink.work_dir / "log" / n for n in ("worker_pool.out", "taskmanager.out")]
+    logs += [] if proc is None else [proc.log_path]
+    for path in logs:
+        try:
+            parts.append(f"--- {path.name} (tail)\n{path.read_text(errors='replace')[-3000:]}")
+        except OSError as err:
+            parts.append(f"--- {path.name}: {err}")
+    return "\n".join(parts)
 
 
 def detections(broker, topic):
@@ -415,10 +446,12 @@ def test_idle_timer_clears_an_idle_streams_state_on_flink(flink, kafka_broker, k
     try:
         produce(kafka_broker.bootstrap, topics[0], features("idle", 0, 20))
         wait_for(lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= 20, 120, "20")
-        wait_for(lambda: cleared() >= 1, 150, "the idle timer")
+        account = functools.partial(job_account, flink, job, proc)
+        wait_for(lambda: cleared() >= 1, 150, "the idle timer", account)
         produce(kafka_broker.bootstrap, topics[0], features("idle", 20, 25))
         wait_for(lambda: len(consume_all(kafka_broker.bootstrap, topics[1])) >= 25, 60, "25")
-        wait_for(lambda: cleared() >= 2, 150, "the second idle timer")  # no timer left pending
+        # no timer left pending
+        wait_for(lambda: cleared() >= 2, 150, "the second idle timer", account)
     finally:
         flink.rest(f"/jobs/{job}?mode=cancel", method="PATCH")
         proc.wait(timeout=120)

@@ -98,6 +98,40 @@ def test_streams_on_several_partitions_interleave_in_order(
     assert [o["key"] for o in p0[:4]] == ["a", "b", "a", "b"]
 
 
+def test_a_step_of_the_wall_clock_does_not_end_an_idle_read(
+    kafka_broker, kafka_topics, tmp_path, monkeypatch
+):
+    """``stop_after_idle_s`` counts quiet seconds on the monotonic clock, not the wall clock."""
+    from costream.connectors.kafka import read as read_module
+
+    topic, real, checks = kafka_topics(), time, threading.Event()
+
+    class SteppedClock:  # the wall clock as the reader sees it: a minute ahead once it looked
+        monotonic, sleep = staticmethod(real.monotonic), staticmethod(real.sleep)
+
+        @staticmethod
+        def time():
+            checks.set()
+            return real.time() + 60
+
+    monkeypatch.setattr(read_module, "time", SteppedClock)
+
+    def late():  # frames come only after the reader has read the (stepped) clock
+        checks.wait(60)
+        time.sleep(0.5)
+        produce(kafka_broker.bootstrap, topic, stream_records("s", 5, int(real.time() * 1000)))
+
+    producer = threading.Thread(target=late, daemon=True)
+    producer.start()
+    out = run_read(
+        ReadFromKafka(kafka_broker.bootstrap, topic, start="earliest", stop_after_idle_s=2.5),
+        tmp_path / "out.jsonl",
+    )
+    producer.join(timeout=60)
+    assert checks.is_set()
+    assert [o["offset"] for o in out] == list(range(5))
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_restart_from_committed_offsets_loses_nothing(kafka_broker, kafka_topics, tmp_path, client):
     bs, topic, group = kafka_broker.bootstrap, kafka_topics(), f"g-{time.time_ns()}"
