@@ -1,6 +1,7 @@
 """transforms/beam_fixes.py: a cleared state cell leaves nothing in the SDK worker's cache."""
 
 import contextlib
+import sys
 
 import pytest
 from apache_beam.portability.api import beam_fn_api_pb2
@@ -69,10 +70,49 @@ def test_cleared_cells_leave_no_cache_entries(monkeypatch):
     assert left_before == 50 and left_after == 0, (left_before, left_after)
 
 
+def test_a_state_cell_is_weighed_without_walking_the_modules(monkeypatch):
+    """A cell read after a write is weighed as objsize weighs it, without its module walk."""
+    from apache_beam.runners.worker import statecache
+
+    assert beam_fixes.apply()
+    flat = [b"\x01" * 3000, bytearray(b"x").decode() + "y", 12345678901, 0.5, None, True]
+    nested = [{"a": [b"x" * 100]}, (b"y" * 10,)]
+    expected = {
+        "flat": beam_fixes._BEAM_DEEP_SIZE(flat),
+        "nested": beam_fixes._BEAM_DEEP_SIZE(nested),
+    }
+
+    def walked():
+        raise AssertionError("walked every module's globals")
+        yield
+
+    monkeypatch.setattr("objsize.traverse._iter_modules_globals", walked)
+    cache = StateCache(1 << 20)
+    _churn(sdk_worker.GlobalCachingStateHandler(cache, _Runner()), cache, 3)  # by the fix alone
+    assert statecache.get_deep_size(flat) == expected["flat"]
+    assert statecache.get_deep_size([]) == sys.getsizeof([])
+    with pytest.raises(AssertionError, match="walked"):  # other values: Beam's weighing
+        statecache.get_deep_size(nested)
+    monkeypatch.undo()
+    assert statecache.get_deep_size(nested) == expected["nested"]
+    with monkeypatch.context() as m:  # without the fix a cell's load walks the modules
+        m.setattr(statecache, "get_deep_size", beam_fixes._BEAM_DEEP_SIZE)
+        m.setattr("objsize.traverse._iter_modules_globals", walked)
+        cache = StateCache(1 << 20)
+        with pytest.raises(AssertionError, match="walked"):
+            _churn(sdk_worker.GlobalCachingStateHandler(cache, _Runner()), cache, 1)
+
+
 def test_apply_installs_every_worker_fix_idempotently():
+    from apache_beam.runners.worker import statecache
+
     assert beam_fixes.apply() and beam_fixes.apply()
     assert sdk_worker.GlobalCachingStateHandler.clear is beam_fixes._clear
-    assert beam_fixes.WORKER_FIXES == (beam_fixes.drop_cleared_state_from_cache,)
+    assert statecache.get_deep_size is beam_fixes._deep_size
+    assert beam_fixes.WORKER_FIXES == (
+        beam_fixes.drop_cleared_state_from_cache,
+        beam_fixes.weigh_flat_state_cheaply,
+    )
 
 
 _LOG_SPEC = """
