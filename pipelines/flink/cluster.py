@@ -116,6 +116,10 @@ class FlinkCluster:
             "web.submit.enable": False,
             # REST metrics (costream's counters, read by --until-idle) at most 1 s old
             "metrics.fetcher.update-interval": 1000,
+            # ... and again soon after a TaskManager dies: the fetcher starts no new fetch while
+            # one waits on the lost TaskManager's metrics, for up to web.timeout (default 10 min,
+            # no counters on REST meanwhile: measured after a kill -9 of the TaskManager)
+            "web.timeout": 20000,
             "env.java.opts.all": java_opts,
         }
 

@@ -366,6 +366,14 @@ def test_failover_restores_state_from_the_last_checkpoint(flink, kafka_broker, k
     flink.kill_taskmanager()  # kill -9 mid-stream
     flink.start_taskmanager()
     feeder.join()
+    # the job's counters are on REST again soon (what --until-idle and the status line read):
+    # with Flink's default web.timeout the metrics fetcher waited 10 min on the dead TaskManager
+    wait_for(
+        lambda: flink.user_metrics(job).get("costream_kafka_records_read", 0) > 0,
+        60,
+        "the job's counters on REST after the TaskManager came back",
+        functools.partial(job_account, flink, job, proc),
+    )
     finish(proc)
 
     out = detections(kafka_broker, topics[1])
