@@ -210,8 +210,9 @@ def stop_when_idle(master: str, job_name: str, idle_s: float, result: Any) -> st
     On Flink a job never ends by itself (Beam keeps the streaming Impulse source up while
     checkpointing is on, and letting it end stalls checkpoints), so ``--until-idle`` watches
     costream's counters through Flink's REST API instead: once records read, frames, detections
-    and dead letters stop changing for ``idle_s`` seconds (not counting restarts), the job stops
-    with a savepoint, whose path is returned: resume from it with ``--savepoint_path``.
+    and dead letters stop changing for ``idle_s`` seconds (not counting restarts, nor time when
+    the counters, once seen, are missing from REST), the job stops with a savepoint, whose path
+    is returned: resume from it with ``--savepoint_path``.
     """
     from costream.pipelines.flink import FlinkError, FlinkRest
 
@@ -220,6 +221,7 @@ def stop_when_idle(master: str, job_name: str, idle_s: float, result: Any) -> st
     log.info("Flink job %s (%s): stopping after %.0f s without progress", job_name, job, idle_s)
     last: dict[str, float] | None = None
     changed = time.monotonic()
+    seen = False  # whether costream's counters have shown up on REST
     while True:
         try:
             info = api.rest(f"/jobs/{job}")
@@ -237,6 +239,11 @@ def stop_when_idle(master: str, job_name: str, idle_s: float, result: Any) -> st
         except FlinkError:
             now = None
         counters = None if now is None else {k: v for k, v in now.items() if not k.endswith("_us")}
+        if seen and not counters:
+            # counters that vanish are unknown, not still: Flink's REST metrics fetcher shows
+            # none for up to web.timeout after a TaskManager is lost
+            counters = None
+        seen = seen or bool(counters)
         # before the first counter shows up, the SDK workers may still be starting: wait for
         # them at least a minute (a job that never sees a record still stops after that)
         patience = idle_s if counters else max(idle_s, 60.0)
