@@ -161,13 +161,18 @@ def _flink_properties(services):
     return env["FLINK_PROPERTIES"]
 
 
-def test_checkpoints_retained_rocksdb_and_restarts(services):
+def test_checkpoints_retained_rocksdb_and_restarts(services, tmp_path):
+    from costream.pipelines.flink import FlinkCluster, Ports
+
+    local = FlinkCluster(tmp_path, ports=Ports(0, 0, 0, 0, 0, 0)).flink_config()
     props = yaml.safe_load(_flink_properties(services))
     assert props["state.backend.type"] == "rocksdb"
     assert props["execution.checkpointing.externalized-checkpoint-retention"] == (
         "RETAIN_ON_CANCELLATION"
     )
     assert props["taskmanager.numberOfTaskSlots"] > 1
+    # REST metrics come back soon after a lost TaskManager, as on the local cluster
+    assert props["web.timeout"] == local["web.timeout"] <= 30_000
     # Beam overrides the cluster's retention unless the job asks to retain on cancel
     assert "--retain_externalized_checkpoints_on_cancellation" in _submitter_cmd(services)
 
