@@ -148,8 +148,8 @@ def weigh_flat_state_cheaply() -> bool:
     every read after a write paid that: once per frame on the one-stream path, on the embedded
     runner and on every Flink worker. The fix weighs a list of bytes, strings and numbers as
     ``getsizeof`` of the list plus its items but ``None`` (what objsize finds for them, but for
-    items that are also module globals) and leaves every other value to Beam's weighing. Returns whether the
-    fix is in place.
+    items that are also module globals) and leaves every other value to Beam's weighing.
+    Returns whether the fix is in place.
     """
     global _BEAM_DEEP_SIZE
     try:
