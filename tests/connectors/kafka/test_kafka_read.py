@@ -118,13 +118,14 @@ def test_a_step_of_the_wall_clock_does_not_end_an_idle_read(
 
     def late():  # frames come only after the reader has read the (stepped) clock
         checks.wait(60)
-        time.sleep(0.5)
         produce(kafka_broker.bootstrap, topic, stream_records("s", 5, int(real.time() * 1000)))
 
     producer = threading.Thread(target=late, daemon=True)
     producer.start()
     out = run_read(
-        ReadFromKafka(kafka_broker.bootstrap, topic, start="earliest", stop_after_idle_s=2.5),
+        # quiet for 6 s: room for the producer to connect and send on a busy machine; the old
+        # reader stopped at once (a minute of quiet on the stepped clock)
+        ReadFromKafka(kafka_broker.bootstrap, topic, start="earliest", stop_after_idle_s=6.0),
         tmp_path / "out.jsonl",
     )
     producer.join(timeout=60)
