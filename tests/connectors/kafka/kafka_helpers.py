@@ -110,7 +110,15 @@ def committed(bootstrap, group, topic, partition=0):
 
 
 def read_topic(bootstrap, topic, expected, timeout_s=10):
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # fetches far above the records' sizes (near-limit dead letters are ~1 MB each, kafka-python
+    # fetches 1 MB a partition by default), and never a jump to the end of the log
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=32 << 20,
+        fetch_max_bytes=64 << 20,
+    )
     tp = TopicPartition(topic, 0)
     c.assign([tp])
     c.seek_to_beginning(tp)
