@@ -24,9 +24,11 @@ __all__ = ["serve"]
 log = logging.getLogger(__name__)
 
 # costream's element schemas are registered (RowCoder) before the harness builds the pipeline's
-# coders, so a worker decodes costream's rows as the submitting process encoded them.
+# coders, so a worker decodes costream's rows as the submitting process encoded them; Beam's
+# worker patches (costream.transforms.beam_fixes) are in place before its bundle processors.
 _HARNESS = (
     "import sys, torch; torch.set_num_threads(1); import costream.transforms.records; "
+    "from costream.transforms import beam_fixes; beam_fixes.apply(); "
     "from apache_beam.runners.worker.sdk_worker import SdkHarness; "
     "SdkHarness(sys.argv[1], worker_id=sys.argv[2], state_cache_size=int(sys.argv[3]), "
     "data_buffer_time_limit_ms=int(sys.argv[4])).run()"

@@ -182,7 +182,7 @@ class ContinualInference(beam.PTransform):
         batch_streams: bool = False,
         shards: int = 16,
         max_batch: int = 64,
-        max_delay_ms: float = 20.0,
+        max_delay_ms: float | None = 20.0,
         state_dtype: str = "float32",
     ) -> None:
         super().__init__()
@@ -200,7 +200,7 @@ class ContinualInference(beam.PTransform):
             raise ValueError(f"shards must be >= 1, got {shards}.")
         if batch_streams and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 frame, got {max_batch}.")
-        if batch_streams and max_delay_ms < 0:
+        if batch_streams and max_delay_ms is not None and max_delay_ms < 0:
             raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}.")
         self.shards = shards if batch_streams else None
         self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
@@ -215,6 +215,10 @@ class ContinualInference(beam.PTransform):
         self.sweep_every_s = 1.0  # seconds between idle sweeps where a TTL replaces the timer
 
     def expand(self, frames: beam.PCollection) -> dict[str, beam.PCollection]:
+        from costream.transforms.beam_fixes import apply, in_process
+
+        if in_process(frames.pipeline):
+            apply()  # Beam's worker patches, before the runner builds its bundle processors
         keys = (self.fn.registry, self.fn.ttl_ms, self.sweep_every_s)
         keyed: beam.PCollection
         if self.shards is None:
@@ -224,11 +228,10 @@ class ContinualInference(beam.PTransform):
             )
         else:
             from costream.transforms.batching import GroupFrames
-            from costream.transforms.beam_fixes import in_process
 
             # in process a group cut by size holds one partition's streams (the reader's bundle
             # holds its partitions one after the other): there a group is what arrives within
-            # max_delay_ms, stepped max_batch rows at a time
+            # max_delay_ms (None: the bundle's frames), stepped max_batch rows at a time
             size = None if in_process(frames.pipeline) else self.max_batch
             # the label of the one-stream path's keying step: Flink maps a savepoint's state to
             # operators by their names, and this step is fused with the reader's

@@ -117,9 +117,10 @@ class ContinualInferenceConfig:
         "frames (rows x rounds) of a group.",
         64,
     )
-    max_delay_ms: float = _key(
+    max_delay_ms: float | None = _key(
         "With `batch_streams`: the longest a frame waits for its group to fill under traffic, "
-        "in ms.",
+        "in ms; null: groups are cut at the end of a bundle only (on Flink also at `max_batch` "
+        "frames): wider model steps, more latency.",
         20.0,
     )
     state_dtype: Literal["float32", "float16", "bfloat16"] = _key(

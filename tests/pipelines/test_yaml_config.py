@@ -378,6 +378,8 @@ def test_continual_inference_batching_and_state_dtype_keys_reach_the_transform()
     defaults = python_kwargs(parse_config("ContinualInference", {"weights": "/m", **EH}))
     assert (defaults["batch_streams"], defaults["shards"], defaults["max_batch"]) == (False, 16, 64)
     assert (defaults["max_delay_ms"], defaults["state_dtype"]) == (20.0, "float32")
+    no_delay = parse_config("ContinualInference", {"weights": "/m", "max_delay_ms": None, **EH})
+    assert python_kwargs(no_delay)["max_delay_ms"] is None  # groups cut at bundle ends only
     with pytest.raises(ConfigError, match="'state_dtype' must be one of 'float32', 'float16', "):
         parse_config("ContinualInference", {"weights": "w", "state_dtype": "half", **EH})
 

@@ -449,7 +449,7 @@ def test_groups_are_cut_by_size_by_delay_and_at_the_end_of_the_bundle():
     assert last.timestamp == Timestamp(7) and last.windows == (win,)
 
 
-@pytest.mark.parametrize("delay_ms", [1e7, 45])
+@pytest.mark.parametrize("delay_ms", [None, 1e7, 45])
 def test_in_process_groups_are_cut_by_delay_not_by_size(weights, delay_ms):
     """In process a group cut by size would hold one partition's streams (the reader's bundle
     holds its partitions one after the other): there groups are cut by delay (the stateful
@@ -475,7 +475,7 @@ def test_in_process_groups_are_cut_by_delay_not_by_size(weights, delay_ms):
     dist = result.metrics().query(MetricsFilter().with_name("batch_frames"))["distributions"]
     sizes = [d.committed for d in dist]
     assert len(sizes) == 1 and sizes[0].sum == 12, sizes
-    if delay_ms > 1e6:  # no delay cut: the bundle's 12 frames step as one group (5 rows a step)
+    if delay_ms is None or delay_ms > 1e6:  # no delay cut: the bundle's 12 frames, one group
         assert (sizes[0].count, sizes[0].max) == (1, 12), sizes
     else:  # a frame 45 ms or more after its group's first one sends the group on: 2-3 frames
         assert sizes[0].count >= 4 and sizes[0].max <= 3, sizes
