@@ -217,7 +217,8 @@ class ContinualInference(beam.PTransform):
     def expand(self, frames: beam.PCollection) -> dict[str, beam.PCollection]:
         from costream.transforms.beam_fixes import apply, in_process
 
-        if in_process(frames.pipeline):
+        here = in_process(frames.pipeline)
+        if here:
             apply()  # Beam's worker patches, before the runner builds its bundle processors
         keys = (self.fn.registry, self.fn.ttl_ms, self.sweep_every_s)
         keyed: beam.PCollection
@@ -232,7 +233,7 @@ class ContinualInference(beam.PTransform):
             # in process a group cut by size holds one partition's streams (the reader's bundle
             # holds its partitions one after the other): there a group is what arrives within
             # max_delay_ms (None: the bundle's frames), stepped max_batch rows at a time
-            size = None if in_process(frames.pipeline) else self.max_batch
+            size = None if here else self.max_batch
             # the label of the one-stream path's keying step: Flink maps a savepoint's state to
             # operators by their names, and this step is fused with the reader's
             keyed = frames | "KeyByStream" >> beam.ParDo(
