@@ -570,6 +570,13 @@ def print_ratios(rows: list[dict[str, Any]]) -> None:
         if label.endswith("+batch") and (label[: -len("+batch")], S) in by:
             base = by[(label[: -len("+batch")], S)]
             print(f"{label:>14} S={S}: batched / one stream per step = {fps / base:.2f}x")
+    for (label, S), fps in by.items():  # capacity grown with streams, batched vs B=1
+        one = label[: -len("+batch")]
+        if label.endswith("+batch") and S > 1 and (one, 1) in by:
+            print(
+                f"{label:>14} S={S} / {one} S=1 (one stream per step) = "
+                f"{fps / by[(one, 1)]:.2f}x ({fps:.0f} / {by[(one, 1)]:.0f} frames/s)"
+            )
 
 
 def print_tables(rows: list[dict[str, Any]], load: float) -> None:

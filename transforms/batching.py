@@ -9,7 +9,10 @@ Two DoFns make ``ContinualInference(batch_streams=True)``:
   first one, and at the end of the bundle. On in-process runners (the FnApiRunner) size does
   not cut groups: the reader's bundle holds its partitions one after the other, so a group cut
   by size would hold one partition's streams; there the stateful step is fused with the reader
-  and a group cut by delay is stepped at once.
+  and a group cut by delay is stepped at once. ``max_delay_ms: auto`` (the default) cuts by no
+  delay there: a group is the shard's frames of the reader's bundle, which ends once the
+  reader has caught up with the broker; elsewhere it is 20 ms
+  (:func:`~costream.transforms.inference.group_delay_ms`).
 * :class:`BatchedInferenceFn` (stateful, keyed by shard) steps each group at once. Each shard
   key holds, in Beam keyed state, ``shard``: one :class:`~costream.transforms.stored.ShardCell`
   value with the cells of all of the shard's streams (each a stream's

@@ -38,7 +38,14 @@ from costream.transforms.steps import (
 from costream.transforms.stored import Stored
 from costream.transforms.streams import SWEEP, InferenceDoFn, KeyFrames, is_replay
 
-__all__ = ["DEAD_LETTER", "DETECTIONS", "ContinualInference", "ContinualInferenceFn"]
+__all__ = [
+    "AUTO_DELAY_MS",
+    "DEAD_LETTER",
+    "DETECTIONS",
+    "ContinualInference",
+    "ContinualInferenceFn",
+    "group_delay_ms",
+]
 
 DEAD_LETTER = "dead_letter"
 DETECTIONS = "detections"
@@ -150,6 +157,25 @@ class ContinualInferenceFn(InferenceDoFn):
             self.metrics.idle_cleared.inc()
 
 
+AUTO_DELAY_MS = 20.0
+"""``max_delay_ms: auto`` on a distributed runner (Flink)."""
+
+
+def group_delay_ms(max_delay_ms: float | str | None, in_process: bool) -> float | None:
+    """The delay that cuts batched groups: ``max_delay_ms``, with ``auto`` settled per runner.
+
+    ``auto`` on a distributed runner (Flink) is :data:`AUTO_DELAY_MS`. In process it is None
+    (groups are the reader's bundles): there the step is fused with the reader, whose bundle
+    holds its partitions one after the other and ends once it has caught up with the broker;
+    so under live traffic a bundle holds what arrived since the previous one (a short wait),
+    and under a backlog, where a frame has waited in Kafka far longer than any cut would save,
+    every round of the group steps all of the shard's streams.
+    """
+    if max_delay_ms == "auto":
+        return None if in_process else AUTO_DELAY_MS
+    return None if max_delay_ms is None else float(max_delay_ms)
+
+
 class ContinualInference(beam.PTransform):
     """Frames' features -> per-frame detections, each stream's continual state in keyed state.
 
@@ -182,7 +208,7 @@ class ContinualInference(beam.PTransform):
         batch_streams: bool = False,
         shards: int = 16,
         max_batch: int = 64,
-        max_delay_ms: float | None = 20.0,
+        max_delay_ms: float | str | None = "auto",
         state_dtype: str = "float32",
     ) -> None:
         super().__init__()
@@ -200,7 +226,9 @@ class ContinualInference(beam.PTransform):
             raise ValueError(f"shards must be >= 1, got {shards}.")
         if batch_streams and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 frame, got {max_batch}.")
-        if batch_streams and max_delay_ms is not None and max_delay_ms < 0:
+        if isinstance(max_delay_ms, str) and max_delay_ms != "auto":
+            raise ValueError(f"max_delay_ms must be ms, 'auto' or null, got {max_delay_ms!r}.")
+        if batch_streams and not isinstance(max_delay_ms, str | None) and max_delay_ms < 0:
             raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}.")
         self.shards = shards if batch_streams else None
         self.max_batch, self.max_delay_ms = max_batch, max_delay_ms
@@ -234,10 +262,11 @@ class ContinualInference(beam.PTransform):
             # holds its partitions one after the other): there a group is what arrives within
             # max_delay_ms (None: the bundle's frames), stepped max_batch rows at a time
             size = None if here else self.max_batch
+            delay = group_delay_ms(self.max_delay_ms, here)
             # the label of the one-stream path's keying step: Flink maps a savepoint's state to
             # operators by their names, and this step is fused with the reader's
             keyed = frames | "KeyByStream" >> beam.ParDo(
-                GroupFrames(*keys, self.shards, max_batch=size, max_delay_ms=self.max_delay_ms)
+                GroupFrames(*keys, self.shards, max_batch=size, max_delay_ms=delay)
             ).with_output_types(beam.typehints.KV[str, beam.typehints.List[FeatureRecord]])
         out = keyed | "Step" >> beam.ParDo(self.fn).with_output_types(
             contract.Detection

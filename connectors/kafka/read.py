@@ -86,6 +86,13 @@ class _ReadPartitionFn(beam.DoFn):
     def setup(self) -> None:
         self._readers, self._active = {}, {}
         self._dlq_producer = None
+        self._bundle_emitted = 0
+
+    def start_bundle(self) -> None:
+        # records this bundle emitted so far, from any partition: once some wait downstream
+        # (a stateful stage's group is stepped at the bundle's end), no poll may block on a
+        # quiet partition
+        self._bundle_emitted = 0
 
     def _dead_letter(self, desc: _PartitionDescriptor, f: _Fetched, reason: str) -> None:
         """Publish ``f`` as a dead letter (stage ``read``) and wait for it; else count a skip."""
@@ -198,9 +205,10 @@ class _ReadPartitionFn(beam.DoFn):
         deadline = time.monotonic() + cfg.max_bundle_s
         emitted, last_offset, finished, nbytes = 0, None, False, 0
         while not finished and emitted < cfg.max_records_per_bundle:
-            timeout = cfg.poll_timeout_ms if emitted == 0 else 0
+            timeout = cfg.poll_timeout_ms if emitted == 0 and self._bundle_emitted == 0 else 0
             start = rng.start if last_offset is None else last_offset + 1
-            records = reader.read(start, cfg.max_records_per_bundle - emitted, timeout)
+            asked = cfg.max_records_per_bundle - emitted
+            records = reader.read(start, asked, timeout)
             if not records:
                 if emitted == 0:
                     self._check_broker(reader, start)
@@ -252,11 +260,15 @@ class _ReadPartitionFn(beam.DoFn):
                 nbytes += len(r.value or b"")
             if last_offset is not None and last_offset >= rng.stop - 1:
                 finished = True
-            if time.monotonic() >= deadline:
+            if len(records) < asked or time.monotonic() >= deadline:
+                # caught up with what the consumer had fetched: polling on would hold the
+                # bundle (and what waits for its end downstream) open for records that
+                # trickle in while it reads
                 break
         if nbytes:
             self._bytes.inc(nbytes)
         if emitted:
+            self._bundle_emitted += emitted
             assert last_offset is not None  # set with every emitted record
             self._active[(desc.topic, desc.partition)] = time.monotonic()
             self._records.inc(emitted)

@@ -54,8 +54,12 @@ class ReadFromKafka(beam.PTransform):
             ``None`` disables it (for replays of old data).
         max_records_per_bundle: records per partition per bundle (the duplicate bound, see
             :mod:`costream.connectors.kafka.read`).
-        max_bundle_s: wall-clock seconds a bundle may spend on one partition.
-        poll_timeout_ms: how long one poll waits for data on a quiet partition.
+        max_bundle_s: wall-clock seconds a bundle may spend on one partition. A partition's
+            part of a bundle also ends at the first poll that returns fewer records than
+            asked for (caught up with the broker), so under live traffic a bundle holds what
+            arrived since the previous one.
+        poll_timeout_ms: how long one poll waits for data on a quiet partition; only until the
+            bundle has read a record (then what it read is not held back by a quiet one).
         dead_letter_topic: where records that cannot become a ``KafkaRecord`` go, as dead
             letters with stage ``read``, the reason and ``costream.source`` =
             ``topic/partition/offset``: a batch kafka-python cannot parse (a header name that

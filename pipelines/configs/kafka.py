@@ -52,9 +52,15 @@ class ReadFramesFromKafkaConfig:
         "not hold back the others; null: never (replays of old data).",
         10.0,
     )
-    max_records_per_bundle: int = _key("Records per partition per bundle.", 500)
+    max_records_per_bundle: int = _key(
+        "Records per partition per bundle at most; a partition's part of a bundle also ends "
+        "once the reader has caught up with the broker.",
+        500,
+    )
     max_bundle_s: float = _key("Wall-clock seconds a bundle may spend on one partition.", 1.0)
-    poll_timeout_ms: int = _key("How long one poll waits on a quiet partition.", 100)
+    poll_timeout_ms: int = _key(
+        "How long one poll waits on a quiet partition, until the bundle has read a record.", 100
+    )
     dead_letter_topic: str | None = _key(
         "Where records that cannot be read at all go (stage `read`: a header name that is not "
         "UTF-8, a timestamp out of range), acknowledged before the offset moves on. Without it "

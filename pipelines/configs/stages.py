@@ -117,11 +117,13 @@ class ContinualInferenceConfig:
         "frames (rows x rounds) of a group.",
         64,
     )
-    max_delay_ms: float | None = _key(
+    max_delay_ms: float | Literal["auto"] | None = _key(
         "With `batch_streams`: the longest a frame waits for its group to fill under traffic, "
         "in ms; null: groups are cut at the end of a bundle only (on Flink also at `max_batch` "
-        "frames): wider model steps, more latency.",
-        20.0,
+        "frames): wider model steps, more latency. `auto`: 20 ms on distributed runners "
+        "(Flink); null in process, where the reader ends a bundle once caught up "
+        "(docs/batching.md).",
+        "auto",
     )
     state_dtype: Literal["float32", "float16", "bfloat16"] = _key(
         "Precision of each stream's stored state; the model computes in its own dtype.", "float32"

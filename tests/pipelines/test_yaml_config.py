@@ -377,9 +377,13 @@ def test_continual_inference_batching_and_state_dtype_keys_reach_the_transform()
     assert kwargs["state_dtype"] == "bfloat16"
     defaults = python_kwargs(parse_config("ContinualInference", {"weights": "/m", **EH}))
     assert (defaults["batch_streams"], defaults["shards"], defaults["max_batch"]) == (False, 16, 64)
-    assert (defaults["max_delay_ms"], defaults["state_dtype"]) == (20.0, "float32")
+    assert (defaults["max_delay_ms"], defaults["state_dtype"]) == ("auto", "float32")
     no_delay = parse_config("ContinualInference", {"weights": "/m", "max_delay_ms": None, **EH})
     assert python_kwargs(no_delay)["max_delay_ms"] is None  # groups cut at bundle ends only
+    auto = parse_config("ContinualInference", {"weights": "/m", "max_delay_ms": "auto", **EH})
+    assert python_kwargs(auto)["max_delay_ms"] == "auto"
+    with pytest.raises(ConfigError, match="max_delay_ms"):
+        parse_config("ContinualInference", {"weights": "/m", "max_delay_ms": "soon", **EH})
     with pytest.raises(ConfigError, match="'state_dtype' must be one of 'float32', 'float16', "):
         parse_config("ContinualInference", {"weights": "w", "state_dtype": "half", **EH})
 

@@ -405,7 +405,7 @@ def test_counters_of_timer_fired_flushes_reach_the_pipeline_result(weights, max_
 
 
 def test_batching_options_are_checked(weights):
-    for bad in ({"shards": 0}, {"max_batch": 0}, {"max_delay_ms": -1}):
+    for bad in ({"shards": 0}, {"max_batch": 0}, {"max_delay_ms": -1}, {"max_delay_ms": "x"}):
         with pytest.raises(ValueError):
             ContinualInference(weights=weights, batch_streams=True, **bad)
     with pytest.raises(ValueError, match="state_dtype"):
@@ -449,7 +449,16 @@ def test_groups_are_cut_by_size_by_delay_and_at_the_end_of_the_bundle():
     assert last.timestamp == Timestamp(7) and last.windows == (win,)
 
 
-@pytest.mark.parametrize("delay_ms", [None, 1e7, 45])
+def test_auto_delay_is_the_bundle_in_process_and_20_ms_elsewhere():
+    from costream.transforms.inference import AUTO_DELAY_MS, group_delay_ms
+
+    assert group_delay_ms("auto", in_process=True) is None
+    assert group_delay_ms("auto", in_process=False) == AUTO_DELAY_MS == 20.0
+    for here in (True, False):  # a number or null is kept on every runner
+        assert group_delay_ms(45, here) == 45.0 and group_delay_ms(None, here) is None
+
+
+@pytest.mark.parametrize("delay_ms", [None, 1e7, 45, "auto"])
 def test_in_process_groups_are_cut_by_delay_not_by_size(weights, delay_ms):
     """In process a group cut by size would hold one partition's streams (the reader's bundle
     holds its partitions one after the other): there groups are cut by delay (the stateful
@@ -475,7 +484,7 @@ def test_in_process_groups_are_cut_by_delay_not_by_size(weights, delay_ms):
     dist = result.metrics().query(MetricsFilter().with_name("batch_frames"))["distributions"]
     sizes = [d.committed for d in dist]
     assert len(sizes) == 1 and sizes[0].sum == 12, sizes
-    if delay_ms is None or delay_ms > 1e6:  # no delay cut: the bundle's 12 frames, one group
+    if delay_ms in (None, "auto") or delay_ms > 1e6:  # no cut: the bundle's 12 frames, one group
         assert (sizes[0].count, sizes[0].max) == (1, 12), sizes
     else:  # a frame 45 ms or more after its group's first one sends the group on: 2-3 frames
         assert sizes[0].count >= 4 and sizes[0].max <= 3, sizes

@@ -292,6 +292,7 @@ def _drive(read, topic, partitions, rounds, on_round):
     try:
         for i in range(rounds):
             on_round(i)
+            fn.start_bundle()  # a round is one bundle over the partitions
             marks = {}
             for p, (desc, rest, est_state) in state.items():
                 tracker = ThreadsafeRestrictionTracker(rp.create_tracker(rest))
@@ -325,7 +326,7 @@ def test_quiet_partition_does_not_stall_the_watermark(kafka_broker, kafka_topics
         history = []
         for marks in _drive(read, topic, [0, 1], rounds=14, on_round=send_live):
             history.append((time.time(), marks))
-            time.sleep(0.05)
+            time.sleep(0.1)  # (after a record the bundle's quiet partition is not waited on)
         return before, history
 
     before, history = watermarks(idle_partition_s=0.5)
@@ -393,3 +394,75 @@ def test_rows_carry_the_headers_as_sent_without_a_producer_replay_mark(kafka_bro
     assert [tv.timestamp for tv in fn_rows] == [
         Timestamp(micros=(1_700_000_000_000 + i) * 1000) for i in range(3)
     ]
+
+
+# --- a bundle's polls (records read wait downstream until the bundle ends) ----------------------
+
+
+def _bundle(fn, topic, partitions):
+    """One bundle of the reader over ``partitions`` (each from offset 0): rows and seconds each."""
+    rp, wp = _OffsetRestrictionProvider(), _WatermarkProvider()
+    fn.start_bundle()
+    rows, seconds = {}, {}
+    for p in partitions:
+        desc = _PartitionDescriptor(topic, p, 0, UNBOUNDED)
+        rest = rp.initial_restriction(desc)
+        tracker = ThreadsafeRestrictionTracker(rp.create_tracker(rest))
+        est = wp.create_watermark_estimator(wp.initial_estimator_state(desc, rest))
+        t0 = time.monotonic()
+        rows[p] = list(fn.process(desc, _Finalizer(), tracker=RestrictionTrackerView(tracker),
+                                  watermark=est))  # fmt: skip
+        seconds[p] = time.monotonic() - t0
+    return rows, seconds
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_quiet_partition_does_not_hold_a_bundle_that_read_records(
+    kafka_broker, kafka_topics, client
+):
+    bs, topic = kafka_broker.bootstrap, kafka_topics(partitions=2)
+    produce(bs, topic, stream_records("s", 5, int(time.time() * 1000)), partition_of=lambda r: 0)
+    fn = _ReadPartitionFn(reader(client)(bs, topic, poll_timeout_ms=3000)._cfg)
+    fn.setup()
+    try:
+        rows, seconds = _bundle(fn, topic, [0, 1])
+        assert len(rows[0]) == 5 and rows[1] == []
+        # partition 1 is quiet: after partition 0's records no poll waits for it (3 s)
+        assert seconds[1] < 1.5
+        # a bundle that has read nothing yet waits on a quiet partition as before
+        rows, seconds = _bundle(fn, topic, [1])
+        assert rows[1] == [] and seconds[1] >= 2.5
+    finally:
+        fn.teardown()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_partition_read_ends_once_caught_up(kafka_broker, kafka_topics, client):
+    bs, topic = kafka_broker.bootstrap, kafka_topics()
+    produce(bs, topic, stream_records("s", 12, int(time.time() * 1000)))
+    fn = _ReadPartitionFn(
+        reader(client)(bs, topic, max_records_per_bundle=500, poll_timeout_ms=3000)._cfg
+    )
+    fn.setup()
+    try:
+        reader_of = fn._reader(_PartitionDescriptor(topic, 0, 0, UNBOUNDED))
+        while reader_of.end_offset() < 12:
+            time.sleep(0.05)
+        calls = []
+        read = reader_of.read
+
+        def counted(start, max_records, timeout_ms):
+            got = read(start, max_records, timeout_ms)
+            calls.append((start, max_records, len(got)))
+            return got
+
+        reader_of.read = counted
+        rows, _ = _bundle(fn, topic, [0])
+        got = sum(n for *_, n in calls)
+        assert [tv.value.offset for tv in rows[0]] == list(range(got)) and got > 0
+        # a read that returned fewer records than asked for ends the partition's part of the
+        # bundle: no further polls for records that trickle in meanwhile
+        assert calls[-1][2] < calls[-1][1]
+        assert all(n == asked for _, asked, n in calls[:-1])
+    finally:
+        fn.teardown()
