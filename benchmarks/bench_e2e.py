@@ -567,12 +567,12 @@ def print_ratios(rows: list[dict[str, Any]]) -> None:
             after = by[(label.split("@")[0], S)]
             print(f"{label.split('@')[0]:>14} S={S}: this checkout / {label} = {after / fps:.2f}x")
     for (label, S), fps in by.items():
-        if label.endswith("+batch") and (label[: -len("+batch")], S) in by:
-            base = by[(label[: -len("+batch")], S)]
-            print(f"{label:>14} S={S}: batched / one stream per step = {fps / base:.2f}x")
-    for (label, S), fps in by.items():  # capacity grown with streams, batched vs B=1
-        one = label[: -len("+batch")]
-        if label.endswith("+batch") and S > 1 and (one, 1) in by:
+        if not label.endswith("+batch"):
+            continue
+        one = label.removesuffix("+batch")
+        if (one, S) in by:
+            print(f"{label:>14} S={S}: batched / one stream per step = {fps / by[(one, S)]:.2f}x")
+        if S > 1 and (one, 1) in by:  # capacity grown with streams, batched vs one stream S=1
             print(
                 f"{label:>14} S={S} / {one} S=1 (one stream per step) = "
                 f"{fps / by[(one, 1)]:.2f}x ({fps:.0f} / {by[(one, 1)]:.0f} frames/s)"

@@ -278,6 +278,14 @@ class _Finalizer:
         self.callbacks.append(callback)
 
 
+def _process(fn, desc, rest, est):
+    """One ``process`` call of the reader's SDF over ``rest``: its rows and the tracker."""
+    tracker = ThreadsafeRestrictionTracker(_OffsetRestrictionProvider().create_tracker(rest))
+    rows = list(fn.process(desc, _Finalizer(), tracker=RestrictionTrackerView(tracker),
+                           watermark=est))  # fmt: skip
+    return rows, tracker
+
+
 def _drive(read, topic, partitions, rounds, on_round):
     """Run the reader's SDF the way a runner does: process, take the residual, resume."""
     cfg = read._cfg
@@ -295,13 +303,8 @@ def _drive(read, topic, partitions, rounds, on_round):
             fn.start_bundle()  # a round is one bundle over the partitions
             marks = {}
             for p, (desc, rest, est_state) in state.items():
-                tracker = ThreadsafeRestrictionTracker(rp.create_tracker(rest))
                 est = wp.create_watermark_estimator(est_state)
-                list(
-                    fn.process(
-                        desc, _Finalizer(), tracker=RestrictionTrackerView(tracker), watermark=est
-                    )
-                )
+                _, tracker = _process(fn, desc, rest, est)
                 residual, _ = tracker.deferred_status()
                 state[p] = (desc, residual, est.get_estimator_state())
                 marks[p] = est.current_watermark()
@@ -370,10 +373,9 @@ def test_rows_carry_the_headers_as_sent_without_a_producer_replay_mark(kafka_bro
     rest, est_state = rp.initial_restriction(desc), (MIN_TIMESTAMP, time.time())
     try:
         while rest is not None and len(fn_rows) < 3:  # process, take the residual, resume
-            tracker = ThreadsafeRestrictionTracker(rp.create_tracker(rest))
             est = _WatermarkProvider().create_watermark_estimator(est_state)
-            view = RestrictionTrackerView(tracker)
-            fn_rows += list(fn.process(desc, _Finalizer(), tracker=view, watermark=est))
+            rows, tracker = _process(fn, desc, rest, est)
+            fn_rows += rows
             deferred = tracker.deferred_status()  # None once the bounded range is done
             rest, est_state = deferred and deferred[0], est.get_estimator_state()
     finally:
@@ -407,11 +409,9 @@ def _bundle(fn, topic, partitions):
     for p in partitions:
         desc = _PartitionDescriptor(topic, p, 0, UNBOUNDED)
         rest = rp.initial_restriction(desc)
-        tracker = ThreadsafeRestrictionTracker(rp.create_tracker(rest))
         est = wp.create_watermark_estimator(wp.initial_estimator_state(desc, rest))
         t0 = time.monotonic()
-        rows[p] = list(fn.process(desc, _Finalizer(), tracker=RestrictionTrackerView(tracker),
-                                  watermark=est))  # fmt: skip
+        rows[p], _ = _process(fn, desc, rest, est)
         seconds[p] = time.monotonic() - t0
     return rows, seconds
 
