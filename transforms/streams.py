@@ -28,6 +28,7 @@ import torch
 from costream.connectors import contract
 from costream.connectors.contract import REPLAY_HEADER, DeadLetter
 from costream.transforms import beam_fixes, counters
+from costream.transforms.gc_tuning import tune_gc
 from costream.transforms.records import FeatureRecord, feature_record, ndarray_row
 from costream.transforms.stepper import load_stepper
 from costream.transforms.steps import DEFAULT_GAP_POLICY, DEFAULT_MAX_JUMP, RESET_EVENTS, GapPolicy
@@ -331,6 +332,7 @@ class InferenceDoFn(beam.DoFn):
             self.state_dtype,
         )
         self._streams = StreamRegistry.named(self.registry) if self.ttl_ms is not None else None
+        tune_gc()  # the worker's long-lived objects, model included, out of the collector's walk
 
     def finish_bundle(self) -> None:
         self.metrics.hold.release()  # what the bundle's timer callbacks counted
