@@ -27,7 +27,8 @@ Time split (Beam distributions of the backlog run, ``ContinualInferenceFn`` docs
 inference DoFn's per-frame time, the share in state read + write + (de)serialisation vs in the
 model step; and, per frame at capacity (1e6 / frames/s us), the shares of the backbone
 (``RunInference`` batch latency / inferences) and of the whole inference DoFn; the rest is the
-runner, Kafka I/O and decoding.
+runner, Kafka I/O and decoding. The backlog line also gives the run's full garbage collections
+and their time (the pipeline runs in this process, so each one stalls it; ``GcClock``).
 
     .venv/bin/python benchmarks/bench_e2e.py            # ~10 min on 2 cores; out/bench_e2e.{png,json}
     .venv/bin/python benchmarks/bench_e2e.py --quick    # fewer frames, S in {1, 8}
@@ -37,6 +38,7 @@ runner, Kafka I/O and decoding.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import multiprocessing as mp
@@ -351,6 +353,33 @@ def problem_note(out: dict[str, Any], streams: int, frames: int) -> str:
     return f"  !! {problem}" if problem else ""
 
 
+class GcClock:
+    """Time spent in CPython's full (generation 2) collections in this process, as it runs.
+
+    The pipeline runs in this process (the embedded runner), so a full collection is a stall
+    of the pipeline thread; ``transforms/gc_tuning.py`` is what keeps them rare.
+    """
+
+    def __init__(self) -> None:
+        self.count, self.seconds, self._start = 0, 0.0, 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._start
+
+    def snapshot(self) -> tuple[int, float]:
+        return self.count, self.seconds
+
+
+GC_CLOCK = GcClock()
+
+
 # --- one configuration: backlog, then paced ------------------------------------------------
 
 
@@ -366,7 +395,9 @@ def run_config(
     P = min(S, args.partitions)
     F = max(1, args.backlog_frames[spec] // S)
     plan = {"streams": S, "frames": F, "partitions": P, "rate": None}
+    gc_before = GC_CLOCK.snapshot()
     backlog, metrics = run_once(broker, spec, plan, payloads, args.idle_s)
+    gc_count, gc_s = (b - a for a, b in zip(gc_before, GC_CLOCK.snapshot(), strict=True))
     last_received = max(r[4] for r in backlog["rows"]) / 1000
     fps = len(backlog["rows"]) / (last_received - backlog["send_start"])
     producer_fps = S * F / (backlog["send_end"] - backlog["send_start"])
@@ -378,6 +409,7 @@ def run_config(
         f"{split['state_serde_pct']:.0f}%, model {split['model_pct']:.0f}% "
         f"(model {split['model_us']:.0f} us, alone {alone['model_us']:.0f} us)"
         + (f"; {split['batch_frames']:.1f} frames per batch" if batch else "")
+        + f"; {gc_count} full GCs, {gc_s * 1000:.0f} ms"
         + problem_note(backlog, S, F),
         flush=True,
     )
@@ -410,6 +442,8 @@ def run_config(
         "e2e_ms_p50": e2e[0],
         "e2e_ms_p99": e2e[1],
         "split": split,
+        "gc_full_collections": gc_count,
+        "gc_full_s": gc_s,
         "paced_split": time_split(paced_metrics, rate),
         "alone": alone,
         "problems": "; ".join(problems),
