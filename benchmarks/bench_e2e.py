@@ -28,7 +28,8 @@ inference DoFn's per-frame time, the share in state read + write + (de)serialisa
 model step; and, per frame at capacity (1e6 / frames/s us), the shares of the backbone
 (``RunInference`` batch latency / inferences) and of the whole inference DoFn; the rest is the
 runner, Kafka I/O and decoding. The backlog line also gives the run's full garbage collections
-and their time (the pipeline runs in this process, so each one stalls it; ``GcClock``).
+and their time, the pipeline's start-up (imports, construction, ``setup``) included (the pipeline
+runs in this process, so each one stalls it; ``GcClock``).
 
     .venv/bin/python benchmarks/bench_e2e.py            # ~10 min on 2 cores; out/bench_e2e.{png,json}
     .venv/bin/python benchmarks/bench_e2e.py --quick    # fewer frames, S in {1, 8}
@@ -409,7 +410,7 @@ def run_config(
         f"{split['state_serde_pct']:.0f}%, model {split['model_pct']:.0f}% "
         f"(model {split['model_us']:.0f} us, alone {alone['model_us']:.0f} us)"
         + (f"; {split['batch_frames']:.1f} frames per batch" if batch else "")
-        + f"; {gc_count} full GCs, {gc_s * 1000:.0f} ms"
+        + f"; {gc_count} full GCs ({gc_s * 1000:.0f} ms, start-up included)"
         + problem_note(backlog, S, F),
         flush=True,
     )
