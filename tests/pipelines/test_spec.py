@@ -211,3 +211,25 @@ def test_bad_feature_config_or_weights_file_is_a_spec_error(tmp_path):
     not_weights.write_bytes(b"not safetensors")
     with pytest.raises(SpecError, match="'Infer'.*'weights': Cannot read weights file"):
         load_spec(_features_spec(tmp_path, "{backbone: identity, dim: 64}", not_weights))
+
+
+@pytest.mark.parametrize("name", ["features.yaml", "video.yaml", "audio.yaml", "gtzan.yaml"])
+def test_shipped_specs_read_with_kafka_python_unless_told(name, monkeypatch):
+    def clients() -> tuple[str, str]:
+        transforms = {t["type"]: t for t in load_spec(SPECS / name)["pipeline"]["transforms"]}
+        return (
+            transforms["ReadFramesFromKafka"]["config"]["client"],
+            transforms["WriteDetectionsToKafka"]["config"]["client"],
+        )
+
+    monkeypatch.delenv("COSTREAM_READ_CLIENT", raising=False)
+    monkeypatch.delenv("COSTREAM_KAFKA_CLIENT", raising=False)
+    assert clients() == ("kafka-python", "librdkafka")
+    monkeypatch.setenv("COSTREAM_READ_CLIENT", "librdkafka")
+    assert clients() == ("librdkafka", "librdkafka")
+    monkeypatch.setenv("COSTREAM_READ_CLIENT", "kafka-python")
+    monkeypatch.setenv("COSTREAM_KAFKA_CLIENT", "kafka-python")
+    assert clients() == ("kafka-python", "kafka-python")
+    monkeypatch.setenv("COSTREAM_READ_CLIENT", "rdkafka")
+    with pytest.raises(SpecError, match=r"ReadFramesFromKafka.*'client' must be one of"):
+        load_spec(SPECS / name)
