@@ -55,12 +55,13 @@ from apache_beam.transforms.userstate import (
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from costream.connectors.contract import is_replay
 from costream.models.state import StateFormatError
 from costream.transforms.allocator import tune_allocator
 from costream.transforms.records import FeatureRecord, as_array
 from costream.transforms.steps import Frame, StepResult
 from costream.transforms.stored import ShardCell, Stored
-from costream.transforms.streams import SWEEP, InferenceDoFn, KeyFrames, is_replay
+from costream.transforms.streams import SWEEP, InferenceDoFn, KeyFrames
 
 __all__ = ["DEAD_LETTER", "BatchedInferenceFn", "GroupFrames"]
 
@@ -108,21 +109,25 @@ class GroupFrames(KeyFrames):
     def process(  # type: ignore[override]
         self,
         rec: Any,
-        timestamp: Timestamp = beam.DoFn.TimestampParam,
-        window: Any = beam.DoFn.WindowParam,
+        # the whole windowed value, not the window and timestamp parameters: a WindowParam
+        # makes Beam rebuild the call's arguments for every element
+        wv: WindowedValue = beam.DoFn.WindowedValueParam,
     ) -> Iterator[WindowedValue]:
         now_s = time.monotonic()
-        for key, r in super().process(rec):
-            g = self._groups.get((key, window))
-            if g is None:
-                g = self._groups[(key, window)] = _Group(now_s, timestamp)
-            g.frames.append(r)
-            g.timestamp = max(g.timestamp, timestamp)
-            if (self.max_batch is not None and len(g.frames) >= self.max_batch) or (
-                self.max_delay_s is not None and now_s - g.first_s >= self.max_delay_s
-            ):
-                del self._groups[(key, window)]
-                yield WindowedValue((key, g.frames), g.timestamp, (window,))
+        timestamp = wv.timestamp
+        for window in wv.windows:
+            for key, r in super().process(rec):
+                g = self._groups.get((key, window))
+                if g is None:
+                    g = self._groups[(key, window)] = _Group(now_s, timestamp)
+                g.frames.append(r)
+                if timestamp > g.timestamp:
+                    g.timestamp = timestamp
+                if (self.max_batch is not None and len(g.frames) >= self.max_batch) or (
+                    self.max_delay_s is not None and now_s - g.first_s >= self.max_delay_s
+                ):
+                    del self._groups[(key, window)]
+                    yield WindowedValue((key, g.frames), g.timestamp, (window,))
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         groups, self._groups = self._groups, {}

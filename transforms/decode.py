@@ -157,7 +157,11 @@ def decode_record(
 
 
 class _DecodeDoFn(beam.DoFn):
-    """Decode one record; bad records go to ``dead_letter`` (stage ``decode``) with the reason."""
+    """Decode one record; bad records go to ``dead_letter`` (stage ``decode``) with the reason.
+
+    What a decoded frame becomes is :meth:`then`'s (the frame itself here), so a step that
+    follows decoding frame by frame can share its Beam step (``ExtractFeatures``' identity).
+    """
 
     def __init__(
         self,
@@ -192,7 +196,11 @@ class _DecodeDoFn(beam.DoFn):
             )
             return
         self._decoded.inc()
-        yield frame
+        yield self.then(frame)
+
+    def then(self, frame: DecodedFrame) -> Any:
+        """What a decoded frame is emitted as (an element, or a ``TaggedOutput``)."""
+        return frame
 
 
 class DecodeFrames(beam.PTransform):

@@ -20,11 +20,11 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner, SwitchingDirectRunner
 
 from costream.connectors import contract
-from costream.connectors.contract import DeadLetter
+from costream.connectors.contract import DEFAULT_MAX_PIXELS, DeadLetter
 from costream.models.logmel import LogMelOptions
 from costream.transforms.backbones import BackboneConfig
 from costream.transforms.counters import Counter
-from costream.transforms.decode import DecodeFrames
+from costream.transforms.decode import DecodeFrames, _DecodeDoFn
 from costream.transforms.feature_handler import (
     METRICS_NAMESPACE,
     FeatureModelHandler,
@@ -34,9 +34,9 @@ from costream.transforms.feature_handler import (
 from costream.transforms.records import (
     DEAD_LETTER,
     MAIN,
+    DecodedFrame,
     FeatureRecord,
     TaggedOutputs,
-    feature_record,
     to_dead_letter,
     typed_outputs,
 )
@@ -72,30 +72,37 @@ class _RouteFeatures(beam.DoFn):
             yield restamp(outcome.record, outcome.timestamp_us, timestamp, window)
 
 
-class _IdentityFeatures(beam.DoFn):
-    """``identity``: a record's decoded vector is its feature vector, so no model and no batching.
+class _DecodeIdentity(_DecodeDoFn):
+    """``DecodeFrames`` and the ``identity`` backbone as one Beam step: one element less per record.
 
-    The same checks and outcomes as the ``Backbone`` + ``Route`` steps would give (the identity
-    backbone returns its input as float32, which a decoded features record already is; a vector
-    with non-finite values never passes decoding): a :class:`FeatureRecord` on ``main``, or a
-    dead letter (stage ``features``) for a record of another kind or dimension.
+    For ``identity`` a record's decoded vector is its feature vector, so there is no model and
+    no batching. The same outputs and counters as the two steps would give: a record that does
+    not decode is a dead letter of stage ``decode`` (counted by the decoder); the identity
+    backbone returns its input as float32, which a decoded features record already is (a vector
+    with non-finite values never passes decoding), so a record of another kind or width is a
+    dead letter of stage ``features`` and any other a :class:`FeatureRecord` on ``main``.
     """
 
-    def __init__(self, config: BackboneConfig) -> None:
+    def __init__(self, config: BackboneConfig, max_payload_bytes: int, max_pixels: int) -> None:
+        super().__init__(None, max_payload_bytes, max_pixels)
         self.config = config
         self._ok = Counter(METRICS_NAMESPACE, "features")
-        self._dead = Counter(METRICS_NAMESPACE, "features_dead_letters")
+        self._dead_features = Counter(METRICS_NAMESPACE, "features_dead_letters")
 
-    def process(self, frame: Any) -> Iterator[Any]:
+    def then(self, frame: DecodedFrame) -> Any:
         reason = self.config.check(frame)
         if reason is None and np.dtype(frame.data.dtype) != np.float32:
             reason = f"Backbone 'identity' takes float32 features; got {frame.data.dtype}."
         if reason is not None:
-            self._dead.inc()
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, to_dead_letter(frame, reason, "features"))
-            return
+            self._dead_features.inc()
+            return beam.pvalue.TaggedOutput(DEAD_LETTER, to_dead_letter(frame, reason, "features"))
         self._ok.inc()
-        yield feature_record(frame, frame.data)
+        # decode_record's own frame: its headers are Header rows and its arrival an int, so
+        # feature_record's conversions are not needed
+        return FeatureRecord(
+            frame.stream_id, frame.frame_index, frame.ts_ms, frame.data, frame.arrival_ms,
+            frame.key, frame.value, frame.headers,
+        )  # fmt: skip
 
 
 class FeaturesFailedBatchToDeadLetters(beam.DoFn):
@@ -273,6 +280,17 @@ class ExtractFeatures(beam.PTransform):
         )
 
     def expand(self, pcoll: beam.PCollection) -> TaggedOutputs:
+        if self.config.kind == "features" and self.config.subclip_samples is None:
+            # identity: decoding and the backbone's checks in one step (nothing to batch or run)
+            return typed_outputs(
+                pcoll
+                | "DecodeFeatures"
+                >> beam.ParDo(
+                    _DecodeIdentity(self.config, self.max_payload_bytes, DEFAULT_MAX_PIXELS)
+                )
+                .with_output_types(FeatureRecord)
+                .with_outputs(DEAD_LETTER, main=MAIN)
+            )
         decoded = pcoll | "Decode" >> DecodeFrames(
             image_size=self.config.image_size, max_payload_bytes=self.max_payload_bytes
         )
@@ -284,19 +302,6 @@ class ExtractFeatures(beam.PTransform):
             )
             frames = subclips[MAIN]
             dead_frames.append(subclips[DEAD_LETTER])
-        if self.config.kind == "features":  # identity: nothing to batch or run
-            routed = typed_outputs(
-                frames
-                | "Identity"
-                >> beam.ParDo(_IdentityFeatures(self.config))
-                .with_output_types(FeatureRecord)
-                .with_outputs(DEAD_LETTER, main=MAIN)
-            )
-            dead = (
-                *dead_frames,
-                routed[DEAD_LETTER],
-            ) | "DeadLetters" >> beam.Flatten().with_output_types(DeadLetter)
-            return TaggedOutputs({MAIN: routed[MAIN], DEAD_LETTER: dead})
         handler = self._handler_for(pcoll.pipeline)
         outcomes, failed = frames | "Backbone" >> RunInference(handler).with_exception_handling()
         routed = typed_outputs(

@@ -27,6 +27,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from costream.connectors import contract
+from costream.connectors.contract import is_replay
 from costream.transforms.records import FeatureRecord, as_array, typed_outputs
 from costream.transforms.steps import (
     DEFAULT_GAP_POLICY,
@@ -36,7 +37,7 @@ from costream.transforms.steps import (
     check_state_dtype,
 )
 from costream.transforms.stored import Stored
-from costream.transforms.streams import SWEEP, InferenceDoFn, KeyFrames, is_replay
+from costream.transforms.streams import SWEEP, InferenceDoFn, KeyFrames
 
 __all__ = [
     "AUTO_DELAY_MS",

@@ -108,6 +108,7 @@ def _plan_frames(
     orig: dict[str, Stored | None] = {}  # the stream's cell as stored
     unreadable: set[str] = set()  # streams whose stored cell could not be read
     ops: dict[str, list[Op]] = {}  # fresh, x, index, pos (-1)
+    rows = stepper.check_rows([f.features for f in frames])
     for pos, f in enumerate(frames):
         sid = f.stream_id
         if sid not in cells:
@@ -115,10 +116,9 @@ def _plan_frames(
             orig[sid] = cells[sid]
             if broken:
                 unreadable.add(sid)
-        try:
-            x = stepper.check_features(f.features)
-        except ValueError as e:
-            results.append(StepResult(None, error=e))
+        x = rows[pos]
+        if isinstance(x, ValueError):
+            results.append(StepResult(None, error=x))
             continue
         prev = cells[sid]
         plan = stepper.plan(prev, f.frame_index, f.ts_ms, now_ms)

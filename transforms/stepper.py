@@ -146,6 +146,36 @@ class StreamStepper:
             )
         return x
 
+    def check_rows(self, features: Sequence[np.ndarray]) -> list[np.ndarray | ValueError]:
+        """:meth:`check_features` of many frames: each row as float32 (D_in,), or its error.
+
+        One stacked copy and one finiteness test for all rows when they are float32 vectors
+        of the model's width (the usual case); otherwise, and for the rows that fail, the
+        per-row :meth:`check_features`, so the rows and errors are exactly its own.
+        """
+        try:
+            m = np.stack(features) if len(features) else None
+        except (ValueError, TypeError):  # rows of different shapes, or not arrays at all
+            m = None
+        if m is None or m.dtype != np.float32 or m.ndim != 2 or m.shape[1] != self.d_in:
+            # float32 after stacking: every row was float32, or exactly castable to it
+            rows: list[np.ndarray | ValueError] = []
+            for f in features:
+                try:
+                    rows.append(self.check_features(f))
+                except ValueError as e:
+                    rows.append(e)
+            return rows
+        out: list[np.ndarray | ValueError] = list(m)
+        ok = np.isfinite(m).all(axis=1)
+        if not ok.all():
+            for i in np.flatnonzero(~ok).tolist():
+                try:
+                    out[i] = self.check_features(features[i])
+                except ValueError as e:
+                    out[i] = e
+        return out
+
     @staticmethod
     def read_cell(stream_id: str, blob: bytes | memoryview | None) -> tuple[Stored | None, bool]:
         """A stream's stored cell, and whether it was unreadable (then None: start again)."""

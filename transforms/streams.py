@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from costream.connectors import contract
-from costream.connectors.contract import REPLAY_HEADER, DeadLetter
+from costream.connectors.contract import DeadLetter
 from costream.transforms import beam_fixes, counters
 from costream.transforms.gc_tuning import tune_gc
 from costream.transforms.records import FeatureRecord, feature_record, ndarray_row
@@ -40,7 +40,6 @@ __all__ = [
     "KeyFrames",
     "StreamRegistry",
     "Throttled",
-    "is_replay",
     "shard_key",
     "sweep_token",
 ]
@@ -155,6 +154,10 @@ def shard_key(stream_id: str, shards: int) -> str:
     return str(zlib.crc32(stream_id.encode()) % shards)
 
 
+_SHARD_CACHE = 100_000
+"""The most stream ids whose shard key a keying step remembers."""
+
+
 class KeyFrames(beam.DoFn):
     """``record -> (key, record)``, and with a TTL the idle sweep's tokens.
 
@@ -174,9 +177,17 @@ class KeyFrames(beam.DoFn):
 
     def setup(self) -> None:
         self._next_sweep = time.monotonic() + self.sweep_every_s
+        self._shard_of: dict[str, str] = {}  # stream id -> shard key, computed once
 
     def _key(self, stream_id: str) -> str:
-        return stream_id if self.shards is None else shard_key(stream_id, self.shards)
+        if self.shards is None:
+            return stream_id
+        key = self._shard_of.get(stream_id)
+        if key is None:
+            if len(self._shard_of) >= _SHARD_CACHE:  # many short-lived streams: start again
+                self._shard_of.clear()
+            key = self._shard_of[stream_id] = shard_key(stream_id, self.shards)
+        return key
 
     def process(self, rec: Any) -> Iterator[tuple[str, FeatureRecord]]:
         if type(rec) is not FeatureRecord or isinstance(rec.features, np.ndarray):
@@ -188,11 +199,6 @@ class KeyFrames(beam.DoFn):
         now_ms = int(time.time() * 1000)
         for stream_id in StreamRegistry.named(self.registry).expired(now_ms, self.ttl_ms, 10_000):
             yield self._key(stream_id), sweep_token(stream_id, now_ms)
-
-
-def is_replay(headers: Sequence[tuple[str, bytes]]) -> bool:
-    """The record was re-read by a warm restart (header ``costream.replay``): step, emit nothing."""
-    return any(k == REPLAY_HEADER for k, _ in headers)
 
 
 class InferenceMetrics:

@@ -100,6 +100,7 @@ from costream.connectors.contract.headers import (
     decimal_header,
     frame_index_of,
     header_value,
+    is_replay,
     required_header,
     ts_ms_of,
 )
@@ -203,6 +204,7 @@ __all__ = [
     "fit_record",
     "fits",
     "frame_index_of",
+    "is_replay",
     "frame_record",
     "header_value",
     "image_format",

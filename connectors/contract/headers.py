@@ -42,6 +42,7 @@ __all__ = [
     "as_headers",
     "decimal_header",
     "frame_index_of",
+    "is_replay",
     "header_value",
     "required_header",
     "ts_ms_of",
@@ -153,6 +154,14 @@ def decimal_header(headers: Headers, name: str, largest: int, why: str) -> int:
 
 _INDEX_WHY = "2**63 - 1, the largest signed 64-bit integer"
 _TS_WHY = "9999-12-31T23:59:59.999Z in ms since the epoch"
+
+
+def is_replay(headers: Headers) -> bool:
+    """Whether a record carries :data:`REPLAY_HEADER` (re-read by a warm restart: step, emit nothing)."""
+    for h in headers:  # a loop, not any(genexpr): once per record on the hot path
+        if h[0] == REPLAY_HEADER:
+            return True
+    return False
 
 
 def frame_index_of(headers: Headers) -> int:

@@ -35,8 +35,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.iobase import RestrictionTracker
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from costream.connectors.contract import (
     HEADER_SOURCE,
@@ -45,6 +46,7 @@ from costream.connectors.contract import (
     RecordTooLargeError,
     dead_letter_record,
     fit_dead_letter,
+    is_replay,
 )
 from costream.connectors.kafka.config import _METRICS_NS, _producer_settings, _ReadConfig
 from costream.connectors.kafka.errors import BrokerUnavailableError, PartitionResetError
@@ -63,6 +65,8 @@ __all__: list[str] = []
 _LOG = logging.getLogger(__name__)
 
 _MAX_EVENT_MS = MAX_TIMESTAMP.micros // 1000 - 1
+_GLOBAL_WINDOWS = (GlobalWindow(),)
+"""The windows of every record read: the read starts from an ``Impulse``, in the global window."""
 
 
 class _ReadPartitionFn(beam.DoFn):
@@ -197,7 +201,7 @@ class _ReadPartitionFn(beam.DoFn):
         finalizer: Any = beam.DoFn.BundleFinalizerParam,
         tracker: RestrictionTracker = _RESTRICTION_PARAM,
         watermark: _PartitionWatermark = _WATERMARK_PARAM,
-    ) -> Iterator[TimestampedValue]:
+    ) -> Iterator[WindowedValue]:
         """Emit this partition's records from the restriction's start, then checkpoint."""
         cfg = self._cfg
         reader = self._reader(desc)
@@ -220,12 +224,15 @@ class _ReadPartitionFn(beam.DoFn):
                     f"{records[0].offset}, so offset {start} is out of range (was the topic "
                     "deleted and recreated?). Reset the group's offsets or read from 'earliest'."
                 )
+            newest: Timestamp | None = None  # the round's latest event time (watermark)
             for r in records:
                 if not tracker.try_claim(r.offset):
                     finished = True  # past the end of a bounded range (max_records)
                     break
                 replay = r.offset < desc.replay_until
-                headers = [h for h in r.headers if h[0] != REPLAY_HEADER]
+                headers = r.headers  # the reader's own list
+                if is_replay(headers):
+                    headers = [h for h in headers if h[0] != REPLAY_HEADER]
                 if replay:
                     headers.append(Header(REPLAY_HEADER, b"1"))
                     self._replayed.inc()
@@ -247,17 +254,22 @@ class _ReadPartitionFn(beam.DoFn):
                     else int(time.time() * 1000)
                 )
                 event_time = Timestamp(micros=ts_ms * 1000)
-                yield TimestampedValue(
+                # windowed here: a TimestampedValue costs a window assignment per record
+                yield WindowedValue(
                     KafkaRecord(
                         r.key, r.value or b"", headers, desc.topic, desc.partition, r.offset,
                         ts_ms,
                     ),
                     event_time,
+                    _GLOBAL_WINDOWS,
                 )  # fmt: skip
-                watermark.record_seen(event_time, time.time())
+                if newest is None or event_time > newest:
+                    newest = event_time
                 emitted += 1
                 last_offset = r.offset
                 nbytes += len(r.value or b"")
+            if newest is not None:  # once per round: the estimator's lock is taken per call
+                watermark.record_seen(newest, time.time())
             if last_offset is not None and last_offset >= rng.stop - 1:
                 finished = True
             if len(records) < asked or time.monotonic() >= deadline:

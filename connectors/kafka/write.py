@@ -21,12 +21,12 @@ from costream.connectors.contract import (
     HEADER_ORIGINAL_SHA256,
     HEADER_ORIGINAL_SIZE,
     HEADER_TRUNCATED,
-    REPLAY_HEADER,
     OutgoingRecord,
     RecordTooLargeError,
     dead_letter_record,
     fit_dead_letter,
     fits,
+    is_replay,
     record_size,
 )
 from costream.connectors.kafka.config import _METRICS_NS, _WriteConfig, resolve_client_config
@@ -224,7 +224,7 @@ class _WriteFn(beam.DoFn):
 
     def process(self, element: Any, ts: Timestamp = beam.DoFn.TimestampParam) -> None:
         out = as_outgoing(element, format=self._cfg.format, key=self._cfg.key)
-        if any(k == REPLAY_HEADER for k, _ in out.headers):
+        if is_replay(out.headers):
             # built from a record re-read to rebuild state: it was written before the restart
             self._replay_dropped.inc()
             return

@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from costream.models.state import StateFormatError
 from costream.models.zoo import get_model, save_model
@@ -429,7 +430,7 @@ def test_groups_are_cut_by_size_by_delay_and_at_the_end_of_the_bundle():
     def feed(*ids, ts=0):
         out = []
         for sid, i in ids:
-            out += list(g.process(rec(sid, i, x), timestamp=Timestamp(ts), window=win))
+            out += list(g.process(rec(sid, i, x), wv=WindowedValue(None, Timestamp(ts), (win,))))
         return [(wv.value[0], [(r.stream_id, r.frame_index) for r in wv.value[1]]) for wv in out]
 
     ids = [f"s{i}" for i in range(8)]
@@ -447,6 +448,24 @@ def test_groups_are_cut_by_size_by_delay_and_at_the_end_of_the_bundle():
     (last,) = list(g.finish_bundle())
     assert last.value[0] == key["s0"] and [r.frame_index for r in last.value[1]] == [2]
     assert last.timestamp == Timestamp(7) and last.windows == (win,)
+
+
+def test_a_frame_in_two_windows_joins_a_group_in_each():
+    """Groups are per shard and window, as when Beam called the step once per window."""
+    from apache_beam.transforms.window import IntervalWindow
+
+    from costream.transforms.batching import GroupFrames
+
+    g = GroupFrames("test-windows", None, 1.0, shards=1, max_batch=None, max_delay_ms=None)
+    g.setup()
+    g.start_bundle()
+    x = np.zeros(D_IN, np.float32)
+    a, b = IntervalWindow(0, 10), IntervalWindow(5, 15)
+    assert list(g.process(rec("s0", 0, x), wv=WindowedValue(None, Timestamp(6), (a, b)))) == []
+    assert list(g.process(rec("s0", 1, x), wv=WindowedValue(None, Timestamp(8), (b,)))) == []
+    groups = {wv.windows: (wv.timestamp, [r.frame_index for r in wv.value[1]])
+              for wv in g.finish_bundle()}  # fmt: skip
+    assert groups == {(a,): (Timestamp(6), [0]), (b,): (Timestamp(8), [0, 1])}
 
 
 def test_auto_delay_is_the_bundle_in_process_and_20_ms_elsewhere():
@@ -513,3 +532,35 @@ def test_frames_buffered_by_an_earlier_version_are_stepped_when_their_timer_fire
     empty = _Cell()
     empty.write([])
     assert not list(fn.on_flush(shard, empty, _Cell(), _Timer()))  # nothing left to step
+
+
+def test_rows_are_checked_at_once_as_each_one_alone(regular):
+    """check_rows gives check_features' row or error for every frame, whatever the mix."""
+    st = stepper(regular)
+    rng = np.random.default_rng(3)
+    good = [rng.standard_normal(D_IN).astype(np.float32) for _ in range(5)]
+    nan = good[0].copy()
+    nan[2] = np.nan
+    mixes = [
+        good,
+        [*good[:2], nan, good[3]],  # one not finite
+        [*good[:2], np.zeros(D_IN + 1, np.float32)],  # one of another width
+        [g.astype(np.float64) for g in good],  # cast like check_features
+        [np.arange(D_IN, dtype=np.int64), good[1]],  # stacks as float64: row by row
+        [g.reshape(1, -1) for g in good],  # (1, D): flattened
+        [list(map(float, good[0])), good[1]],
+        [np.full(D_IN, np.inf, np.float32)],
+        [],
+    ]
+    for rows in mixes:
+        got = st.check_rows(rows)
+        assert len(got) == len(rows)
+        for r, g in zip(rows, got, strict=True):
+            try:
+                want = st.check_features(r)
+            except ValueError as e:
+                assert isinstance(g, ValueError) and str(g) == str(e)
+            else:
+                assert not isinstance(g, ValueError)
+                assert g.dtype == np.float32 and g.shape == (D_IN,)
+                np.testing.assert_array_equal(g, want)

@@ -226,3 +226,13 @@ def test_a_bad_content_type_is_refused_every_time_not_cached():
             content_types.parse_checked_content_type("application/x-costream-features;dim=4")
         with pytest.raises(C.MalformedHeaderError, match="not a 'type/subtype'"):
             content_types.parse_checked_content_type("nonsense")
+
+
+def test_a_replayed_record_is_known_by_its_header_wherever_it_is():
+    from costream.connectors.contract import REPLAY_HEADER, Header, is_replay
+
+    plain = [Header("costream.frame_index", b"1"), ("content-type", b"x")]
+    assert not is_replay(plain) and not is_replay([])
+    assert is_replay([*plain, Header(REPLAY_HEADER, b"1")])
+    assert is_replay([(REPLAY_HEADER, b""), *plain])  # any value, any position
+    assert not is_replay([("costream.replayed", b"1"), ("Costream.Replay", b"1")])
