@@ -121,7 +121,8 @@ class StreamStepper:
         state_dtype: str = "float32",
     ) -> None:
         check_gap_policy(gap_policy)
-        self.model, self.model_id, self.labels = model, model_id, list(labels)
+        self.model, self.model_id = model, model_id
+        self.labels = tuple(map(str, labels))  # one tuple: make_detection takes it as it is
         self.gap_policy = gap_policy
         self.max_fill = min(DEFAULT_MAX_FILL, model.window) if max_fill is None else int(max_fill)
         self.ttl_ms = ttl_ms

@@ -79,6 +79,17 @@ At most ``_MADE_MAX`` rows are held (the oldest go first: they are validated aga
 """
 
 
+_LABELS: list = [None]
+"""The last tuple of strings given as labels: a stepper passes the same one every frame."""
+
+
+def _labels_tuple(labels: Sequence[str]) -> tuple[str, ...]:
+    labels_t = tuple(map(str, labels))
+    if type(labels) is tuple and all(type(x) is str for x in labels):
+        _LABELS[0] = labels  # a tuple of str cannot change: taken as it is from now on
+    return labels_t
+
+
 def _remember(det: Detection) -> None:
     _made[id(det)] = det
     if len(_made) > _MADE_MAX:
@@ -105,7 +116,7 @@ def make_detection(
     :func:`encode_detection` and :func:`detection_record` do not validate it again.
     """
     scores_t = tuple(map(float, scores))
-    labels_t = tuple(map(str, labels))
+    labels_t = labels if labels is _LABELS[0] else _labels_tuple(labels)
     if not scores_t or len(scores_t) != len(labels_t):
         raise DetectionFormatError(
             f"A detection needs as many labels as scores, and at least one; got {len(scores_t)} "

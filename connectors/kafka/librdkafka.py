@@ -16,7 +16,6 @@ Settings: the writer's own (acks, retries, ``max_request_size``, codec, linger, 
 librdkafka counterpart is refused at construction (use ``client="kafka-python"`` for it).
 """
 
-import functools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -149,6 +148,10 @@ class DeliveryError(Exception):
         self.too_large = self.code == KafkaError.MSG_SIZE_TOO_LARGE  # the broker's, or local
 
 
+_POLL_EVERY = 64
+"""The producer serves its delivery reports every this many sends (and in every flush)."""
+
+
 class RdProducer:
     """A ``confluent_kafka.Producer`` with the calls the writer makes of kafka-python's."""
 
@@ -185,6 +188,7 @@ class RdProducer:
         }
         self.config = conf
         self._producer: Any = Producer(conf)
+        self._sends = 0
 
     def send(
         self,
@@ -196,17 +200,20 @@ class RdProducer:
         timestamp_ms: int | None,
     ) -> _Delivery:
         delivery = _Delivery()
-        produce = functools.partial(self._producer.produce, topic, value, key, headers=headers,
-                                    timestamp=timestamp_ms or 0, on_delivery=delivery)  # fmt: skip
+        producer = self._producer
         try:
             try:
-                produce()
+                producer.produce(topic, value, key, headers=headers, timestamp=timestamp_ms or 0,
+                                 on_delivery=delivery)  # fmt: skip
             except BufferError:  # the local queue is full: let deliveries drain it, once
-                self._producer.poll(1.0)
-                produce()
+                producer.poll(1.0)
+                producer.produce(topic, value, key, headers=headers, timestamp=timestamp_ms or 0,
+                                 on_delivery=delivery)  # fmt: skip
         except self._refused as err:  # refused locally (too large, unknown topic...)
             delivery(err.args[0], None)
-        self._producer.poll(0)  # serve the delivery reports already in
+        self._sends += 1
+        if self._sends % _POLL_EVERY == 0:  # serve the delivery reports already in
+            producer.poll(0)
         return delivery
 
     def flush(self, timeout: float) -> None:

@@ -229,3 +229,21 @@ def test_copies_and_rows_beyond_the_remembered_ones_are_validated(validations):
     C.encode_detection(first)  # the oldest was forgotten, so it is validated again
     C.encode_detection(rest[-1])
     assert validations == [first]
+
+
+def test_labels_are_strings_however_they_are_given_and_however_often():
+    """A stepper's labels tuple is taken as it is after the first frame; anything else is converted."""
+
+    def labels_of(labels):
+        d = C.make_detection("s", 0, 0, [0.5, 0.5], labels, warm=True, model="m@1", latency_ms=0)
+        return d.labels
+
+    fixed = ("bg", "a")
+    assert labels_of(fixed) == fixed and labels_of(fixed) is fixed  # the second time as it is
+    assert labels_of(["bg", "a"]) == ("bg", "a")  # a list: a tuple of it
+    assert labels_of((0, 1)) == ("0", "1") and labels_of((0, 1)) == ("0", "1")  # never cached
+    mutable = ["x", "y"]
+    assert labels_of(mutable) == ("x", "y")
+    mutable[0] = "z"
+    assert labels_of(mutable) == ("z", "y")
+    assert labels_of(fixed) is fixed
