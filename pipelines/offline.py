@@ -48,7 +48,7 @@ class _Collect(beam.DoFn):
 
     def process(self, element: Any) -> None:
         record = as_outgoing(element, format=self.format, key=self.key)
-        if any(k == REPLAY_HEADER for k, _ in record.headers):
+        if contract.is_replay(record.headers):
             return  # as the writer: built from a replayed record, written in an earlier chunk
         with _LOCK:
             _SINKS[self.sink].append(record)

@@ -280,7 +280,7 @@ class ExtractFeatures(beam.PTransform):
         )
 
     def expand(self, pcoll: beam.PCollection) -> TaggedOutputs:
-        if self.config.kind == "features" and self.config.subclip_samples is None:
+        if self.config.kind == "features":
             # identity: decoding and the backbone's checks in one step (nothing to batch or run)
             return typed_outputs(
                 pcoll

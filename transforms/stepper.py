@@ -158,24 +158,17 @@ class StreamStepper:
             m = np.stack(features) if len(features) else None
         except (ValueError, TypeError):  # rows of different shapes, or not arrays at all
             m = None
+        # float32 after stacking: every row was float32, or exactly castable to it
         if m is None or m.dtype != np.float32 or m.ndim != 2 or m.shape[1] != self.d_in:
-            # float32 after stacking: every row was float32, or exactly castable to it
-            rows: list[np.ndarray | ValueError] = []
-            for f in features:
-                try:
-                    rows.append(self.check_features(f))
-                except ValueError as e:
-                    rows.append(e)
-            return rows
-        out: list[np.ndarray | ValueError] = list(m)
-        ok = np.isfinite(m).all(axis=1)
-        if not ok.all():
-            for i in np.flatnonzero(~ok).tolist():
-                try:
-                    out[i] = self.check_features(features[i])
-                except ValueError as e:
-                    out[i] = e
-        return out
+            return [self._checked(f) for f in features]
+        ok = np.isfinite(m).all(axis=1).tolist()
+        return [row if good else self._checked(f) for row, good, f in zip(m, ok, features)]
+
+    def _checked(self, features: np.ndarray) -> np.ndarray | ValueError:
+        try:
+            return self.check_features(features)
+        except ValueError as e:
+            return e
 
     @staticmethod
     def read_cell(stream_id: str, blob: bytes | memoryview | None) -> tuple[Stored | None, bool]:

@@ -42,8 +42,8 @@ __all__ = [
     "as_headers",
     "decimal_header",
     "frame_index_of",
-    "is_replay",
     "header_value",
+    "is_replay",
     "required_header",
     "ts_ms_of",
 ]
